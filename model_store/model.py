@@ -1,0 +1,294 @@
+"""The fused model: item tower, causal user encoder, fusion head.
+
+Item indices: 0 is padding; catalog item ``k`` (row ``k`` of the bundle's item map) has index
+``k + 1``. An item with ``has_id = False`` (never seen in training, or added after training)
+takes the text path only, so it stays recommendable.
+
+One encode path: the trainer, the evaluator, the indexer and the service all call
+``FusedModel.item_vectors`` and ``FusedModel.user_vectors``; the retrieval score is
+``<user_vector, item_vector>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_store.config import ModelConfig
+
+
+@dataclass
+class Batch:
+    """A training batch of left-padded history windows."""
+
+    inputs: torch.Tensor  # (B, L) item indices, 0 = padding, most recent at L-1
+    targets: torch.Tensor  # (B, L) next item index at each position, 0 = no target
+    weights: torch.Tensor  # (B, L) float weight of each target
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.inputs.to(device), self.targets.to(device), self.weights.to(device))
+
+
+class ItemTower(nn.Module):
+    """ID embedding + projected text embedding → item vector (B.., D).
+
+    ``id``: ID only; ``joint``: ID + text projection (new items: text projection only);
+    ``text``/``late`` use the raw normalised text embedding for their LM part.
+    """
+
+    def __init__(self, cfg: ModelConfig, n_items: int, text_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.id_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=0)
+        nn.init.normal_(self.id_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.id_emb.weight[0].zero_()
+        self.text_proj = nn.Sequential(
+            nn.Linear(text_dim, cfg.dim * 2), nn.GELU(), nn.Linear(cfg.dim * 2, cfg.dim)
+        )
+
+    def id_part(self, idx: torch.Tensor, has_id: torch.Tensor) -> torch.Tensor:
+        return self.id_emb(idx) * has_id[idx].unsqueeze(-1).to(self.id_emb.weight.dtype)
+
+    def text_part(self, text: torch.Tensor) -> torch.Tensor:
+        return self.text_proj(text)
+
+    def forward(self, idx: torch.Tensor, text: torch.Tensor, has_id: torch.Tensor) -> torch.Tensor:
+        """idx (...,) item indices; text (..., T) their text embeddings → (..., D)."""
+        fusion = self.cfg.fusion
+        if fusion == "joint":
+            return self.id_part(idx, has_id) + self.text_part(text)
+        if fusion in ("id", "late"):
+            return self.id_part(idx, has_id)
+        raise ValueError(f"ItemTower is not used for fusion={fusion!r}")
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block with causal, padding-aware attention."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = cfg.n_heads
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(cfg.dim, 4 * cfg.dim), nn.GELU(), nn.Linear(4 * cfg.dim, cfg.dim)
+        )
+        self.drop = nn.Dropout(cfg.dropout)
+        self.p_attn = cfg.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape  # (B, L, D)
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (t.view(b, l, self.n_heads, d // self.n_heads).transpose(1, 2) for t in (q, k, v))
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.p_attn if self.training else 0.0
+        )  # (B, H, L, D/H)
+        x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, l, d)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class UserEncoder(nn.Module):
+    """Causal self-attention over the last L history item vectors → one vector per position."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.pos = nn.Embedding(cfg.max_len, cfg.dim)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.ln_in = nn.LayerNorm(cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.ln_out = nn.LayerNorm(cfg.dim)
+
+    def forward(self, seq: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """seq (B, L, D) item vectors, left padded; pad (B, L) True at padding → (B, L, D)."""
+        b, l, _ = seq.shape
+        pos = torch.arange(l, device=seq.device) + (self.pos.num_embeddings - l)
+        x = self.drop(self.ln_in(seq + self.pos(pos)))
+        causal = torch.ones(l, l, dtype=torch.bool, device=seq.device).tril()
+        eye = torch.eye(l, dtype=torch.bool, device=seq.device)
+        # a query may see earlier non-padding keys; padding queries see themselves (no NaN)
+        mask = (causal & ~pad[:, None, :]) | eye  # (B, L, L)
+        mask = mask[:, None]  # (B, 1, L, L)
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.ln_out(x)
+
+
+class FusionHead(nn.Module):
+    """Reranker over retrieved candidates: residual MLP on cross features.
+
+    Features per (user, candidate): retrieval score, the user's dot products with the
+    candidate's ID part and text part, max and mean text cosine between the candidate and the
+    last few history items, log popularity and log(1 + retrieval rank). The output is added
+    to the retrieval score; the last layer starts at zero so an untrained head is a no-op.
+    """
+
+    N_FEATURES = 7
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(self.N_FEATURES)
+        self.mlp = nn.Sequential(
+            nn.Linear(self.N_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        )
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (B, N, F) → rerank score (B, N)."""
+        return features[..., 0] + self.mlp(self.norm(features)).squeeze(-1)
+
+
+class FusedModel(nn.Module):
+    """Item tower + user encoder + fusion head over a fixed catalog of text embeddings.
+
+    Buffers: ``text_emb`` (N+1, T) normalised LM embeddings (row 0 zero), ``has_id`` (N+1,)
+    whether an item has a trained ID embedding, ``log_pop`` (N+1,) log(1 + training count).
+    """
+
+    def __init__(self, cfg: ModelConfig, text_emb: torch.Tensor, has_id: torch.Tensor,
+                 log_pop: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_items, text_dim = text_emb.shape[0] - 1, text_emb.shape[1]
+        self.register_buffer("text_emb", text_emb.float(), persistent=False)
+        self.register_buffer("has_id", has_id.bool(), persistent=False)
+        self.register_buffer("log_pop", log_pop.float(), persistent=False)
+        self.items = ItemTower(cfg, n_items, text_dim)
+        self.users = UserEncoder(cfg)
+        self.head = FusionHead(cfg.rerank_hidden)
+        self.use_head = False
+
+    text_emb: torch.Tensor
+    has_id: torch.Tensor
+    log_pop: torch.Tensor
+
+    @property
+    def n_items(self) -> int:
+        return int(self.text_emb.shape[0] - 1)
+
+    @property
+    def out_dim(self) -> int:
+        """Dimension of the retrieval vectors that the index stores."""
+        if self.cfg.fusion == "text":
+            return int(self.text_emb.shape[1])
+        if self.cfg.fusion == "late":
+            return self.cfg.dim + int(self.text_emb.shape[1])
+        return self.cfg.dim
+
+    # ---- catalog growth (new items take the text path) ---------------------------------
+    def extend_catalog(self, text_emb: torch.Tensor) -> None:
+        """Append items with text embeddings (M, T) and no trained ID (text path only)."""
+        dev = self.text_emb.device
+        self.text_emb = torch.cat([self.text_emb, text_emb.to(dev, torch.float32)])
+        self.has_id = torch.cat([self.has_id, torch.zeros(len(text_emb), dtype=torch.bool,
+                                                          device=dev)])
+        self.log_pop = torch.cat([self.log_pop, torch.zeros(len(text_emb), device=dev)])
+        old = self.items.id_emb
+        grown = nn.Embedding(old.num_embeddings + len(text_emb), old.embedding_dim,
+                             padding_idx=0).to(dev)
+        with torch.no_grad():
+            grown.weight.zero_()
+            grown.weight[: old.num_embeddings] = old.weight
+        self.items.id_emb = grown
+
+    def replace_text(self, idx: torch.Tensor, text_emb: torch.Tensor) -> None:
+        """Change the text embedding of existing items (their text was edited)."""
+        self.text_emb[idx] = text_emb.to(self.text_emb.device, torch.float32)
+
+    # ---- the one encode path ------------------------------------------------------------
+    def _fused_items(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.items(idx, self.text_emb[idx], self.has_id)
+
+    def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Retrieval vectors of items ``idx`` (default: the whole catalog, index 1..N) → (M, out_dim)."""
+        if idx is None:
+            idx = torch.arange(1, self.n_items + 1, device=self.text_emb.device)
+        fusion = self.cfg.fusion
+        if fusion == "text":
+            return self.text_emb[idx]
+        if fusion == "late":
+            return torch.cat([self._fused_items(idx), self.text_emb[idx]], dim=-1)
+        return self._fused_items(idx)
+
+    def sequence_states(self, hist: torch.Tensor) -> torch.Tensor:
+        """hist (B, L) left-padded indices → (B, L, D) user state after each position."""
+        pad = hist == 0
+        return self.users(self._fused_items(hist), pad)
+
+    def text_user(self, hist: torch.Tensor) -> torch.Tensor:
+        """Zero-shot LM user vector: decayed mean of the last items' text embeddings → (B, T)."""
+        n = self.cfg.text_history
+        last = hist[:, -n:]
+        decay = self.cfg.text_decay ** torch.arange(last.shape[1] - 1, -1, -1,
+                                                    device=hist.device, dtype=torch.float32)
+        w = (last != 0).float() * decay
+        u = (self.text_emb[last] * w.unsqueeze(-1)).sum(1)
+        return F.normalize(u, dim=-1)
+
+    def user_vectors(self, hist: torch.Tensor) -> torch.Tensor:
+        """hist (B, L) left-padded item indices, most recent last → (B, out_dim)."""
+        hist = hist[:, -self.cfg.max_len:]
+        fusion = self.cfg.fusion
+        if fusion == "text":
+            return self.text_user(hist)
+        u = self.sequence_states(hist)[:, -1]  # (B, D)
+        if fusion == "late":
+            w = self.cfg.late_weight
+            zt = self.text_user(hist) * (w / self.cfg.text_temperature)
+            return torch.cat([u * (1.0 - w), zt], dim=-1)
+        return u
+
+    # ---- fusion head ----------------------------------------------------------------------
+    def rerank_features(self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor,
+                        retrieval: torch.Tensor) -> torch.Tensor:
+        """hist (B, L), user (B, out_dim), cand (B, N) indices, retrieval (B, N) → (B, N, F)."""
+        n = cand.shape[1]
+        text_c = self.text_emb[cand]  # (B, N, T)
+        last = hist[:, -self.cfg.text_history:]
+        text_h = self.text_emb[last]  # (B, h, T)
+        sims = torch.einsum("bnt,bht->bnh", text_c, text_h)
+        valid = (last != 0).unsqueeze(1)
+        sims_masked = sims.masked_fill(~valid, -1.0)
+        max_sim = sims_masked.max(-1).values
+        mean_sim = (sims * valid).sum(-1) / valid.sum(-1).clamp(min=1)
+        d = self.cfg.dim
+        if self.cfg.fusion in ("id", "joint", "late"):
+            u = user[:, :d]
+            if self.cfg.fusion == "late":
+                u = u / max(1.0 - self.cfg.late_weight, 1e-6)
+            id_dot = torch.einsum("bd,bnd->bn", u, self.items.id_part(cand, self.has_id))
+            if self.cfg.fusion == "joint":
+                text_dot = torch.einsum("bd,bnd->bn", u, self.items.text_part(text_c))
+            else:
+                text_dot = torch.einsum("bt,bnt->bn", self.text_user(hist), text_c)
+        else:
+            id_dot = torch.zeros_like(retrieval)
+            text_dot = retrieval
+        rank = torch.log1p(torch.arange(n, device=cand.device, dtype=torch.float32))
+        return torch.stack(
+            [retrieval, id_dot, text_dot, max_sim, mean_sim, self.log_pop[cand],
+             rank.expand_as(retrieval)], dim=-1)
+
+    def rerank(self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor,
+               retrieval: torch.Tensor) -> torch.Tensor:
+        """Final scores of candidates ``cand`` (B, N) sorted by retrieval score → (B, N)."""
+        if not self.use_head:
+            return retrieval
+        return self.head(self.rerank_features(hist, user, cand, retrieval))
+
+
+def left_pad(histories: list[list[int]], length: int) -> torch.Tensor:
+    """Lists of item indices (oldest first) → (B, length) long tensor, left padded with 0."""
+    out = torch.zeros(len(histories), length, dtype=torch.long)
+    for row, h in enumerate(histories):
+        h = h[-length:]
+        if h:
+            out[row, length - len(h):] = torch.as_tensor(h, dtype=torch.long)
+    return out

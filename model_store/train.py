@@ -1,0 +1,441 @@
+"""Training: L = L_RS + α·L_LM, early stopping on validation NDCG@10, bundle publishing.
+
+* L_RS — next-item prediction at every position of each history window (causal), full
+  softmax over the catalog when it has at most ``full_softmax_max_items`` items, otherwise a
+  sampled softmax over in-batch targets plus uniformly sampled negatives with logQ correction.
+* L_LM — in ``frozen`` text mode: symmetric InfoNCE aligning each batch item's ID embedding
+  with its projected text embedding, so that the text path alone (new items) lands near
+  where a trained ID would be.
+* The fusion head is trained afterwards on retrieved hard negatives and kept only when it
+  improves validation NDCG@10 (the decision is recorded in the manifest).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from model_store import bundle as bundle_mod
+from model_store.config import Config
+from model_store.data import Dataset, holdout_last
+from model_store.errors import ConfigError, DataError
+from model_store.evaluate import EvalSet, evaluate, metrics_from_ranks, rank_targets
+from model_store.model import Batch, FusedModel, left_pad
+from model_store.text_encoder import TextEncoder, pick_device
+
+log = logging.getLogger(__name__)
+HISTORY_KEEP = 200
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---- data preparation -----------------------------------------------------------------------
+
+@dataclass
+class Prepared:
+    """A dataset turned into model indices (item k of ``item_ids`` ↔ index k + 1)."""
+
+    item_ids: list[str]
+    users: list[str]
+    sequences: list[np.ndarray]  # training sequence of each user, item indices
+    weights: list[np.ndarray]
+    valid: EvalSet | None
+    valid_users: list[str]
+    counts: np.ndarray  # (N + 1,) training interactions per item index
+    text_emb: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def split_by_user(frame: pd.DataFrame, index: dict[str, int] | pd.Index) -> tuple[
+        list[str], list[np.ndarray], list[np.ndarray]]:
+    """Interactions in canonical order → per-user arrays of item indices and weights."""
+    if len(frame) == 0:
+        return [], [], []
+    if isinstance(index, pd.Index):
+        idx = index.get_indexer(frame["item_id"]) + 1
+    else:
+        idx = frame["item_id"].map(index).to_numpy()
+    users = frame["user_id"].to_numpy()
+    bounds = np.flatnonzero(users[1:] != users[:-1]) + 1
+    starts = np.concatenate([[0], bounds])
+    seqs = np.split(np.asarray(idx, dtype=np.int64), bounds)
+    weights = np.split(frame["weight"].to_numpy(dtype=np.float32), bounds)
+    return [str(users[s]) for s in starts], seqs, weights
+
+
+def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
+    items = pd.Index(dataset.items["item_id"])
+    inter = dataset.interactions
+    if holdout:
+        train, valid = holdout_last(inter)
+    else:
+        train, valid = inter, inter.iloc[0:0]
+    users, seqs, weights = split_by_user(train, items)
+    counts = np.bincount(np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64),
+                         minlength=len(items) + 1).astype(np.float32)
+    valid_set: EvalSet | None = None
+    valid_users: list[str] = []
+    if len(valid):
+        pos = {u: k for k, u in enumerate(users)}
+        v_users = valid["user_id"].tolist()
+        v_targets = (items.get_indexer(valid["item_id"]) + 1).tolist()
+        hists, targets = [], []
+        for u, t in zip(v_users, v_targets, strict=True):
+            if u in pos:
+                hists.append(seqs[pos[u]].tolist())
+                targets.append(int(t))
+                valid_users.append(u)
+        valid_set = EvalSet(hists, targets)
+    return Prepared(item_ids=items.tolist(), users=users, sequences=seqs, weights=weights,
+                    valid=valid_set, valid_users=valid_users, counts=counts)
+
+
+def windows(seqs: list[np.ndarray], weights: list[np.ndarray], max_len: int) -> Batch:
+    """Cut each sequence into next-item windows of ``max_len`` covering every target once."""
+    inputs, targets, ws = [], [], []
+    for seq, w in zip(seqs, weights, strict=True):
+        n = len(seq)
+        end = n - 1  # targets are seq[1:]
+        while end > 0:
+            start = max(0, end - max_len)
+            x = np.zeros(max_len, dtype=np.int64)
+            y = np.zeros(max_len, dtype=np.int64)
+            ww = np.zeros(max_len, dtype=np.float32)
+            m = end - start
+            x[max_len - m:] = seq[start:end]
+            y[max_len - m:] = seq[start + 1:end + 1]
+            ww[max_len - m:] = w[start + 1:end + 1]
+            inputs.append(x)
+            targets.append(y)
+            ws.append(ww)
+            end = start
+    if not inputs:
+        raise DataError("no user has two or more training interactions; nothing to learn from")
+    return Batch(torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets)),
+                 torch.from_numpy(np.stack(ws)))
+
+
+# ---- text embeddings (cached across runs) -------------------------------------------------------
+
+def text_embeddings(texts: list[str], cfg: Config, *, cache_dir: Path | None,
+                    device: str = "auto", progress: Callable[[int], None] | None = None,
+                    ) -> np.ndarray:
+    """LM embeddings of the item texts; cached on disk by (model, max_length, texts) hash."""
+    h = hashlib.sha256(f"{cfg.text.model}|{cfg.text.max_length}".encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    path = cache_dir / "text" / f"{h.hexdigest()[:32]}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        return np.load(path)
+    encoder = TextEncoder(cfg.text.model, max_length=cfg.text.max_length, device=device)
+    emb = encoder.encode(texts, batch_size=cfg.text.batch_size, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, emb)
+        os.replace(tmp, path)
+    return emb
+
+
+# ---- losses ----------------------------------------------------------------------------------
+
+def rs_loss(model: FusedModel, batch: Batch, cfg: Config,
+            sampler_logq: torch.Tensor | None) -> torch.Tensor:
+    """Next-item cross-entropy at every non-padding position."""
+    states = model.sequence_states(batch.inputs)  # (B, L, D)
+    mask = batch.targets > 0
+    h = states[mask]  # (M, D)
+    y = batch.targets[mask]  # (M,)
+    w = batch.weights[mask]
+    if sampler_logq is None:
+        vectors = model.item_vectors()  # (N, D) for indices 1..N
+        logits = h @ vectors.T
+        loss = F.cross_entropy(logits, y - 1, reduction="none")
+        return (loss * w).sum() / w.sum()
+    # sampled softmax: in-batch targets + uniform negatives, logQ-corrected
+    n = model.n_items
+    k = cfg.train.num_negatives
+    neg = torch.randint(1, n + 1, (k,), device=h.device)
+    cand = torch.unique(torch.cat([y, neg]))  # (C,)
+    vec = model.item_vectors(cand)  # (C, D)
+    logits = h @ vec.T - sampler_logq[cand]
+    pos = torch.searchsorted(cand, y)  # column of each target
+    return (F.cross_entropy(logits, pos, reduction="none") * w).sum() / w.sum()
+
+
+def align_loss(model: FusedModel, batch: Batch, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE between ID embeddings and projected text of the batch's items."""
+    idx = torch.unique(batch.targets[batch.targets > 0])
+    idx = idx[model.has_id[idx]]
+    if len(idx) > 4096:
+        idx = idx[torch.randperm(len(idx), device=idx.device)[:4096]]
+    z_id = F.normalize(model.items.id_emb(idx), dim=-1)
+    z_text = F.normalize(model.items.text_part(model.text_emb[idx]), dim=-1)
+    logits = z_id @ z_text.T / temperature
+    labels = torch.arange(len(idx), device=idx.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+# ---- the training loop ----------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    model: FusedModel
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]]
+    valid_metrics: dict[str, float]
+    seconds: float
+    seconds_to_best: float
+    rerank: dict[str, Any]
+
+
+def build_model(cfg: Config, prep: Prepared, device: torch.device) -> FusedModel:
+    text = torch.from_numpy(np.concatenate([np.zeros((1, prep.text_emb.shape[1]), np.float32),
+                                            prep.text_emb]))
+    has_id = torch.from_numpy(prep.counts > 0)
+    log_pop = torch.from_numpy(np.log1p(prep.counts))
+    return FusedModel(cfg.model, text, has_id, log_pop).to(device)
+
+
+def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
+        on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train the retriever (and the fusion head); returns the best-epoch model."""
+    tr = cfg.train
+    seed_everything(tr.seed)
+    device = pick_device(tr.device)
+    model = build_model(cfg, prep, device)
+    n_epochs = tr.epochs if epochs is None else epochs
+    history: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    valid = prep.valid if (prep.valid is not None and len(prep.valid)) else None
+    if valid is not None and tr.max_eval_users and len(valid) > tr.max_eval_users:
+        rng = np.random.default_rng(tr.seed)
+        keep = np.sort(rng.choice(len(valid), tr.max_eval_users, replace=False))
+        valid = EvalSet([valid.histories[i] for i in keep], [valid.targets[i] for i in keep])
+
+    if cfg.model.fusion == "text":  # zero-shot: nothing to train
+        metrics = evaluate(model, valid)["all"] if valid is not None else {}
+        return TrainResult(model, 0, 0, [], metrics, time.perf_counter() - t0, 0.0,
+                           {"enabled": False, "reason": "text fusion is zero-shot"})
+
+    data = windows(prep.sequences, prep.weights, cfg.model.max_len)
+    sampler_logq = None
+    if prep.n_items > tr.full_softmax_max_items:
+        # each candidate appears in the batch with probability ≈ in-batch share + K/N
+        freq = torch.from_numpy(prep.counts / max(prep.counts.sum(), 1.0))
+        tokens = float((data.targets > 0).sum()) / len(data.targets) * tr.batch_size
+        q = (1 - (1 - freq) ** tokens) + tr.num_negatives / prep.n_items
+        sampler_logq = torch.log(q.clamp(min=1e-12, max=1.0)).float().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
+    use_align = cfg.model.fusion == "joint" and tr.alpha > 0
+    best = (-1.0, 0, copy.deepcopy(model.state_dict()), {}, 0.0)
+    bad = 0
+    gen = torch.Generator().manual_seed(tr.seed)
+    for epoch in range(1, n_epochs + 1):
+        model.train()
+        perm = torch.randperm(len(data.inputs), generator=gen)
+        sums = {"loss_rs": 0.0, "loss_lm": 0.0}
+        steps = 0
+        for s in range(0, len(perm), tr.batch_size):
+            sel = perm[s:s + tr.batch_size]
+            batch = Batch(data.inputs[sel], data.targets[sel], data.weights[sel]).to(device)
+            l_rs = rs_loss(model, batch, cfg, sampler_logq)
+            loss = l_rs
+            if use_align:
+                l_lm = align_loss(model, batch, tr.align_temperature)
+                loss = loss + tr.alpha * l_lm
+                sums["loss_lm"] += float(l_lm.detach())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sums["loss_rs"] += float(l_rs.detach())
+            steps += 1
+        row: dict[str, float] = {"epoch": float(epoch),
+                                 **{k: v / max(steps, 1) for k, v in sums.items()}}
+        if valid is not None:
+            ranks, top10 = rank_targets(model, valid, use_head=False)
+            m = metrics_from_ranks(ranks, top10, prep.n_items)
+            row.update({f"valid_{k}": v for k, v in m.items() if k != "users"})
+            score = m["ndcg@10"]
+        else:
+            score = float(epoch)  # no holdout: the last epoch is the one kept
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if score > best[0]:
+            best = (score, epoch, copy.deepcopy(model.state_dict()), row, row["seconds"])
+            bad = 0
+        else:
+            bad += 1
+            if valid is not None and bad >= tr.patience:
+                break
+    model.load_state_dict(best[2])
+    model.eval()
+    valid_metrics = {k.removeprefix("valid_"): v for k, v in best[3].items()
+                     if k.startswith("valid_")}
+    rerank = {"enabled": False, "reason": "disabled in config"}
+    if tr.rerank and valid is not None:
+        rerank = fit_head(model, cfg, prep, valid)
+        if rerank["enabled"]:
+            valid_metrics = rerank["valid_with_head"]
+    elif tr.rerank:
+        rerank = {"enabled": False, "reason": "no validation holdout to prove the head helps"}
+    return TrainResult(model, best[1], len(history), history, valid_metrics,
+                       time.perf_counter() - t0, best[4], rerank)
+
+
+def fit_head(model: FusedModel, cfg: Config, prep: Prepared, valid: EvalSet) -> dict[str, Any]:
+    """Train the fusion head on retrieved candidates of training positions.
+
+    The retriever is frozen; training examples are the last training position of each user
+    whose next item is among the top-N retrieved candidates. The head is kept only if it
+    raises validation NDCG@10 over retrieval alone.
+    """
+    tr = cfg.train
+    device = model.text_emb.device
+    n_cand = min(cfg.model.rerank_candidates, prep.n_items)
+    hists, targets = [], []
+    rng = np.random.default_rng(tr.seed)
+    for seq in prep.sequences:
+        if len(seq) < 3:
+            continue
+        # a random position in the last third: recent behaviour, several per long user
+        for _ in range(1 + len(seq) // 50):
+            p = int(rng.integers(max(1, (2 * len(seq)) // 3), len(seq)))
+            hists.append(seq[:p].tolist())
+            targets.append(int(seq[p]))
+    if not hists:
+        return {"enabled": False, "reason": "no training examples"}
+    with torch.inference_mode():
+        vectors = model.item_vectors()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in model.head.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(model.head.parameters(), lr=1e-2)
+    base = metrics_from_ranks(*rank_targets(model, valid, use_head=False)[:1])
+    order = np.arange(len(hists))
+    bs = 256
+    best_state = copy.deepcopy(model.head.state_dict())
+    model.use_head = True
+    best_ndcg = base["ndcg@10"]
+    for _ in range(tr.rerank_epochs):
+        rng.shuffle(order)
+        for s in range(0, len(order), bs):
+            sel = order[s:s + bs]
+            hist = left_pad([hists[i] for i in sel], cfg.model.max_len).to(device)
+            y = torch.as_tensor([targets[i] for i in sel], device=device)
+            with torch.no_grad():
+                user = model.user_vectors(hist)
+                scores = user @ vectors.T
+                scores.scatter_(1, (hist - 1).clamp(min=0), -torch.inf)
+                retrieval, cand = scores.topk(n_cand, dim=1)
+                cand = cand + 1
+                hit = cand == y[:, None]
+                keep = hit.any(1)
+            if not bool(keep.any()):
+                continue
+            fused = model.head(model.rerank_features(hist[keep], user[keep], cand[keep],
+                                                     retrieval[keep].clamp(min=-1e9)))
+            loss = F.cross_entropy(fused, hit[keep].float().argmax(1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        m = metrics_from_ranks(rank_targets(model, valid, use_head=True)[0])
+        if m["ndcg@10"] > best_ndcg:
+            best_ndcg = m["ndcg@10"]
+            best_state = copy.deepcopy(model.head.state_dict())
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.head.load_state_dict(best_state)
+    with_head = evaluate(model, valid, use_head=True)["all"]
+    enabled = with_head["ndcg@10"] > base["ndcg@10"]
+    model.use_head = enabled
+    return {"enabled": enabled, "valid_ndcg@10_retrieval": base["ndcg@10"],
+            "valid_ndcg@10_with_head": with_head["ndcg@10"], "valid_with_head": with_head,
+            "examples": len(hists), "reason": "improves validation NDCG@10" if enabled
+            else "does not improve validation NDCG@10; retrieval order is served"}
+
+
+# ---- train + publish ----------------------------------------------------------------------------
+
+def train_and_publish(dataset: Dataset, cfg: Config, store: Path, *,
+                      cache_dir: Path | None = None, epochs: int | None = None,
+                      on_epoch: Callable[[dict[str, float]], None] | None = None,
+                      text_progress: Callable[[int], None] | None = None,
+                      ) -> tuple[Path, TrainResult]:
+    """Train on ``dataset`` with ``cfg`` and publish a new bundle version in ``store``."""
+    cfg.validate()
+    if cfg.text.mode == "lora" and cfg.model.fusion != "joint":
+        raise ConfigError("text.mode=lora tunes the LM jointly and needs fusion=joint")
+    if cfg.text.mode == "lora":
+        from model_store.lora import train_lora_text
+
+        text = train_lora_text(dataset, cfg, cache_dir=cache_dir)
+    else:
+        text = text_embeddings(dataset.item_texts(), cfg, cache_dir=cache_dir,
+                               device=cfg.train.device, progress=text_progress)
+    prep = prepare(dataset, holdout=cfg.train.holdout)
+    prep.text_emb = text
+    result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch)
+    model = result.model.cpu()
+    histories = {u: [prep.item_ids[i - 1] for i in s[-HISTORY_KEEP:]]
+                 for u, s in zip(prep.users, prep.sequences, strict=True)}
+    version = bundle_mod.new_version_name()
+    manifest = bundle_mod.base_manifest(version, cfg)
+    manifest.update({
+        "data": {"fingerprint": dataset.fingerprint(), "source": str(dataset.source),
+                 "n_users": len(prep.users), "n_items": prep.n_items,
+                 "n_interactions": len(dataset.interactions),
+                 "text_columns": list(dataset.text_columns), "holdout": cfg.train.holdout},
+        "dims": {"text": int(text.shape[1]), "model": cfg.model.dim, "vector": model.out_dim},
+        "item_vocab_hash": bundle_mod.vocab_hash(prep.item_ids),
+        "text_model": {"name": cfg.text.model, "mode": cfg.text.mode,
+                       "max_length": cfg.text.max_length},
+        "metrics": {"valid": result.valid_metrics, "best_epoch": result.best_epoch,
+                    "epochs_run": result.epochs_run, "train_seconds": result.seconds,
+                    "seconds_to_best": result.seconds_to_best,
+                    "seconds_per_epoch": (result.seconds / result.epochs_run
+                                          if result.epochs_run else 0.0),
+                    "history": result.history},
+        "rerank": {k: v for k, v in result.rerank.items() if k != "valid_with_head"},
+    })
+    items = dataset.items.copy()
+    with bundle_mod.staging(store, version) as staged:
+        bundle_mod.write_bundle_files(staged, model, items, histories)
+        if cfg.text.mode == "lora":
+            from model_store.lora import save_adapter
+
+            save_adapter(staged, cache_dir)
+        path = bundle_mod.publish(store, staged, manifest)
+    log.info("published %s", path)
+    return path, result
+
+
+def nan_to_none(d: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
