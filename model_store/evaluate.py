@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from model_store.errors import DataError
 from model_store.model import FusedModel, left_pad
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "hr@10", "coverage@10")
@@ -110,3 +113,45 @@ def evaluate(model: FusedModel, data: EvalSet, *, warm_items: Sequence[bool] | N
         result["warm"] = metrics_from_ranks(ranks[warm], top10[warm], model.n_items)
         result["cold"] = metrics_from_ranks(ranks[~warm], top10[~warm], model.n_items)
     return result
+
+
+def evaluate_bundle(*, store: Path, data: Path, test: Path,
+                    version: str | None = None) -> dict[str, Any]:
+    """``fusionrec evaluate``: targets from ``test``, histories = all of DATA's interactions."""
+    from model_store.bundle import load_bundle
+    from model_store.data import load_dataset, read_table
+
+    bundle = load_bundle(store, version)
+    dataset = load_dataset(data, text_columns=bundle.text_columns)
+    frame, path = read_table(test.with_suffix("")) if test.suffix in (".csv", ".parquet") \
+        else (None, test)
+    if frame is None:
+        raise DataError(f"{test}: the test file must end in .csv or .parquet")
+    missing = [c for c in ("user_id", "item_id") if c not in frame.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    index = bundle.index_of()
+    seqs = dataset.sequences()
+    hists: list[list[int]] = []
+    targets: list[int] = []
+    skipped = 0
+    unknown_hist: set[str] = set()
+    for row, (user, item) in enumerate(zip(frame["user_id"].astype(str),
+                                           frame["item_id"].astype(str), strict=True)):
+        if item not in index:
+            raise DataError(f"{path}: row {row + 1}, field 'item_id': item {item!r} is not in "
+                            f"the bundle's catalog of {len(index)} items")
+        history = [index[i] for i in seqs.get(user, []) if i in index]
+        unknown_hist.update(i for i in seqs.get(user, []) if i not in index)
+        if not history:
+            skipped += 1
+            continue
+        hists.append(history)
+        targets.append(index[item])
+    if not targets:
+        raise DataError(f"{path}: no test user has a history in {data}")
+    warm = [False, *bundle.model.has_id[1:].tolist()]
+    metrics = evaluate(bundle.model, EvalSet(hists, targets), warm_items=warm)
+    return {"version": bundle.version, "metrics": metrics, "skipped_users": skipped,
+            "history_items_not_in_catalog": len(unknown_hist), "test_file": str(path),
+            "rerank": bool(bundle.model.use_head)}

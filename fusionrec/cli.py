@@ -1,0 +1,35 @@
+"""The ``fusionrec`` console script.
+
+`data`, `train`, `evaluate`, `ablate` come from model_store; `index` from indexer; `serve`
+from app. Each package registers its own commands, so this module only composes them.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(help="fusionrec: LM + sequential recommender, offline and online.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def build() -> typer.Typer:
+    from model_store.cli import register as register_model
+
+    register_model(app)
+    try:
+        from indexer.cli import register as register_indexer
+    except ImportError:  # pragma: no cover - during bootstrap only
+        pass
+    else:
+        register_indexer(app)
+    try:
+        from app.cli import register as register_app
+    except ImportError:  # pragma: no cover - during bootstrap only
+        pass
+    else:
+        register_app(app)
+    return app
+
+
+def main() -> None:
+    build()()

