@@ -90,7 +90,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # train the fusion head after the retriever; kept only if it improves validation NDCG@10
     rerank: bool = True
-    rerank_epochs: int = 30
+    rerank_epochs: int = 10
     # cap on validation users (0 = all); large synthetic sets are evaluated on a sample
     max_eval_users: int = 20_000
 

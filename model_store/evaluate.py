@@ -98,7 +98,10 @@ def rank_targets(model: FusedModel, data: EvalSet, *, batch_size: int = 256,
         greater = (scores > target_score[:, None]).sum(1)
         ties = (scores == target_score[:, None]).sum(1) - 1
         ranks[start:start + len(hists)] = (greater + ties).cpu().numpy()
-        top10[start:start + len(hists)] = (scores.topk(10, dim=1).indices + 1).cpu().numpy()
+        kk = min(10, n_items)
+        top_v, top_i = scores.topk(kk, dim=1)
+        top_i = torch.where(top_v > -torch.inf, top_i + 1, torch.zeros_like(top_i))
+        top10[start:start + len(hists), :kk] = top_i.cpu().numpy()
     model.train(was_training)
     return ranks, top10
 

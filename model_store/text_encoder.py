@@ -56,7 +56,7 @@ class TextEncoder(nn.Module):
     """A transformers encoder with mean pooling; ``encode`` returns L2-normalised float32."""
 
     def __init__(self, model: str = DEFAULT_TEXT_MODEL, *, max_length: int = 128,
-                 device: str = "auto") -> None:
+                 device: str = "auto", adapter_dir: Path | None = None) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -67,6 +67,14 @@ class TextEncoder(nn.Module):
             self.model = AutoModel.from_pretrained(path, local_files_only=local)
         except OSError as exc:
             raise ConfigError(f"cannot load text model {model!r} from {path}: {exc}") from exc
+        if adapter_dir is not None:
+            # a bundle trained with text.mode=lora: encode with its tuned LM
+            from model_store.config import TextConfig
+            from model_store.lora import ADAPTER_FILE, load_tuned_encoder
+
+            if (adapter_dir / ADAPTER_FILE).exists():
+                self.model = load_tuned_encoder(TextConfig(model=model, max_length=max_length),
+                                                adapter_dir)
         self.name = model
         self.path = path
         self.max_length = max_length

@@ -34,6 +34,7 @@ from model_store.config import Config
 from model_store.data import Dataset, holdout_last
 from model_store.errors import ConfigError, DataError
 from model_store.evaluate import EvalSet, evaluate, metrics_from_ranks, rank_targets
+from model_store.lora import LoraText
 from model_store.model import Batch, FusedModel, left_pad
 from model_store.text_encoder import TextEncoder, pick_device
 
@@ -221,7 +222,8 @@ def build_model(cfg: Config, prep: Prepared, device: torch.device) -> FusedModel
 
 
 def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
-        on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+        on_epoch: Callable[[dict[str, float]], None] | None = None,
+        lora: LoraText | None = None) -> TrainResult:
     """Train the retriever (and the fusion head); returns the best-epoch model."""
     tr = cfg.train
     seed_everything(tr.seed)
@@ -249,9 +251,26 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
         tokens = float((data.targets > 0).sum()) / len(data.targets) * tr.batch_size
         q = (1 - (1 - freq) ** tokens) + tr.num_negatives / prep.n_items
         sampler_logq = torch.log(q.clamp(min=1e-12, max=1.0)).float().to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
-    use_align = cfg.model.fusion == "joint" and tr.alpha > 0
-    best = (-1.0, 0, copy.deepcopy(model.state_dict()), {}, 0.0)
+    params = list(model.parameters())
+    if lora is not None:
+        lora.to(device)
+        lora.train()
+        lora_params = [p for p in lora.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW([{"params": params, "lr": tr.lr},
+                                 {"params": lora_params, "lr": tr.lr / 4}],
+                                weight_decay=tr.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    use_align = cfg.model.fusion == "joint" and tr.alpha > 0 and lora is None
+
+    def snapshot() -> dict[str, Any]:
+        snap = {"model": copy.deepcopy(model.state_dict())}
+        if lora is not None:
+            snap["lora"] = {k: v.detach().clone() for k, v in lora.state_dict().items()}
+        return snap
+
+    best: tuple[float, int, dict[str, Any], dict[str, float], float] = (
+        -1.0, 0, snapshot(), {}, 0.0)
     bad = 0
     gen = torch.Generator().manual_seed(tr.seed)
     for epoch in range(1, n_epochs + 1):
@@ -262,8 +281,19 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
         for s in range(0, len(perm), tr.batch_size):
             sel = perm[s:s + tr.batch_size]
             batch = Batch(data.inputs[sel], data.targets[sel], data.weights[sel]).to(device)
+            l_lm_lora = None
+            if lora is not None:
+                # re-encode this batch's target items with gradients; others use the cache
+                idx = torch.unique(batch.targets[batch.targets > 0])
+                idx = idx[torch.randperm(len(idx), device=idx.device)[:cfg.text.batch_size]]
+                fresh = lora.embed(idx)
+                model.text_emb = model.text_emb.detach().index_put((idx,), fresh)
+                l_lm_lora = lora.mlm_loss(idx[:32])
             l_rs = rs_loss(model, batch, cfg, sampler_logq)
             loss = l_rs
+            if l_lm_lora is not None:
+                loss = loss + tr.alpha * l_lm_lora
+                sums["loss_lm"] += float(l_lm_lora.detach())
             if use_align:
                 l_lm = align_loss(model, batch, tr.align_temperature)
                 loss = loss + tr.alpha * l_lm
@@ -272,6 +302,8 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            if lora is not None:
+                model.text_emb = model.text_emb.detach()
             sums["loss_rs"] += float(l_rs.detach())
             steps += 1
         row: dict[str, float] = {"epoch": float(epoch),
@@ -288,13 +320,17 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
         if on_epoch is not None:
             on_epoch(row)
         if score > best[0]:
-            best = (score, epoch, copy.deepcopy(model.state_dict()), row, row["seconds"])
+            best = (score, epoch, snapshot(), row, row["seconds"])
             bad = 0
         else:
             bad += 1
             if valid is not None and bad >= tr.patience:
                 break
-    model.load_state_dict(best[2])
+    model.load_state_dict(best[2]["model"])
+    if lora is not None:
+        lora.load_state_dict(best[2]["lora"])
+        text = torch.from_numpy(lora.encode_all(cfg.text.batch_size)).to(device)
+        model.text_emb = torch.cat([torch.zeros_like(text[:1]), text])
     model.eval()
     valid_metrics = {k.removeprefix("valid_"): v for k, v in best[3].items()
                      if k.startswith("valid_")}
@@ -393,16 +429,16 @@ def train_and_publish(dataset: Dataset, cfg: Config, store: Path, *,
     cfg.validate()
     if cfg.text.mode == "lora" and cfg.model.fusion != "joint":
         raise ConfigError("text.mode=lora tunes the LM jointly and needs fusion=joint")
+    texts = dataset.item_texts()
+    text = text_embeddings(texts, cfg, cache_dir=cache_dir, device=cfg.train.device,
+                           progress=text_progress)
+    lora = None
     if cfg.text.mode == "lora":
-        from model_store.lora import train_lora_text
-
-        text = train_lora_text(dataset, cfg, cache_dir=cache_dir)
-    else:
-        text = text_embeddings(dataset.item_texts(), cfg, cache_dir=cache_dir,
-                               device=cfg.train.device, progress=text_progress)
+        lora = LoraText(cfg.text, texts, pick_device(cfg.train.device))
     prep = prepare(dataset, holdout=cfg.train.holdout)
     prep.text_emb = text
-    result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch)
+    result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch, lora=lora)
+    text = result.model.text_emb[1:].cpu().numpy()
     model = result.model.cpu()
     histories = {u: [prep.item_ids[i - 1] for i in s[-HISTORY_KEEP:]]
                  for u, s in zip(prep.users, prep.sequences, strict=True)}
@@ -428,10 +464,8 @@ def train_and_publish(dataset: Dataset, cfg: Config, store: Path, *,
     items = dataset.items.copy()
     with bundle_mod.staging(store, version) as staged:
         bundle_mod.write_bundle_files(staged, model, items, histories)
-        if cfg.text.mode == "lora":
-            from model_store.lora import save_adapter
-
-            save_adapter(staged, cache_dir)
+        if lora is not None:
+            lora.save(staged)
         path = bundle_mod.publish(store, staged, manifest)
     log.info("published %s", path)
     return path, result

@@ -1,0 +1,56 @@
+# One command per task, the same for a developer and CI.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DATA ?= data/movielens-100k
+STORE ?= store
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: install install-system run data train index serve test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch first: 2.13.0 is a local CPU build; letting pip choose would pull a CUDA build
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# redis-server is used by the Redis tests (they start their own on a free port)
+install-system:
+	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+
+# The main job: fetch MovieLens-100k, train, index, serve on http://$(HOST):$(PORT)
+run: install
+	$(VENV)/bin/fusionrec data movielens-100k --out $(DATA)
+	$(VENV)/bin/fusionrec train --data $(DATA) --store $(STORE)
+	$(VENV)/bin/fusionrec index --store $(STORE)
+	$(VENV)/bin/fusionrec serve --store $(STORE) --host $(HOST) --port $(PORT)
+
+test: install install-system
+	$(VENV)/bin/pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check model_store indexer app
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+bench-quality: install
+	$(PY) bench/quality.py
+
+bench-index: install
+	$(PY) bench/index.py
+
+bench-serve: install
+	$(PY) bench/serve.py
+
+bench: bench-quality bench-index bench-serve
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports
