@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(help="fusionrec: LM + sequential recommender, offline and online.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="fusionrec: LM + sequential recommender, offline and online.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 
 
 def build() -> typer.Typer:

@@ -58,8 +58,12 @@ def split_for_test(dataset: Dataset) -> tuple[Dataset, pd.DataFrame]:
     is_test = (size >= 3) & (pos == 0)
     train = inter[~is_test].reset_index(drop=True)
     test = inter[is_test].reset_index(drop=True)
-    return Dataset(interactions=train, items=dataset.items, text_columns=dataset.text_columns,
-                   source=dataset.source), test
+    return Dataset(
+        interactions=train,
+        items=dataset.items,
+        text_columns=dataset.text_columns,
+        source=dataset.source,
+    ), test
 
 
 def test_set(train: Dataset, test: pd.DataFrame) -> EvalSet:
@@ -80,16 +84,25 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def run_ablation(*, data: Path, out: Path, base: Config, seeds: int,
-                 strategies: Sequence[str], alphas: Sequence[float], epochs: int | None = None,
-                 log: Callable[[str], None] = lambda _m: None) -> Path:
+def run_ablation(
+    *,
+    data: Path,
+    out: Path,
+    base: Config,
+    seeds: int,
+    strategies: Sequence[str],
+    alphas: Sequence[float],
+    epochs: int | None = None,
+    log: Callable[[str], None] = lambda _m: None,
+) -> Path:
     for s in strategies:
         if s not in FUSIONS:
             raise ConfigError(f"unknown strategy {s!r}; valid: {', '.join(FUSIONS)}")
     dataset = load_dataset(data, text_columns=base.text.text_columns)
     train_ds, test = split_for_test(dataset)
-    text = text_embeddings(dataset.item_texts(), base, cache_dir=default_cache_dir(),
-                           device=base.train.device)
+    text = text_embeddings(
+        dataset.item_texts(), base, cache_dir=default_cache_dir(), device=base.train.device
+    )
     evalset = test_set(train_ds, test)
     plans: list[tuple[str, str, float]] = [(s, s, base.train.alpha) for s in strategies]
     if "joint" in strategies:
@@ -115,19 +128,30 @@ def run_ablation(*, data: Path, out: Path, base: Config, seeds: int,
                 id_models[seed] = result
             warm = [False, *result.model.has_id[1:].tolist()]
             metrics = evaluate(result.model, evalset, warm_items=warm)
-            runs.append(Run(
-                label=label if fusion != "joint" or alpha != base.train.alpha
-                else f"joint α={alpha:g}",
-                fusion=fusion, alpha=alpha, seed=seed, test=metrics,
-                valid=result.valid_metrics, best_epoch=result.best_epoch,
-                epochs_run=result.epochs_run, seconds=result.seconds,
-                seconds_to_best=result.seconds_to_best,
-                seconds_per_epoch=result.seconds / max(result.epochs_run, 1),
-                curve=[r.get("valid_ndcg@10", float("nan")) for r in result.history],
-                rerank=bool(result.model.use_head)))
-            log(f"seed {seed} {runs[-1].label}: test ndcg@10 {metrics['all']['ndcg@10']:.4f} "
+            runs.append(
+                Run(
+                    label=label
+                    if fusion != "joint" or alpha != base.train.alpha
+                    else f"joint α={alpha:g}",
+                    fusion=fusion,
+                    alpha=alpha,
+                    seed=seed,
+                    test=metrics,
+                    valid=result.valid_metrics,
+                    best_epoch=result.best_epoch,
+                    epochs_run=result.epochs_run,
+                    seconds=result.seconds,
+                    seconds_to_best=result.seconds_to_best,
+                    seconds_per_epoch=result.seconds / max(result.epochs_run, 1),
+                    curve=[r.get("valid_ndcg@10", float("nan")) for r in result.history],
+                    rerank=bool(result.model.use_head),
+                )
+            )
+            log(
+                f"seed {seed} {runs[-1].label}: test ndcg@10 {metrics['all']['ndcg@10']:.4f} "
                 f"recall@20 {metrics['all']['recall@20']:.4f} (best epoch {result.best_epoch}, "
-                f"{result.seconds:.0f} s)")
+                f"{result.seconds:.0f} s)"
+            )
     return write_report(runs, out, data=data, n_test=len(evalset))
 
 
@@ -147,8 +171,16 @@ def _late_from_id(cfg: Config, prep: Any, id_result: TrainResult) -> TrainResult
             rerank = fit_head(model, cfg, prep, prep.valid)
             if rerank["enabled"]:
                 valid_metrics = rerank["valid_with_head"]
-    return TrainResult(model, id_result.best_epoch, id_result.epochs_run, id_result.history,
-                       valid_metrics, id_result.seconds, id_result.seconds_to_best, rerank)
+    return TrainResult(
+        model,
+        id_result.best_epoch,
+        id_result.epochs_run,
+        id_result.history,
+        valid_metrics,
+        id_result.seconds,
+        id_result.seconds_to_best,
+        rerank,
+    )
 
 
 def summarize(runs: list[Run]) -> list[dict[str, Any]]:
@@ -161,7 +193,8 @@ def summarize(runs: list[Run]) -> list[dict[str, Any]]:
             vals = [r.test["all"][m] for r in rs]
             row[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
         row["cold_ndcg@10"] = statistics.mean(
-            [r.test.get("cold", {}).get("ndcg@10", float("nan")) for r in rs])
+            [r.test.get("cold", {}).get("ndcg@10", float("nan")) for r in rs]
+        )
         row["cold_users"] = rs[0].test.get("cold", {}).get("users", 0)
         row["best_epoch"] = statistics.mean([r.best_epoch for r in rs])
         row["s_per_epoch"] = statistics.mean([r.seconds_per_epoch for r in rs])
@@ -175,36 +208,51 @@ def write_report(runs: list[Run], out: Path, *, data: Path, n_test: int) -> Path
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(runs)
     lines = [
-        "# Ablation: fusion strategies", "",
+        "# Ablation: fusion strategies",
+        "",
         f"Data: `{data}`; test = each user's last interaction ({n_test} users), full ranking "
         "over the catalog with the user's history excluded; early stopping on the "
-        "second-to-last interaction. Mean ± std over seeds.", "",
+        "second-to-last interaction. Mean ± std over seeds.",
+        "",
         "| strategy | seeds | NDCG@10 | Recall@10 | Recall@20 | NDCG@20 | MRR@10 | "
         "coverage@10 | best epoch | s/epoch | s to best | head kept |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         cells = [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in REPORT_METRICS]
-        lines.append(f"| {r['label']} | {r['seeds']} | " + " | ".join(cells) +
-                     f" | {r['best_epoch']:.1f} | {r['s_per_epoch']:.2f} | {r['s_to_best']:.1f}"
-                     f" | {r['rerank']}/{r['seeds']} |")
+        lines.append(
+            f"| {r['label']} | {r['seeds']} | "
+            + " | ".join(cells)
+            + f" | {r['best_epoch']:.1f} | {r['s_per_epoch']:.2f} | {r['s_to_best']:.1f}"
+            f" | {r['rerank']}/{r['seeds']} |"
+        )
     by = {r["label"]: r for r in rows}
-    joint = next((r for r in rows if r["label"].startswith("joint") and
-                  r["label"] == _default_joint_label(runs)), None)
+    joint = next(
+        (
+            r
+            for r in rows
+            if r["label"].startswith("joint") and r["label"] == _default_joint_label(runs)
+        ),
+        None,
+    )
     lines.append("")
     if joint is not None:
         for other in ("id", "text", "late"):
             if other in by:
                 d = joint["ndcg@10"][0] - by[other]["ndcg@10"][0]
                 spread = max(joint["ndcg@10"][1], by[other]["ndcg@10"][1])
-                verdict = ("beats" if d > spread else "does not clearly beat" if d > 0
-                           else "does not beat")
-                lines.append(f"- {joint['label']} {verdict} `{other}`: NDCG@10 difference "
-                             f"{d:+.4f}, larger seed std {spread:.4f}.")
+                verdict = (
+                    "beats" if d > spread else "does not clearly beat" if d > 0 else "does not beat"
+                )
+                lines.append(
+                    f"- {joint['label']} {verdict} `{other}`: NDCG@10 difference "
+                    f"{d:+.4f}, larger seed std {spread:.4f}."
+                )
     report = out / "ablation.md"
     report.write_text("\n".join(lines) + "\n")
-    (out / "ablation.json").write_text(json.dumps(
-        {"runs": [r.__dict__ for r in runs]}, indent=2, default=float))
+    (out / "ablation.json").write_text(
+        json.dumps({"runs": [r.__dict__ for r in runs]}, indent=2, default=float)
+    )
     _plot(runs, rows, out / "ablation.png")
     return report
 
@@ -224,8 +272,14 @@ def _plot(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> None:
     labels = [r["label"] for r in rows]
     x = np.arange(len(labels))
     for off, metric in ((-0.2, "ndcg@10"), (0.2, "recall@20")):
-        ax1.bar(x + off, [r[metric][0] for r in rows], width=0.4,
-                yerr=[r[metric][1] for r in rows], capsize=3, label=metric)
+        ax1.bar(
+            x + off,
+            [r[metric][0] for r in rows],
+            width=0.4,
+            yerr=[r[metric][1] for r in rows],
+            capsize=3,
+            label=metric,
+        )
     ax1.set_xticks(x, labels, rotation=30, ha="right")
     ax1.set_title("test metrics (mean ± std over seeds)")
     ax1.legend()
@@ -239,4 +293,3 @@ def _plot(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-

@@ -71,8 +71,12 @@ def vocab_hash(item_ids: list[str] | pd.Series) -> str:
 def library_versions() -> dict[str, str]:
     import transformers
 
-    versions = {"python": platform.python_version(), "torch": torch.__version__.split("+")[0],
-                "transformers": transformers.__version__, "numpy": np.__version__}
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
     try:
         import faiss
 
@@ -93,6 +97,7 @@ def new_version_name() -> str:
 
 # ---- store-level operations ---------------------------------------------------------------
 
+
 def current_version(store: Path) -> str:
     pointer = store / CURRENT
     try:
@@ -109,8 +114,11 @@ def current_version(store: Path) -> str:
 def list_versions(store: Path) -> list[str]:
     if not store.is_dir():
         return []
-    return sorted(p.name for p in store.iterdir()
-                  if p.is_dir() and p.name.startswith("v") and (p / MANIFEST).exists())
+    return sorted(
+        p.name
+        for p in store.iterdir()
+        if p.is_dir() and p.name.startswith("v") and (p / MANIFEST).exists()
+    )
 
 
 def resolve_version(store: Path, version: str | None) -> Path:
@@ -154,12 +162,16 @@ def staging(store: Path, version: str) -> Iterator[Path]:
         raise
 
 
-def publish(store: Path, staged: Path, manifest: dict[str, Any], *,
-            make_current: bool = True) -> Path:
+def publish(
+    store: Path, staged: Path, manifest: dict[str, Any], *, make_current: bool = True
+) -> Path:
     """Hash the staged files into the manifest, write it, rename into place, move CURRENT."""
     version = manifest["version"]
-    files = {p.name: sha256_file(p) for p in sorted(staged.iterdir())
-             if p.is_file() and p.name != MANIFEST}
+    files = {
+        p.name: sha256_file(p)
+        for p in sorted(staged.iterdir())
+        if p.is_file() and p.name != MANIFEST
+    }
     manifest = {**manifest, "files": files}
     (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     for p in staged.iterdir():
@@ -187,6 +199,7 @@ def copy_into(src: Path, dst: Path, names: list[str]) -> None:
 
 
 # ---- reading --------------------------------------------------------------------------------
+
 
 def read_manifest(path: Path) -> dict[str, Any]:
     try:
@@ -253,9 +266,14 @@ class Bundle:
 
 
 def save_catalog(path: Path, model: FusedModel) -> None:
-    save_file({"text_emb": model.text_emb[1:].contiguous().cpu(),
-               "has_id": model.has_id[1:].to(torch.uint8).contiguous().cpu(),
-               "log_pop": model.log_pop[1:].contiguous().cpu()}, str(path))
+    save_file(
+        {
+            "text_emb": model.text_emb[1:].contiguous().cpu(),
+            "has_id": model.has_id[1:].to(torch.uint8).contiguous().cpu(),
+            "log_pop": model.log_pop[1:].contiguous().cpu(),
+        },
+        str(path),
+    )
 
 
 def save_model(path: Path, model: FusedModel) -> None:
@@ -263,8 +281,9 @@ def save_model(path: Path, model: FusedModel) -> None:
     save_file(state, str(path), metadata={"use_head": str(model.use_head)})
 
 
-def write_bundle_files(staged: Path, model: FusedModel, items: pd.DataFrame,
-                       histories: dict[str, list[str]]) -> None:
+def write_bundle_files(
+    staged: Path, model: FusedModel, items: pd.DataFrame, histories: dict[str, list[str]]
+) -> None:
     save_model(staged / MODEL_FILE, model)
     save_catalog(staged / CATALOG_FILE, model)
     items.to_parquet(staged / ITEMS_FILE, index=False)
@@ -272,8 +291,13 @@ def write_bundle_files(staged: Path, model: FusedModel, items: pd.DataFrame,
     hist.to_parquet(staged / HISTORIES_FILE, index=False)
 
 
-def load_bundle(store: Path, version: str | None = None, *, device: str = "cpu",
-                check: Callable[[Path, dict[str, Any]], None] | None = None) -> Bundle:
+def load_bundle(
+    store: Path,
+    version: str | None = None,
+    *,
+    device: str = "cpu",
+    check: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> Bundle:
     """Load and verify a bundle (default: CURRENT). Raises BundleError, never half-loads."""
     path = resolve_version(store, version)
     manifest = read_manifest(path)
@@ -305,8 +329,9 @@ def load_bundle(store: Path, version: str | None = None, *, device: str = "cpu",
     def pad(t: torch.Tensor) -> torch.Tensor:
         return torch.cat([torch.zeros((1, *t.shape[1:]), dtype=t.dtype), t])
 
-    model = FusedModel(config.model, pad(text_emb), pad(catalog["has_id"]).bool(),
-                       pad(catalog["log_pop"]))
+    model = FusedModel(
+        config.model, pad(text_emb), pad(catalog["has_id"]).bool(), pad(catalog["log_pop"])
+    )
     n_emb = state["items.id_emb.weight"].shape[0]
     if n_emb != model.items.id_emb.num_embeddings:
         model.items.id_emb = torch.nn.Embedding(n_emb, config.model.dim, padding_idx=0)
@@ -326,10 +351,19 @@ def load_bundle(store: Path, version: str | None = None, *, device: str = "cpu",
     model.to(torch.device(device))
     histories: dict[str, list[str]] = {}
     if hist is not None:
-        histories = {str(u): [str(i) for i in its]
-                     for u, its in zip(hist["user_id"], hist["items"], strict=True)}
-    return Bundle(path=path, manifest=manifest, config=config, model=model,
-                  item_ids=item_ids, items=items, histories=histories)
+        histories = {
+            str(u): [str(i) for i in its]
+            for u, its in zip(hist["user_id"], hist["items"], strict=True)
+        }
+    return Bundle(
+        path=path,
+        manifest=manifest,
+        config=config,
+        model=model,
+        item_ids=item_ids,
+        items=items,
+        histories=histories,
+    )
 
 
 def base_manifest(version: str, config: Config, *, parent: str | None = None) -> dict[str, Any]:

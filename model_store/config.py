@@ -85,6 +85,8 @@ class TrainConfig:
     seed: int = 0
     # catalogs up to this size use the full softmax; larger ones sampled softmax (logQ corrected)
     full_softmax_max_items: int = 50_000
+    # leave items already in the window out of the softmax (serving excludes the history)
+    mask_history: bool = True
     num_negatives: int = 2048
     holdout: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -108,7 +110,9 @@ class Config:
     def from_dict(cls, raw: dict[str, Any]) -> Config:
         unknown = set(raw) - {"model", "text", "train"}
         if unknown:
-            raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: model, text, train")
+            raise ConfigError(
+                f"unknown config sections {sorted(unknown)}; valid: model, text, train"
+            )
         return cls(
             model=_build(ModelConfig, raw.get("model", {}), "model"),
             text=_build(TextConfig, raw.get("text", {}), "text"),
@@ -139,8 +143,12 @@ class Config:
             raise ConfigError(f"model.late_weight={m.late_weight} must be in [0, 1]")
         if tr.alpha < 0:
             raise ConfigError(f"train.alpha={tr.alpha} must be >= 0")
-        for name, value in (("model.max_len", m.max_len), ("train.batch_size", tr.batch_size),
-                            ("model.dim", m.dim), ("train.epochs", tr.epochs + 1)):
+        for name, value in (
+            ("model.max_len", m.max_len),
+            ("train.batch_size", tr.batch_size),
+            ("model.dim", m.dim),
+            ("train.epochs", tr.epochs + 1),
+        ):
             if value <= 0:
                 raise ConfigError(f"{name}={value} must be positive")
         if tr.device not in ("auto", "cpu", "cuda"):

@@ -1,14 +1,14 @@
 """Errors raised by the core, mapped to HTTP statuses only at the service edge.
 
-    FusionrecError                 base; every message names what was wrong
-    ├── DataError                  a dataset file is missing, empty or malformed (400 / CLI exit 2)
-    ├── ConfigError                an invalid model or runtime configuration (400 / exit 2)
-    ├── BundleError                a bundle cannot be loaded or published (503 / exit 2)
-    │   ├── BundleNotFoundError    no such version, or no CURRENT pointer (404 / 503)
-    │   └── BundleIntegrityError   hash, version or dimension mismatch; refused (503)
-    ├── IndexBuildError            an index failed its recall floor or cannot be built (409)
-    ├── NotFoundError              an item or user id that the request needs does not exist (404)
-    └── FetchError                 an external download (package registry) failed (exit 2)
+FusionrecError                 base; every message names what was wrong
+├── DataError                  a dataset file is missing, empty or malformed (400 / CLI exit 2)
+├── ConfigError                an invalid model or runtime configuration (400 / exit 2)
+├── BundleError                a bundle cannot be loaded or published (503 / exit 2)
+│   ├── BundleNotFoundError    no such version, or no CURRENT pointer (404 / 503)
+│   └── BundleIntegrityError   hash, version or dimension mismatch; refused (503)
+├── IndexBuildError            an index failed its recall floor or cannot be built (409)
+├── NotFoundError              an item or user id that the request needs does not exist (404)
+└── FetchError                 an external download (package registry) failed (exit 2)
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ class EvalSet:
         return len(self.targets)
 
 
-def metrics_from_ranks(ranks: np.ndarray, top10: np.ndarray | None = None,
-                       n_items: int = 0) -> dict[str, float]:
+def metrics_from_ranks(
+    ranks: np.ndarray, top10: np.ndarray | None = None, n_items: int = 0
+) -> dict[str, float]:
     """ranks: 0-based rank of each user's target (inf when unranked) → metric means."""
     ranks = np.asarray(ranks, dtype=np.float64)
     out: dict[str, float] = {}
@@ -56,8 +57,9 @@ def metrics_from_ranks(ranks: np.ndarray, top10: np.ndarray | None = None,
 
 
 @torch.inference_mode()
-def rank_targets(model: FusedModel, data: EvalSet, *, batch_size: int = 256,
-                 use_head: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+def rank_targets(
+    model: FusedModel, data: EvalSet, *, batch_size: int = 256, use_head: bool | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each target among all items minus the history, and each top-10."""
     device = model.text_emb.device
     was_training = model.training
@@ -68,8 +70,8 @@ def rank_targets(model: FusedModel, data: EvalSet, *, batch_size: int = 256,
     ranks = np.empty(len(data), dtype=np.float64)
     top10 = np.zeros((len(data), 10), dtype=np.int64)
     for start in range(0, len(data), batch_size):
-        hists = data.histories[start:start + batch_size]
-        targets = torch.as_tensor(data.targets[start:start + batch_size], device=device)
+        hists = data.histories[start : start + batch_size]
+        targets = torch.as_tensor(data.targets[start : start + batch_size], device=device)
         hist = left_pad(hists, model.cfg.max_len).to(device)
         user = model.user_vectors(hist)  # (B, D)
         scores = user @ vectors.T  # (B, N), column j ↔ item index j + 1
@@ -89,25 +91,33 @@ def rank_targets(model: FusedModel, data: EvalSet, *, batch_size: int = 256,
             is_t = cand == t_idx[:, None]
             t_fused = torch.where(is_t, fused, torch.zeros_like(fused)).sum(1)
             greater = (fused > t_fused[:, None]).sum(1) + (fused == t_fused[:, None]).sum(1) - 1
-            rank = torch.where(is_t.any(1), greater.double(),
-                               torch.full_like(greater, n_cand, dtype=torch.double))
-            ranks[start:start + len(hists)] = rank.cpu().numpy()
+            rank = torch.where(
+                is_t.any(1), greater.double(), torch.full_like(greater, n_cand, dtype=torch.double)
+            )
+            ranks[start : start + len(hists)] = rank.cpu().numpy()
             order = fused.topk(min(10, n_cand), dim=1).indices
-            top10[start:start + len(hists), : order.shape[1]] = (cand.gather(1, order) + 1).cpu().numpy()
+            top10[start : start + len(hists), : order.shape[1]] = (
+                (cand.gather(1, order) + 1).cpu().numpy()
+            )
             continue
         greater = (scores > target_score[:, None]).sum(1)
         ties = (scores == target_score[:, None]).sum(1) - 1
-        ranks[start:start + len(hists)] = (greater + ties).cpu().numpy()
+        ranks[start : start + len(hists)] = (greater + ties).cpu().numpy()
         kk = min(10, n_items)
         top_v, top_i = scores.topk(kk, dim=1)
         top_i = torch.where(top_v > -torch.inf, top_i + 1, torch.zeros_like(top_i))
-        top10[start:start + len(hists), :kk] = top_i.cpu().numpy()
+        top10[start : start + len(hists), :kk] = top_i.cpu().numpy()
     model.train(was_training)
     return ranks, top10
 
 
-def evaluate(model: FusedModel, data: EvalSet, *, warm_items: Sequence[bool] | None = None,
-             use_head: bool | None = None) -> dict[str, dict[str, float]]:
+def evaluate(
+    model: FusedModel,
+    data: EvalSet,
+    *,
+    warm_items: Sequence[bool] | None = None,
+    use_head: bool | None = None,
+) -> dict[str, dict[str, float]]:
     """Metrics for all users, and split by warm/cold target (cold = unseen in training)."""
     ranks, top10 = rank_targets(model, data, use_head=use_head)
     result = {"all": metrics_from_ranks(ranks, top10, model.n_items)}
@@ -118,16 +128,18 @@ def evaluate(model: FusedModel, data: EvalSet, *, warm_items: Sequence[bool] | N
     return result
 
 
-def evaluate_bundle(*, store: Path, data: Path, test: Path,
-                    version: str | None = None) -> dict[str, Any]:
+def evaluate_bundle(
+    *, store: Path, data: Path, test: Path, version: str | None = None
+) -> dict[str, Any]:
     """``fusionrec evaluate``: targets from ``test``, histories = all of DATA's interactions."""
     from model_store.bundle import load_bundle
     from model_store.data import load_dataset, read_table
 
     bundle = load_bundle(store, version)
     dataset = load_dataset(data, text_columns=bundle.text_columns)
-    frame, path = read_table(test.with_suffix("")) if test.suffix in (".csv", ".parquet") \
-        else (None, test)
+    frame, path = (
+        read_table(test.with_suffix("")) if test.suffix in (".csv", ".parquet") else (None, test)
+    )
     if frame is None:
         raise DataError(f"{test}: the test file must end in .csv or .parquet")
     missing = [c for c in ("user_id", "item_id") if c not in frame.columns]
@@ -139,11 +151,14 @@ def evaluate_bundle(*, store: Path, data: Path, test: Path,
     targets: list[int] = []
     skipped = 0
     unknown_hist: set[str] = set()
-    for row, (user, item) in enumerate(zip(frame["user_id"].astype(str),
-                                           frame["item_id"].astype(str), strict=True)):
+    for row, (user, item) in enumerate(
+        zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True)
+    ):
         if item not in index:
-            raise DataError(f"{path}: row {row + 1}, field 'item_id': item {item!r} is not in "
-                            f"the bundle's catalog of {len(index)} items")
+            raise DataError(
+                f"{path}: row {row + 1}, field 'item_id': item {item!r} is not in "
+                f"the bundle's catalog of {len(index)} items"
+            )
         history = [index[i] for i in seqs.get(user, []) if i in index]
         unknown_hist.update(i for i in seqs.get(user, []) if i not in index)
         if not history:
@@ -155,6 +170,11 @@ def evaluate_bundle(*, store: Path, data: Path, test: Path,
         raise DataError(f"{path}: no test user has a history in {data}")
     warm = [False, *bundle.model.has_id[1:].tolist()]
     metrics = evaluate(bundle.model, EvalSet(hists, targets), warm_items=warm)
-    return {"version": bundle.version, "metrics": metrics, "skipped_users": skipped,
-            "history_items_not_in_catalog": len(unknown_hist), "test_file": str(path),
-            "rerank": bool(bundle.model.use_head)}
+    return {
+        "version": bundle.version,
+        "metrics": metrics,
+        "skipped_users": skipped,
+        "history_items_not_in_catalog": len(unknown_hist),
+        "test_file": str(path),
+        "rerank": bool(bundle.model.use_head),
+    }

@@ -32,8 +32,13 @@ TARGET_MODULES = ["query", "value"]
 def lora_config(cfg: TextConfig) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=TARGET_MODULES, bias="none")
+    return LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=TARGET_MODULES,
+        bias="none",
+    )
 
 
 def _mlm_model(cfg: TextConfig) -> Any:
@@ -75,24 +80,32 @@ class LoraText(nn.Module):
 
     def _batch(self, idx: torch.Tensor) -> dict[str, torch.Tensor]:
         texts = [self.texts[int(i) - 1] for i in idx.tolist()]
-        enc = self.tokenizer(texts, padding=True, truncation=True,
-                             max_length=self.cfg.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.cfg.max_length,
+            return_tensors="pt",
+        )
         return {k: v.to(self.device_) for k, v in enc.items()}
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:
         """Normalised mean-pooled embeddings of items ``idx`` (M,) → (M, T), with gradients."""
         batch = self._batch(idx)
-        out = self._encoder()(input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"])
-        return nn.functional.normalize(mean_pool(out.last_hidden_state,
-                                                 batch["attention_mask"]), dim=-1)
+        out = self._encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return nn.functional.normalize(
+            mean_pool(out.last_hidden_state, batch["attention_mask"]), dim=-1
+        )
 
     def mlm_loss(self, idx: torch.Tensor) -> torch.Tensor:
         batch = self._batch(idx)
         ids = batch["input_ids"].clone()
         labels = ids.clone()
-        special = (ids == self.tokenizer.cls_token_id) | (ids == self.tokenizer.sep_token_id) | (
-            batch["attention_mask"] == 0)
+        special = (
+            (ids == self.tokenizer.cls_token_id)
+            | (ids == self.tokenizer.sep_token_id)
+            | (batch["attention_mask"] == 0)
+        )
         prob = torch.full(ids.shape, self.cfg.mlm_probability, device=ids.device)
         masked = torch.bernoulli(prob).bool() & ~special
         if not bool(masked.any()):
@@ -100,18 +113,25 @@ class LoraText(nn.Module):
         labels[~masked] = -100
         ids[masked] = int(self.tokenizer.mask_token_id)
         out = self.peft(input_ids=ids, attention_mask=batch["attention_mask"], labels=labels)
-        return out.loss  # type: ignore[no-any-return]
+        return out.loss
 
     @torch.inference_mode()
     def encode_all(self, batch_size: int = 128) -> np.ndarray:
         was = self.training
         self.eval()
         n = len(self.texts)
-        out = np.zeros((n, int(self.peft.config.hidden_size)
-                        if hasattr(self.peft.config, "hidden_size") else 384), dtype=np.float32)
+        out = np.zeros(
+            (
+                n,
+                int(self.peft.config.hidden_size)
+                if hasattr(self.peft.config, "hidden_size")
+                else 384,
+            ),
+            dtype=np.float32,
+        )
         order = np.argsort([-len(t) for t in self.texts], kind="stable")
         for s in range(0, n, batch_size):
-            sel = order[s:s + batch_size]
+            sel = order[s : s + batch_size]
             out[sel] = self.embed(torch.as_tensor(sel + 1)).float().cpu().numpy()
         self.train(was)
         return out
@@ -119,15 +139,26 @@ class LoraText(nn.Module):
     def save(self, directory: Path) -> None:
         from peft import get_peft_model_state_dict
 
-        state = {k: v.detach().contiguous().cpu()
-                 for k, v in get_peft_model_state_dict(self.peft).items()}
-        head = {f"head::{k}": v.detach().contiguous().cpu()
-                for k, v in self.peft.base_model.model.cls.state_dict().items()
-                if "decoder" not in k}
+        state = {
+            k: v.detach().contiguous().cpu()
+            for k, v in get_peft_model_state_dict(self.peft).items()
+        }
+        head = {
+            f"head::{k}": v.detach().contiguous().cpu()
+            for k, v in self.peft.base_model.model.cls.state_dict().items()
+            if "decoder" not in k
+        }
         save_file({**state, **head}, str(directory / ADAPTER_FILE))
-        (directory / ADAPTER_CONFIG).write_text(json.dumps(
-            {"r": self.cfg.lora_r, "lora_alpha": self.cfg.lora_alpha,
-             "lora_dropout": self.cfg.lora_dropout, "target_modules": TARGET_MODULES}))
+        (directory / ADAPTER_CONFIG).write_text(
+            json.dumps(
+                {
+                    "r": self.cfg.lora_r,
+                    "lora_alpha": self.cfg.lora_alpha,
+                    "lora_dropout": self.cfg.lora_dropout,
+                    "target_modules": TARGET_MODULES,
+                }
+            )
+        )
 
 
 def load_tuned_encoder(cfg: TextConfig, bundle_dir: Path) -> Any:
@@ -135,12 +166,16 @@ def load_tuned_encoder(cfg: TextConfig, bundle_dir: Path) -> Any:
     from peft import get_peft_model, set_peft_model_state_dict
 
     saved = json.loads((bundle_dir / ADAPTER_CONFIG).read_text())
-    cfg = TextConfig(model=cfg.model, max_length=cfg.max_length, lora_r=saved["r"],
-                     lora_alpha=saved["lora_alpha"], lora_dropout=saved["lora_dropout"])
+    cfg = TextConfig(
+        model=cfg.model,
+        max_length=cfg.max_length,
+        lora_r=saved["r"],
+        lora_alpha=saved["lora_alpha"],
+        lora_dropout=saved["lora_dropout"],
+    )
     base = _mlm_model(cfg)
     peft = get_peft_model(base, lora_config(cfg))
     state = load_file(str(bundle_dir / ADAPTER_FILE))
-    set_peft_model_state_dict(peft, {k: v for k, v in state.items()
-                                     if not k.startswith("head::")})
+    set_peft_model_state_dict(peft, {k: v for k, v in state.items() if not k.startswith("head::")})
     merged = peft.merge_and_unload()
     return merged.bert

@@ -107,7 +107,7 @@ class UserEncoder(nn.Module):
 
     def forward(self, seq: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """seq (B, L, D) item vectors, left padded; pad (B, L) True at padding → (B, L, D)."""
-        b, l, _ = seq.shape
+        l = seq.shape[1]
         pos = torch.arange(l, device=seq.device) + (self.pos.num_embeddings - l)
         x = self.drop(self.ln_in(seq + self.pos(pos)))
         causal = torch.ones(l, l, dtype=torch.bool, device=seq.device).tril()
@@ -137,8 +137,10 @@ class FusionHead(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(self.N_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 1)
         )
-        nn.init.zeros_(self.mlp[-1].weight)
-        nn.init.zeros_(self.mlp[-1].bias)
+        last = self.mlp[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, N, F) → rerank score (B, N)."""
@@ -152,8 +154,9 @@ class FusedModel(nn.Module):
     whether an item has a trained ID embedding, ``log_pop`` (N+1,) log(1 + training count).
     """
 
-    def __init__(self, cfg: ModelConfig, text_emb: torch.Tensor, has_id: torch.Tensor,
-                 log_pop: torch.Tensor) -> None:
+    def __init__(
+        self, cfg: ModelConfig, text_emb: torch.Tensor, has_id: torch.Tensor, log_pop: torch.Tensor
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         n_items, text_dim = text_emb.shape[0] - 1, text_emb.shape[1]
@@ -187,12 +190,14 @@ class FusedModel(nn.Module):
         """Append items with text embeddings (M, T) and no trained ID (text path only)."""
         dev = self.text_emb.device
         self.text_emb = torch.cat([self.text_emb, text_emb.to(dev, torch.float32)])
-        self.has_id = torch.cat([self.has_id, torch.zeros(len(text_emb), dtype=torch.bool,
-                                                          device=dev)])
+        self.has_id = torch.cat(
+            [self.has_id, torch.zeros(len(text_emb), dtype=torch.bool, device=dev)]
+        )
         self.log_pop = torch.cat([self.log_pop, torch.zeros(len(text_emb), device=dev)])
         old = self.items.id_emb
-        grown = nn.Embedding(old.num_embeddings + len(text_emb), old.embedding_dim,
-                             padding_idx=0).to(dev)
+        grown = nn.Embedding(
+            old.num_embeddings + len(text_emb), old.embedding_dim, padding_idx=0
+        ).to(dev)
         with torch.no_grad():
             grown.weight.zero_()
             grown.weight[: old.num_embeddings] = old.weight
@@ -207,7 +212,7 @@ class FusedModel(nn.Module):
         return self.items(idx, self.text_emb[idx], self.has_id)
 
     def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        """Retrieval vectors of items ``idx`` (default: the whole catalog, index 1..N) → (M, out_dim)."""
+        """Retrieval vectors of items ``idx`` (default: all, index 1..N) → (M, out_dim)."""
         if idx is None:
             idx = torch.arange(1, self.n_items + 1, device=self.text_emb.device)
         fusion = self.cfg.fusion
@@ -226,15 +231,16 @@ class FusedModel(nn.Module):
         """Zero-shot LM user vector: decayed mean of the last items' text embeddings → (B, T)."""
         n = self.cfg.text_history
         last = hist[:, -n:]
-        decay = self.cfg.text_decay ** torch.arange(last.shape[1] - 1, -1, -1,
-                                                    device=hist.device, dtype=torch.float32)
+        decay = self.cfg.text_decay ** torch.arange(
+            last.shape[1] - 1, -1, -1, device=hist.device, dtype=torch.float32
+        )
         w = (last != 0).float() * decay
         u = (self.text_emb[last] * w.unsqueeze(-1)).sum(1)
         return F.normalize(u, dim=-1)
 
     def user_vectors(self, hist: torch.Tensor) -> torch.Tensor:
         """hist (B, L) left-padded item indices, most recent last → (B, out_dim)."""
-        hist = hist[:, -self.cfg.max_len:]
+        hist = hist[:, -self.cfg.max_len :]
         fusion = self.cfg.fusion
         if fusion == "text":
             return self.text_user(hist)
@@ -246,12 +252,13 @@ class FusedModel(nn.Module):
         return u
 
     # ---- fusion head ----------------------------------------------------------------------
-    def rerank_features(self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor,
-                        retrieval: torch.Tensor) -> torch.Tensor:
+    def rerank_features(
+        self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
+    ) -> torch.Tensor:
         """hist (B, L), user (B, out_dim), cand (B, N) indices, retrieval (B, N) → (B, N, F)."""
         n = cand.shape[1]
         text_c = self.text_emb[cand]  # (B, N, T)
-        last = hist[:, -self.cfg.text_history:]
+        last = hist[:, -self.cfg.text_history :]
         text_h = self.text_emb[last]  # (B, h, T)
         sims = torch.einsum("bnt,bht->bnh", text_c, text_h)
         valid = (last != 0).unsqueeze(1)
@@ -273,11 +280,21 @@ class FusedModel(nn.Module):
             text_dot = retrieval
         rank = torch.log1p(torch.arange(n, device=cand.device, dtype=torch.float32))
         return torch.stack(
-            [retrieval, id_dot, text_dot, max_sim, mean_sim, self.log_pop[cand],
-             rank.expand_as(retrieval)], dim=-1)
+            [
+                retrieval,
+                id_dot,
+                text_dot,
+                max_sim,
+                mean_sim,
+                self.log_pop[cand],
+                rank.expand_as(retrieval),
+            ],
+            dim=-1,
+        )
 
-    def rerank(self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor,
-               retrieval: torch.Tensor) -> torch.Tensor:
+    def rerank(
+        self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
+    ) -> torch.Tensor:
         """Final scores of candidates ``cand`` (B, N) sorted by retrieval score → (B, N)."""
         if not self.use_head:
             return retrieval
@@ -290,5 +307,5 @@ def left_pad(histories: list[list[int]], length: int) -> torch.Tensor:
     for row, h in enumerate(histories):
         h = h[-length:]
         if h:
-            out[row, length - len(h):] = torch.as_tensor(h, dtype=torch.long)
+            out[row, length - len(h) :] = torch.as_tensor(h, dtype=torch.long)
     return out

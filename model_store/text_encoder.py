@@ -42,7 +42,9 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto")
+        raise ConfigError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto"
+        )
     return torch.device(device)
 
 
@@ -55,8 +57,14 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class TextEncoder(nn.Module):
     """A transformers encoder with mean pooling; ``encode`` returns L2-normalised float32."""
 
-    def __init__(self, model: str = DEFAULT_TEXT_MODEL, *, max_length: int = 128,
-                 device: str = "auto", adapter_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_TEXT_MODEL,
+        *,
+        max_length: int = 128,
+        device: str = "auto",
+        adapter_dir: Path | None = None,
+    ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -73,8 +81,9 @@ class TextEncoder(nn.Module):
             from model_store.lora import ADAPTER_FILE, load_tuned_encoder
 
             if (adapter_dir / ADAPTER_FILE).exists():
-                self.model = load_tuned_encoder(TextConfig(model=model, max_length=max_length),
-                                                adapter_dir)
+                self.model = load_tuned_encoder(
+                    TextConfig(model=model, max_length=max_length), adapter_dir
+                )
         self.name = model
         self.path = path
         self.max_length = max_length
@@ -84,18 +93,31 @@ class TextEncoder(nn.Module):
         self.model.eval()
 
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(list(texts), padding=True, truncation=True,
-                               max_length=self.max_length, return_tensors="pt")
+        batch = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         return {k: v.to(self.device_) for k, v in batch.items()}
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                **extra: Any) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: Any
+    ) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        return torch.nn.functional.normalize(mean_pool(out.last_hidden_state, attention_mask), dim=-1)
+        return torch.nn.functional.normalize(
+            mean_pool(out.last_hidden_state, attention_mask), dim=-1
+        )
 
     @torch.inference_mode()
-    def encode(self, texts: Sequence[str], *, batch_size: int = 128,
-               progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 128,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
         """Encode ``texts`` → (N, dim) float32, L2-normalised, in the input order."""
         n = len(texts)
         out = np.zeros((n, self.dim), dtype=np.float32)
@@ -105,13 +127,19 @@ class TextEncoder(nn.Module):
         self.eval()
         # Tokenise once without padding to sort by true token length.
         lengths = np.fromiter(
-            (len(ids) for ids in self.tokenizer(list(texts), truncation=True,
-                                                max_length=self.max_length)["input_ids"]),
-            dtype=np.int64, count=n)
+            (
+                len(ids)
+                for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)[
+                    "input_ids"
+                ]
+            ),
+            dtype=np.int64,
+            count=n,
+        )
         order = np.argsort(-lengths, kind="stable")
         use_amp = self.device_.type == "cuda"
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             batch = self.tokenize([texts[i] for i in idx])
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 emb = self(batch["input_ids"], batch["attention_mask"])

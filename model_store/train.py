@@ -50,6 +50,7 @@ def seed_everything(seed: int) -> None:
 
 # ---- data preparation -----------------------------------------------------------------------
 
+
 @dataclass
 class Prepared:
     """A dataset turned into model indices (item k of ``item_ids`` ↔ index k + 1)."""
@@ -68,13 +69,15 @@ class Prepared:
         return len(self.item_ids)
 
 
-def split_by_user(frame: pd.DataFrame, index: dict[str, int] | pd.Index) -> tuple[
-        list[str], list[np.ndarray], list[np.ndarray]]:
+def split_by_user(
+    frame: pd.DataFrame, index: dict[str, int] | pd.Index
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
     """Interactions in canonical order → per-user arrays of item indices and weights."""
     if len(frame) == 0:
         return [], [], []
+    idx: np.ndarray
     if isinstance(index, pd.Index):
-        idx = index.get_indexer(frame["item_id"]) + 1
+        idx = np.asarray(index.get_indexer(pd.Index(frame["item_id"]))) + 1
     else:
         idx = frame["item_id"].map(index).to_numpy()
     users = frame["user_id"].to_numpy()
@@ -93,8 +96,9 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
     else:
         train, valid = inter, inter.iloc[0:0]
     users, seqs, weights = split_by_user(train, items)
-    counts = np.bincount(np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64),
-                         minlength=len(items) + 1).astype(np.float32)
+    counts = np.bincount(
+        np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64), minlength=len(items) + 1
+    ).astype(np.float32)
     valid_set: EvalSet | None = None
     valid_users: list[str] = []
     if len(valid):
@@ -108,8 +112,15 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
                 targets.append(int(t))
                 valid_users.append(u)
         valid_set = EvalSet(hists, targets)
-    return Prepared(item_ids=items.tolist(), users=users, sequences=seqs, weights=weights,
-                    valid=valid_set, valid_users=valid_users, counts=counts)
+    return Prepared(
+        item_ids=items.tolist(),
+        users=users,
+        sequences=seqs,
+        weights=weights,
+        valid=valid_set,
+        valid_users=valid_users,
+        counts=counts,
+    )
 
 
 def windows(seqs: list[np.ndarray], weights: list[np.ndarray], max_len: int) -> Batch:
@@ -124,24 +135,33 @@ def windows(seqs: list[np.ndarray], weights: list[np.ndarray], max_len: int) -> 
             y = np.zeros(max_len, dtype=np.int64)
             ww = np.zeros(max_len, dtype=np.float32)
             m = end - start
-            x[max_len - m:] = seq[start:end]
-            y[max_len - m:] = seq[start + 1:end + 1]
-            ww[max_len - m:] = w[start + 1:end + 1]
+            x[max_len - m :] = seq[start:end]
+            y[max_len - m :] = seq[start + 1 : end + 1]
+            ww[max_len - m :] = w[start + 1 : end + 1]
             inputs.append(x)
             targets.append(y)
             ws.append(ww)
             end = start
     if not inputs:
         raise DataError("no user has two or more training interactions; nothing to learn from")
-    return Batch(torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(targets)),
-                 torch.from_numpy(np.stack(ws)))
+    return Batch(
+        torch.from_numpy(np.stack(inputs)),
+        torch.from_numpy(np.stack(targets)),
+        torch.from_numpy(np.stack(ws)),
+    )
 
 
 # ---- text embeddings (cached across runs) -------------------------------------------------------
 
-def text_embeddings(texts: list[str], cfg: Config, *, cache_dir: Path | None,
-                    device: str = "auto", progress: Callable[[int], None] | None = None,
-                    ) -> np.ndarray:
+
+def text_embeddings(
+    texts: list[str],
+    cfg: Config,
+    *,
+    cache_dir: Path | None,
+    device: str = "auto",
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """LM embeddings of the item texts; cached on disk by (model, max_length, texts) hash."""
     h = hashlib.sha256(f"{cfg.text.model}|{cfg.text.max_length}".encode())
     for t in texts:
@@ -162,8 +182,10 @@ def text_embeddings(texts: list[str], cfg: Config, *, cache_dir: Path | None,
 
 # ---- losses ----------------------------------------------------------------------------------
 
-def rs_loss(model: FusedModel, batch: Batch, cfg: Config,
-            sampler_logq: torch.Tensor | None) -> torch.Tensor:
+
+def rs_loss(
+    model: FusedModel, batch: Batch, cfg: Config, sampler_logq: torch.Tensor | None
+) -> torch.Tensor:
     """Next-item cross-entropy at every non-padding position."""
     states = model.sequence_states(batch.inputs)  # (B, L, D)
     mask = batch.targets > 0
@@ -173,6 +195,8 @@ def rs_loss(model: FusedModel, batch: Batch, cfg: Config,
     if sampler_logq is None:
         vectors = model.item_vectors()  # (N, D) for indices 1..N
         logits = h @ vectors.T
+        if cfg.train.mask_history:
+            logits = logits.masked_fill(seen_mask(batch, mask, y, model.n_items), -torch.inf)
         loss = F.cross_entropy(logits, y - 1, reduction="none")
         return (loss * w).sum() / w.sum()
     # sampled softmax: in-batch targets + uniform negatives, logQ-corrected
@@ -184,6 +208,23 @@ def rs_loss(model: FusedModel, batch: Batch, cfg: Config,
     logits = h @ vec.T - sampler_logq[cand]
     pos = torch.searchsorted(cand, y)  # column of each target
     return (F.cross_entropy(logits, pos, reduction="none") * w).sum() / w.sum()
+
+
+def seen_mask(batch: Batch, mask: torch.Tensor, y: torch.Tensor, n_items: int) -> torch.Tensor:
+    """(M, N) True where an item already occurred in the window up to that position.
+
+    Serving and evaluation exclude the user's history, so the softmax is taken over the
+    items the user has not interacted with yet (the target itself always stays).
+    """
+    b, l = batch.inputs.shape
+    pos = torch.arange(l, device=y.device).expand(b, l)
+    first = torch.full((b, n_items + 1), l, dtype=torch.long, device=y.device)
+    first.scatter_reduce_(1, batch.inputs, pos, reduce="amin")
+    first[:, 0] = l  # padding never masks
+    rows = torch.arange(b, device=y.device)[:, None].expand(b, l)[mask]  # (M,)
+    cols = pos[mask]  # (M,)
+    seen = first[rows, 1:] <= cols[:, None]  # (M, N)
+    return seen & (torch.arange(1, n_items + 1, device=y.device)[None, :] != y[:, None])
 
 
 def align_loss(model: FusedModel, batch: Batch, temperature: float) -> torch.Tensor:
@@ -201,6 +242,7 @@ def align_loss(model: FusedModel, batch: Batch, temperature: float) -> torch.Ten
 
 # ---- the training loop ----------------------------------------------------------------------
 
+
 @dataclass
 class TrainResult:
     model: FusedModel
@@ -214,16 +256,22 @@ class TrainResult:
 
 
 def build_model(cfg: Config, prep: Prepared, device: torch.device) -> FusedModel:
-    text = torch.from_numpy(np.concatenate([np.zeros((1, prep.text_emb.shape[1]), np.float32),
-                                            prep.text_emb]))
+    text = torch.from_numpy(
+        np.concatenate([np.zeros((1, prep.text_emb.shape[1]), np.float32), prep.text_emb])
+    )
     has_id = torch.from_numpy(prep.counts > 0)
     log_pop = torch.from_numpy(np.log1p(prep.counts))
     return FusedModel(cfg.model, text, has_id, log_pop).to(device)
 
 
-def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
-        on_epoch: Callable[[dict[str, float]], None] | None = None,
-        lora: LoraText | None = None) -> TrainResult:
+def fit(
+    cfg: Config,
+    prep: Prepared,
+    *,
+    epochs: int | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    lora: LoraText | None = None,
+) -> TrainResult:
     """Train the retriever (and the fusion head); returns the best-epoch model."""
     tr = cfg.train
     seed_everything(tr.seed)
@@ -240,8 +288,16 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
 
     if cfg.model.fusion == "text":  # zero-shot: nothing to train
         metrics = evaluate(model, valid)["all"] if valid is not None else {}
-        return TrainResult(model, 0, 0, [], metrics, time.perf_counter() - t0, 0.0,
-                           {"enabled": False, "reason": "text fusion is zero-shot"})
+        return TrainResult(
+            model,
+            0,
+            0,
+            [],
+            metrics,
+            time.perf_counter() - t0,
+            0.0,
+            {"enabled": False, "reason": "text fusion is zero-shot"},
+        )
 
     data = windows(prep.sequences, prep.weights, cfg.model.max_len)
     sampler_logq = None
@@ -256,9 +312,10 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
         lora.to(device)
         lora.train()
         lora_params = [p for p in lora.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW([{"params": params, "lr": tr.lr},
-                                 {"params": lora_params, "lr": tr.lr / 4}],
-                                weight_decay=tr.weight_decay)
+        opt = torch.optim.AdamW(
+            [{"params": params, "lr": tr.lr}, {"params": lora_params, "lr": tr.lr / 4}],
+            weight_decay=tr.weight_decay,
+        )
     else:
         opt = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
     use_align = cfg.model.fusion == "joint" and tr.alpha > 0 and lora is None
@@ -270,7 +327,12 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
         return snap
 
     best: tuple[float, int, dict[str, Any], dict[str, float], float] = (
-        -1.0, 0, snapshot(), {}, 0.0)
+        -1.0,
+        0,
+        snapshot(),
+        {},
+        0.0,
+    )
     bad = 0
     gen = torch.Generator().manual_seed(tr.seed)
     for epoch in range(1, n_epochs + 1):
@@ -279,13 +341,13 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
         sums = {"loss_rs": 0.0, "loss_lm": 0.0}
         steps = 0
         for s in range(0, len(perm), tr.batch_size):
-            sel = perm[s:s + tr.batch_size]
+            sel = perm[s : s + tr.batch_size]
             batch = Batch(data.inputs[sel], data.targets[sel], data.weights[sel]).to(device)
             l_lm_lora = None
             if lora is not None:
                 # re-encode this batch's target items with gradients; others use the cache
                 idx = torch.unique(batch.targets[batch.targets > 0])
-                idx = idx[torch.randperm(len(idx), device=idx.device)[:cfg.text.batch_size]]
+                idx = idx[torch.randperm(len(idx), device=idx.device)[: cfg.text.batch_size]]
                 fresh = lora.embed(idx)
                 model.text_emb = model.text_emb.detach().index_put((idx,), fresh)
                 l_lm_lora = lora.mlm_loss(idx[:32])
@@ -306,8 +368,10 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
                 model.text_emb = model.text_emb.detach()
             sums["loss_rs"] += float(l_rs.detach())
             steps += 1
-        row: dict[str, float] = {"epoch": float(epoch),
-                                 **{k: v / max(steps, 1) for k, v in sums.items()}}
+        row: dict[str, float] = {
+            "epoch": float(epoch),
+            **{k: v / max(steps, 1) for k, v in sums.items()},
+        }
         if valid is not None:
             ranks, top10 = rank_targets(model, valid, use_head=False)
             m = metrics_from_ranks(ranks, top10, prep.n_items)
@@ -332,17 +396,26 @@ def fit(cfg: Config, prep: Prepared, *, epochs: int | None = None,
         text = torch.from_numpy(lora.encode_all(cfg.text.batch_size)).to(device)
         model.text_emb = torch.cat([torch.zeros_like(text[:1]), text])
     model.eval()
-    valid_metrics = {k.removeprefix("valid_"): v for k, v in best[3].items()
-                     if k.startswith("valid_")}
-    rerank = {"enabled": False, "reason": "disabled in config"}
+    valid_metrics = {
+        k.removeprefix("valid_"): v for k, v in best[3].items() if k.startswith("valid_")
+    }
+    rerank: dict[str, Any] = {"enabled": False, "reason": "disabled in config"}
     if tr.rerank and valid is not None:
         rerank = fit_head(model, cfg, prep, valid)
         if rerank["enabled"]:
-            valid_metrics = rerank["valid_with_head"]
+            valid_metrics = dict(rerank["valid_with_head"])
     elif tr.rerank:
         rerank = {"enabled": False, "reason": "no validation holdout to prove the head helps"}
-    return TrainResult(model, best[1], len(history), history, valid_metrics,
-                       time.perf_counter() - t0, best[4], rerank)
+    return TrainResult(
+        model,
+        best[1],
+        len(history),
+        history,
+        valid_metrics,
+        time.perf_counter() - t0,
+        best[4],
+        rerank,
+    )
 
 
 def fit_head(model: FusedModel, cfg: Config, prep: Prepared, valid: EvalSet) -> dict[str, Any]:
@@ -369,10 +442,10 @@ def fit_head(model: FusedModel, cfg: Config, prep: Prepared, valid: EvalSet) -> 
         return {"enabled": False, "reason": "no training examples"}
     with torch.inference_mode():
         vectors = model.item_vectors()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in model.head.parameters():
-        p.requires_grad_(True)
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for param in model.head.parameters():
+        param.requires_grad_(True)
     opt = torch.optim.AdamW(model.head.parameters(), lr=1e-2)
     base = metrics_from_ranks(*rank_targets(model, valid, use_head=False)[:1])
     order = np.arange(len(hists))
@@ -383,7 +456,7 @@ def fit_head(model: FusedModel, cfg: Config, prep: Prepared, valid: EvalSet) -> 
     for _ in range(tr.rerank_epochs):
         rng.shuffle(order)
         for s in range(0, len(order), bs):
-            sel = order[s:s + bs]
+            sel = order[s : s + bs]
             hist = left_pad([hists[i] for i in sel], cfg.model.max_len).to(device)
             y = torch.as_tensor([targets[i] for i in sel], device=device)
             with torch.no_grad():
@@ -396,8 +469,11 @@ def fit_head(model: FusedModel, cfg: Config, prep: Prepared, valid: EvalSet) -> 
                 keep = hit.any(1)
             if not bool(keep.any()):
                 continue
-            fused = model.head(model.rerank_features(hist[keep], user[keep], cand[keep],
-                                                     retrieval[keep].clamp(min=-1e9)))
+            fused = model.head(
+                model.rerank_features(
+                    hist[keep], user[keep], cand[keep], retrieval[keep].clamp(min=-1e9)
+                )
+            )
             loss = F.cross_entropy(fused, hit[keep].float().argmax(1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -406,32 +482,45 @@ def fit_head(model: FusedModel, cfg: Config, prep: Prepared, valid: EvalSet) -> 
         if m["ndcg@10"] > best_ndcg:
             best_ndcg = m["ndcg@10"]
             best_state = copy.deepcopy(model.head.state_dict())
-    for p in model.parameters():
-        p.requires_grad_(True)
+    for param in model.parameters():
+        param.requires_grad_(True)
     model.head.load_state_dict(best_state)
     with_head = evaluate(model, valid, use_head=True)["all"]
     enabled = with_head["ndcg@10"] > base["ndcg@10"]
     model.use_head = enabled
-    return {"enabled": enabled, "valid_ndcg@10_retrieval": base["ndcg@10"],
-            "valid_ndcg@10_with_head": with_head["ndcg@10"], "valid_with_head": with_head,
-            "examples": len(hists), "reason": "improves validation NDCG@10" if enabled
-            else "does not improve validation NDCG@10; retrieval order is served"}
+    return {
+        "enabled": enabled,
+        "valid_ndcg@10_retrieval": base["ndcg@10"],
+        "valid_ndcg@10_with_head": with_head["ndcg@10"],
+        "valid_with_head": with_head,
+        "examples": len(hists),
+        "reason": "improves validation NDCG@10"
+        if enabled
+        else "does not improve validation NDCG@10; retrieval order is served",
+    }
 
 
 # ---- train + publish ----------------------------------------------------------------------------
 
-def train_and_publish(dataset: Dataset, cfg: Config, store: Path, *,
-                      cache_dir: Path | None = None, epochs: int | None = None,
-                      on_epoch: Callable[[dict[str, float]], None] | None = None,
-                      text_progress: Callable[[int], None] | None = None,
-                      ) -> tuple[Path, TrainResult]:
+
+def train_and_publish(
+    dataset: Dataset,
+    cfg: Config,
+    store: Path,
+    *,
+    cache_dir: Path | None = None,
+    epochs: int | None = None,
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+    text_progress: Callable[[int], None] | None = None,
+) -> tuple[Path, TrainResult]:
     """Train on ``dataset`` with ``cfg`` and publish a new bundle version in ``store``."""
     cfg.validate()
     if cfg.text.mode == "lora" and cfg.model.fusion != "joint":
         raise ConfigError("text.mode=lora tunes the LM jointly and needs fusion=joint")
     texts = dataset.item_texts()
-    text = text_embeddings(texts, cfg, cache_dir=cache_dir, device=cfg.train.device,
-                           progress=text_progress)
+    text = text_embeddings(
+        texts, cfg, cache_dir=cache_dir, device=cfg.train.device, progress=text_progress
+    )
     lora = None
     if cfg.text.mode == "lora":
         lora = LoraText(cfg.text, texts, pick_device(cfg.train.device))
@@ -440,27 +529,44 @@ def train_and_publish(dataset: Dataset, cfg: Config, store: Path, *,
     result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch, lora=lora)
     text = result.model.text_emb[1:].cpu().numpy()
     model = result.model.cpu()
-    histories = {u: [prep.item_ids[i - 1] for i in s[-HISTORY_KEEP:]]
-                 for u, s in zip(prep.users, prep.sequences, strict=True)}
+    histories = {
+        u: [prep.item_ids[i - 1] for i in s[-HISTORY_KEEP:]]
+        for u, s in zip(prep.users, prep.sequences, strict=True)
+    }
     version = bundle_mod.new_version_name()
     manifest = bundle_mod.base_manifest(version, cfg)
-    manifest.update({
-        "data": {"fingerprint": dataset.fingerprint(), "source": str(dataset.source),
-                 "n_users": len(prep.users), "n_items": prep.n_items,
-                 "n_interactions": len(dataset.interactions),
-                 "text_columns": list(dataset.text_columns), "holdout": cfg.train.holdout},
-        "dims": {"text": int(text.shape[1]), "model": cfg.model.dim, "vector": model.out_dim},
-        "item_vocab_hash": bundle_mod.vocab_hash(prep.item_ids),
-        "text_model": {"name": cfg.text.model, "mode": cfg.text.mode,
-                       "max_length": cfg.text.max_length},
-        "metrics": {"valid": result.valid_metrics, "best_epoch": result.best_epoch,
-                    "epochs_run": result.epochs_run, "train_seconds": result.seconds,
-                    "seconds_to_best": result.seconds_to_best,
-                    "seconds_per_epoch": (result.seconds / result.epochs_run
-                                          if result.epochs_run else 0.0),
-                    "history": result.history},
-        "rerank": {k: v for k, v in result.rerank.items() if k != "valid_with_head"},
-    })
+    manifest.update(
+        {
+            "data": {
+                "fingerprint": dataset.fingerprint(),
+                "source": str(dataset.source),
+                "n_users": len(prep.users),
+                "n_items": prep.n_items,
+                "n_interactions": len(dataset.interactions),
+                "text_columns": list(dataset.text_columns),
+                "holdout": cfg.train.holdout,
+            },
+            "dims": {"text": int(text.shape[1]), "model": cfg.model.dim, "vector": model.out_dim},
+            "item_vocab_hash": bundle_mod.vocab_hash(prep.item_ids),
+            "text_model": {
+                "name": cfg.text.model,
+                "mode": cfg.text.mode,
+                "max_length": cfg.text.max_length,
+            },
+            "metrics": {
+                "valid": result.valid_metrics,
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "train_seconds": result.seconds,
+                "seconds_to_best": result.seconds_to_best,
+                "seconds_per_epoch": (
+                    result.seconds / result.epochs_run if result.epochs_run else 0.0
+                ),
+                "history": result.history,
+            },
+            "rerank": {k: v for k, v in result.rerank.items() if k != "valid_with_head"},
+        }
+    )
     items = dataset.items.copy()
     with bundle_mod.staging(store, version) as staged:
         bundle_mod.write_bundle_files(staged, model, items, histories)

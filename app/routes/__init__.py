@@ -1,0 +1,1 @@
+"""HTTP routes: each turns a request body into one keyword-only core call and back."""

@@ -21,7 +21,8 @@ def test_metrics_from_ranks_by_hand() -> None:
     assert m["hr@10"] == m["recall@10"]
     assert m["ndcg@10"] == pytest.approx((1 / math.log2(2) + 1 / math.log2(6)) / 4)
     assert m["ndcg@20"] == pytest.approx(
-        (1 / math.log2(2) + 1 / math.log2(6) + 1 / math.log2(14)) / 4)
+        (1 / math.log2(2) + 1 / math.log2(6) + 1 / math.log2(14)) / 4
+    )
     assert m["mrr@10"] == pytest.approx((1 + 1 / 5) / 4)
 
 

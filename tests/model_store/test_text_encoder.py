@@ -12,9 +12,11 @@ from transformers import AutoModel, AutoTokenizer
 
 from model_store.text_encoder import TextEncoder, resolve_model_path
 
-TEXTS = ["title: Toy Story (1995)\ngenres: Animation|Children's|Comedy",
-         "a much longer description of a science fiction film about space travel " * 3,
-         "short"]
+TEXTS = [
+    "title: Toy Story (1995)\ngenres: Animation|Children's|Comedy",
+    "a much longer description of a science fiction film about space travel " * 3,
+    "short",
+]
 
 
 def test_same_embedding_as_direct_transformers_forward() -> None:
@@ -35,9 +37,17 @@ def test_same_embedding_as_direct_transformers_forward() -> None:
 
 
 def test_loads_with_hub_offline() -> None:
-    code = ("from model_store.text_encoder import TextEncoder;"
-            "e = TextEncoder(device='cpu'); print(e.encode(['hello']).shape)")
+    code = (
+        "from model_store.text_encoder import TextEncoder;"
+        "e = TextEncoder(device='cpu'); print(e.encode(['hello']).shape)"
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "(1, 384)" in out.stdout

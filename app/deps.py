@@ -1,0 +1,117 @@
+"""Dependencies: the recommender and settings from lifespan state, client and admin guards."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import time
+from collections import OrderedDict
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.errors import ApiError
+from app.metrics import Metrics
+from app.recommender import Recommender
+from app.settings import Settings
+
+MAX_CLIENTS = 100_000
+
+
+class RateLimiter:
+    """Per-client token buckets: ``rate`` tokens/s refill, ``burst`` capacity; 0 rate = off."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def take(self, client: str) -> float | None:
+        """None when allowed, else the seconds until a token is available."""
+        if self.rate <= 0:
+            return None
+        now = time.monotonic()
+        tokens, last = self._buckets.get(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        self._buckets[client] = (tokens, now)
+        self._buckets.move_to_end(client)
+        if len(self._buckets) > MAX_CLIENTS:
+            self._buckets.popitem(last=False)
+        return None if allowed else (1.0 - tokens) / self.rate
+
+
+def get_recommender(request: Request) -> Recommender:
+    rec: Recommender = request.state.recommender
+    return rec
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.state.settings
+    return settings
+
+
+RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def _client_id(request: Request, api_key: str | None) -> str:
+    if api_key:
+        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:16]
+    return "ip:" + (request.client.host if request.client else "unknown")
+
+
+def _rate_limit(request: Request, client: str) -> None:
+    limiter: RateLimiter = request.state.limiter
+    wait = limiter.take(client)
+    if wait is not None:
+        metrics: Metrics = request.state.metrics
+        metrics.rate_limited.inc()
+        raise ApiError(
+            429, "rate_limited",
+            f"rate limit exceeded: {limiter.rate:g} requests/s with bursts of "
+            f"{limiter.burst:g} per client (FUSIONREC_RATE_LIMIT_RPS/_BURST); "
+            f"retry after {wait:.2f} s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
+async def client_guard(request: Request, settings: SettingsDep) -> None:
+    """API key (when FUSIONREC_API_KEYS is set) and the per-client rate limit."""
+    key = request.headers.get("x-api-key")
+    if settings.api_keys:
+        if not key:
+            raise ApiError(401, "missing_api_key",
+                           "this server requires an X-API-Key header (FUSIONREC_API_KEYS)")
+        if not any(hmac.compare_digest(key.encode(), k.get_secret_value().encode())
+                   for k in settings.api_keys):
+            raise ApiError(401, "invalid_api_key", "the X-API-Key header is not a valid key")
+    _rate_limit(request, _client_id(request, key if settings.api_keys else None))
+
+
+async def admin_guard(request: Request, settings: SettingsDep) -> None:
+    """``Authorization: Bearer <FUSIONREC_ADMIN_TOKEN>``; admin is off when no token is set."""
+    if settings.admin_token is None:
+        raise ApiError(403, "admin_disabled",
+                       "admin endpoints are disabled on this server: set "
+                       "FUSIONREC_ADMIN_TOKEN (16+ characters) to enable them")
+    header = request.headers.get("authorization")
+    challenge = {"WWW-Authenticate": 'Bearer realm="fusionrec-admin"'}
+    if not header:
+        raise ApiError(401, "missing_token",
+                       "admin endpoint: send 'Authorization: Bearer <FUSIONREC_ADMIN_TOKEN>'",
+                       headers=challenge)
+    scheme, _, credential = header.partition(" ")
+    expected = settings.admin_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
+                                                             expected):
+        raise ApiError(401, "invalid_token",
+                       "admin endpoint: the bearer token is not FUSIONREC_ADMIN_TOKEN",
+                       headers=challenge)
+    _rate_limit(request, "admin")
+
+
+ClientGuard = Depends(client_guard)
+AdminGuard = Depends(admin_guard)

@@ -1,0 +1,154 @@
+"""The service edge: core errors → HTTP statuses and one JSON error shape.
+
+Every error answer is ``{"error": {"code": ..., "message": ...}}``. Core errors
+(``model_store.errors``) map by type; errors that exist only at the edge (auth, rate
+limit, body size, refused reload) are :class:`ApiError` with their own status.
+
+    FusionrecError
+    ├── DataError, ConfigError      400 bad_request
+    ├── NotFoundError               404 not_found
+    ├── IndexBuildError             409 index_error
+    ├── BundleError (and children)  503 bundle_unavailable
+    └── ApiError                    its own status (401, 403, 409, 413, 422, 429, 503)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model_store.errors import (
+    BundleError,
+    ConfigError,
+    DataError,
+    FusionrecError,
+    IndexBuildError,
+    NotFoundError,
+)
+
+log = logging.getLogger("app")
+
+
+class ApiError(FusionrecError):
+    """An error that exists only at the HTTP edge; carries its status and code."""
+
+    def __init__(self, status: int, code: str, message: str, *,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+class ReloadRefusedError(ApiError):
+    """A newer bundle exists but failed its checks; the old one keeps serving."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(409, "reload_refused", message)
+
+
+class NotReadyError(ApiError):
+    """No bundle is loaded (yet): the store is empty or the bundle was refused at start."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "not_ready", message, headers={"Retry-After": "5"})
+
+
+class InvalidRequestError(ApiError):
+    """The request is well-formed JSON but its content is invalid for this catalog."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(422, "invalid_request", message)
+
+
+_CORE_STATUS: list[tuple[type[FusionrecError], int, str]] = [
+    (NotFoundError, 404, "not_found"),
+    (DataError, 400, "bad_request"),
+    (ConfigError, 400, "bad_request"),
+    (IndexBuildError, 409, "index_error"),
+    (BundleError, 503, "bundle_unavailable"),
+]
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message}}
+
+
+def status_of(exc: FusionrecError) -> tuple[int, str]:
+    if isinstance(exc, ApiError):
+        return exc.status, exc.code
+    for kind, status, code in _CORE_STATUS:
+        if isinstance(exc, kind):
+            return status, code
+    return 500, "internal"
+
+
+def _loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
+    parts = [str(p) for p in loc if p != "body"]
+    return ".".join(parts) or "body"
+
+
+def validation_message(errors: list[dict[str, Any]]) -> str:
+    """Pydantic errors → one message naming each field, what is wrong and what is valid."""
+    msgs: list[str] = []
+    for err in errors[:5]:
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx", {})
+            pos = err.get("loc", ("body", "?"))[-1]
+            msgs.append(f"request body is not valid JSON: {ctx.get('error', 'decode error')} "
+                        f"(at character {pos})")
+            continue
+        where = _loc(err.get("loc", ()))
+        msg = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown field (not part of this endpoint's request body)"
+        if where == "body" and err.get("type") in ("missing", "model_attributes_type",
+                                                   "dict_type"):
+            msgs.append("the request body must be a JSON object "
+                        "(Content-Type: application/json)")
+            continue
+        got = err.get("input")
+        shown = "" if err.get("type") in ("missing", "extra_forbidden") or isinstance(
+            got, (dict, list)) else f" (got {repr(got)[:60]})"
+        msgs.append(f"{where}: {msg}{shown}")
+    if len(errors) > 5:
+        msgs.append(f"… and {len(errors) - 5} more")
+    return "; ".join(msgs)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that give every error the same JSON shape."""
+
+    @app.exception_handler(FusionrecError)
+    async def _core(_: Request, exc: FusionrecError) -> JSONResponse:
+        status, code = status_of(exc)
+        headers = exc.headers if isinstance(exc, ApiError) else None
+        if status >= 500 and not isinstance(exc, ApiError):
+            log.warning("%s: %s", type(exc).__name__, exc)
+        return JSONResponse(error_body(code, str(exc)), status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body("invalid_request", validation_message(list(exc.errors()))),
+                            status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no route {request.method} {request.url.path}; see /docs"
+        return JSONResponse(error_body(code, message), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled %s", type(exc).__name__)
+        return JSONResponse(error_body("internal", "internal error; see the server log"),
+                            status_code=500)

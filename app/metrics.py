@@ -1,0 +1,66 @@
+"""Prometheus metrics, one registry per app instance (so tests can build many apps)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.004, 0.006, 0.008, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075,
+                   0.1, 0.2, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("fusionrec_requests_total", "HTTP requests",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("fusionrec_request_seconds", "HTTP request latency",
+                                 ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.cache = Counter("fusionrec_user_vector_cache_total", "user-vector cache lookups",
+                             ["result"], registry=r)
+        self.batch_size = Histogram("fusionrec_encode_batch_size", "micro-batch sizes",
+                                    ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+                                    registry=r)
+        self.strategy = Counter("fusionrec_recommendations_total", "answers by strategy",
+                                ["endpoint", "strategy"], registry=r)
+        self.model = Info("fusionrec_model", "the bundle being served", registry=r)
+        self.index_size = Gauge("fusionrec_index_items", "vectors in the live index", registry=r)
+        self.catalog_size = Gauge("fusionrec_catalog_items", "items in the catalog", registry=r)
+        self.reloads = Counter("fusionrec_reloads_total", "bundle swaps", ["result"], registry=r)
+        self.redis_errors = Gauge("fusionrec_redis_breaker_open",
+                                  "1 while the Redis circuit breaker is open", registry=r)
+        self.rate_limited = Counter("fusionrec_rate_limited_total", "requests answered 429",
+                                    registry=r)
+
+
+class MetricsMiddleware:
+    """Counts and times every request by its route template (not the raw path: no ids)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            name = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(name, method, str(status)).inc()
+            self.metrics.latency.labels(name, method).observe(time.perf_counter() - start)

@@ -1,0 +1,18 @@
+"""POST /admin/reload."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from fastapi import APIRouter
+
+from app.deps import AdminGuard, RecommenderDep
+from app.schemas import ReloadResponse
+
+router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminGuard])
+
+
+@router.post("/reload", response_model=ReloadResponse)
+async def reload(rec: RecommenderDep) -> ReloadResponse:
+    """Swap to the store's CURRENT bundle; a broken one answers 409 and the old keeps serving."""
+    return ReloadResponse.model_validate(asdict(await rec.reload()))

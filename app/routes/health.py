@@ -1,0 +1,35 @@
+"""GET /healthz (alive), /readyz (bundle and index loaded), /metrics (Prometheus)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.deps import RecommenderDep
+from app.metrics import Metrics
+from app.schemas import Health, Ready
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Ready)
+async def readyz(rec: RecommenderDep) -> Ready:
+    snap = rec.ready()  # 503 not_ready while no bundle is loaded
+    gateway = rec.cache.redis
+    return Ready(status="ready", model_version=snap.version,
+                 index=f"{snap.index.kind} ({snap.index_source})",
+                 index_items=snap.index.ntotal, catalog_items=snap.n_items,
+                 redis="disabled" if gateway is None else gateway.breaker.state)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    m: Metrics = request.state.metrics
+    gateway = request.state.recommender.cache.redis
+    m.redis_errors.set(0 if gateway is None or gateway.breaker.state == "closed" else 1)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,41 @@
+"""POST /v1/recommend and POST /v1/search."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from app.deps import ClientGuard, RecommenderDep
+from app.recommender import Answer
+from app.schemas import RecommendRequest, RecommendResponse, SearchRequest
+
+router = APIRouter(prefix="/v1", tags=["recommend"], dependencies=[ClientGuard])
+
+
+def _response(answer: Answer) -> JSONResponse:
+    """The RecommendResponse shape, built directly: the hot path skips re-validation."""
+    items: list[dict[str, Any]] = []
+    for s in answer.items:
+        item: dict[str, Any] = {"item_id": s.item_id, "score": s.score}
+        if s.explanation is not None:
+            item["explanation"] = s.explanation
+        items.append(item)
+    return JSONResponse({"model_version": answer.model_version, "strategy": answer.strategy,
+                         "items": items, "unknown_items": answer.unknown_items})
+
+
+@router.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
+async def recommend(body: RecommendRequest, rec: RecommenderDep) -> JSONResponse:
+    """Next items for a user (stored history) or an explicit history; cold start when empty."""
+    return _response(await rec.recommend(
+        user_id=body.user_id, history=body.history, k=body.k, exclude=body.exclude,
+        exclude_history=body.exclude_history, explain=body.explain))
+
+
+@router.post("/search", response_model=RecommendResponse, response_model_exclude_none=True)
+async def search(body: SearchRequest, rec: RecommenderDep) -> JSONResponse:
+    """Items matching a text query, reordered for the user when a user or history is given."""
+    return _response(await rec.search(query=body.query, user_id=body.user_id,
+                                      history=body.history, k=body.k))
