@@ -7,6 +7,7 @@ DATA ?= data/movielens-100k
 STORE ?= store
 HOST ?= 127.0.0.1
 PORT ?= 8000
+TRAIN_ARGS ?=
 
 .PHONY: install install-system run data train index serve test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak clean
 
@@ -27,7 +28,7 @@ install-system:
 # The main job: fetch MovieLens-100k, train, index, serve on http://$(HOST):$(PORT)
 run: install
 	$(VENV)/bin/fusionrec data movielens-100k --out $(DATA)
-	$(VENV)/bin/fusionrec train --data $(DATA) --store $(STORE)
+	$(VENV)/bin/fusionrec train --data $(DATA) --store $(STORE) $(TRAIN_ARGS)
 	$(VENV)/bin/fusionrec index --store $(STORE)
 	$(VENV)/bin/fusionrec serve --store $(STORE) --host $(HOST) --port $(PORT)
 
@@ -51,6 +52,25 @@ bench-serve: install
 	$(PY) bench/serve.py
 
 bench: bench-quality bench-index bench-serve
+
+# Load, reliability and soak (issue 5); figures in docs/BENCHMARKS_soak.md
+LOADTEST_DURATION ?= 60
+LOADTEST_USERS ?= 20
+SOAK_MINUTES ?= 10
+SOAK_RATE ?= 40
+
+# headless locust mix against a locally started server -> reports/loadtest{.html,.png,_*.csv}
+loadtest: install
+	$(PY) loadtest/run.py --store $(STORE) --data $(DATA) --duration $(LOADTEST_DURATION) \
+		--users $(LOADTEST_USERS) --out reports
+
+# faults under load, schema fuzzing, the containers' commands (also part of `make test`)
+reliability: install install-system
+	$(VENV)/bin/pytest -q tests/reliability
+
+soak: install
+	$(PY) bench/soak.py --store $(STORE) --data $(DATA) --minutes $(SOAK_MINUTES) \
+		--rate $(SOAK_RATE) --out reports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports

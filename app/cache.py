@@ -10,7 +10,9 @@ Redis is optional and never on the failure path: every call has a hard timeout
 (``FUSIONREC_REDIS_TIMEOUT_S``), no retries, and goes through a circuit breaker that stops
 calling Redis for ``FUSIONREC_BREAKER_RESET_S`` after ``FUSIONREC_BREAKER_FAILURES``
 consecutive errors. While Redis is unavailable the in-process LRU serves as the cache and
-an in-process store keeps new events (best effort; they are not copied back to Redis).
+an in-process store keeps new events; they are also queued and written back to Redis, in
+arrival order, once it answers again (see :class:`RedisHistory`), so an event that was
+answered 200 is lost only if this process exits before Redis comes back.
 Forgetting a user is the exception: if Redis cannot be reached the DELETE answers 503,
 because silently keeping a user's data is worse than a retry.
 """
@@ -246,32 +248,102 @@ return redis.call('LLEN', KEYS[1])
 
 
 class RedisHistory:
-    """Histories as Redis lists, seeded from the bundle on a user's first event."""
+    """Histories as Redis lists, seeded from the bundle on a user's first event.
+
+    Events accepted while Redis is unavailable go to the in-process ``fallback`` (which
+    answers reads meanwhile) and to a queue of pending writes. Once Redis answers again the
+    queue is written back, oldest user first, with the same append script (so a list that
+    survived the outage gets the missed events appended, and a restarted empty Redis gets
+    seed + events): for one user before that user's next read or write, for everyone by a
+    background flush started after any successful Redis call.
+    """
 
     def __init__(self, redis: RedisGateway, fallback: LocalHistory, max_len: int) -> None:
         self.redis = redis
         self.fallback = fallback
         self.max_len = max_len
         self._append: Any = redis.client.register_script(_APPEND_LUA)
+        # uhash -> (seed, events accepted while Redis was down, oldest first)
+        self._pending: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
+        self._replay_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
+
+    @property
+    def pending_users(self) -> int:
+        return len(self._pending)
 
     async def get(self, uhash: str) -> list[str] | None:
+        if uhash in self._pending:
+            async with self._replay_lock:
+                await self._replay(uhash)
         key = history_key(uhash)
         ok, items = await self.redis.run(lambda r: r.lrange(key, 0, -1))
+        if ok:
+            self._kick()
         if ok and items:
             return [i.decode() if isinstance(i, bytes) else str(i) for i in items]
         local = await self.fallback.get(uhash)
         return local if local is not None or not ok else None
 
     async def append(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
+        if uhash in self._pending:
+            async with self._replay_lock:
+                if not await self._replay(uhash):  # still down: queue behind the others
+                    return await self._queue(uhash, items, seed)
+        ok, n = await self._write(uhash, items, seed)
+        if ok:
+            self._kick()
+            return n
+        return await self._queue(uhash, items, seed)
+
+    async def _write(self, uhash: str, items: Sequence[str],
+                     seed: Sequence[str]) -> tuple[bool, int]:
         key = history_key(uhash)
         seed = list(seed)[-self.max_len:]
         args = [self.max_len, len(seed), *seed, *items]
         ok, n = await self.redis.run(lambda r: self._append(keys=[key], args=args, client=r))
-        if ok:
-            return int(n or 0)
+        return ok, int(n or 0)
+
+    async def _queue(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
+        entry = self._pending.get(uhash)
+        if entry is None:
+            self._pending[uhash] = (list(seed)[-self.max_len:], list(items))
+        else:
+            entry[1].extend(items)
+            del entry[1][:-self.max_len]
+        while len(self._pending) > MAX_LOCAL_USERS:
+            self._pending.popitem(last=False)
+            log.warning("too many users with events pending for Redis; dropped the oldest")
         return await self.fallback.append(uhash, items, seed)
 
+    async def _replay(self, uhash: str) -> bool:
+        """Write one user's pending events to Redis (caller holds the lock); False if down."""
+        entry = self._pending.pop(uhash, None)
+        if entry is None:
+            return True
+        ok, _ = await self._write(uhash, entry[1], entry[0])
+        if not ok:
+            self._pending[uhash] = entry
+            self._pending.move_to_end(uhash, last=False)
+            return False
+        await self.fallback.delete(uhash)  # Redis has it all again
+        return True
+
+    def _kick(self) -> None:
+        if self._pending and (self._flush_task is None or self._flush_task.done()):
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            async with self._replay_lock:
+                if not self._pending:
+                    return
+                if not await self._replay(next(iter(self._pending))):
+                    return  # down again; the next successful call restarts the flush
+        log.info("events accepted during the Redis outage are written back")
+
     async def delete(self, uhash: str) -> None:
+        self._pending.pop(uhash, None)
         await self.fallback.delete(uhash)
 
         async def erase(r: aioredis.Redis) -> int:

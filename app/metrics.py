@@ -30,6 +30,8 @@ class Metrics:
         self.index_size = Gauge("fusionrec_index_items", "vectors in the live index", registry=r)
         self.catalog_size = Gauge("fusionrec_catalog_items", "items in the catalog", registry=r)
         self.reloads = Counter("fusionrec_reloads_total", "bundle swaps", ["result"], registry=r)
+        self.reload_refused = Info("fusionrec_reload_refused", "the last bundle a reload "
+                                   "refused: version, error class and reason", registry=r)
         self.redis_errors = Gauge("fusionrec_redis_breaker_open",
                                   "1 while the Redis circuit breaker is open", registry=r)
         self.rate_limited = Counter("fusionrec_rate_limited_total", "requests answered 429",

@@ -354,6 +354,7 @@ class Recommender:
         """Swap to the store's CURRENT bundle; a broken one is refused, the old keeps serving."""
         async with self._admin_lock:
             old = self.snapshot
+            name = "?"
             try:
                 name = bundle_mod.current_version(self.store)
                 if old is not None and name == old.version:
@@ -361,7 +362,10 @@ class Recommender:
                 snap = await asyncio.to_thread(self._load, name)
             except BundleError as exc:
                 self.metrics.reloads.labels("refused").inc()
+                self.metrics.reload_refused.info({"version": name, "error": type(exc).__name__,
+                                                  "reason": str(exc)[:500]})
                 keeps = f"; still serving {old.version}" if old else ""
+                log.error("reload of %s refused: %s%s", name, exc, keeps)
                 raise ReloadRefusedError(f"bundle refused: {exc}{keeps}") from exc
             self._install(snap)
             self.metrics.reloads.labels("ok").inc()

@@ -87,6 +87,8 @@ class TrainConfig:
     full_softmax_max_items: int = 50_000
     # leave items already in the window out of the softmax (serving excludes the history)
     mask_history: bool = True
+    # overlap history windows by a random amount each epoch (see train.windows)
+    window_jitter: bool = True
     num_negatives: int = 2048
     holdout: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"

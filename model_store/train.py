@@ -123,8 +123,15 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
     )
 
 
-def windows(seqs: list[np.ndarray], weights: list[np.ndarray], max_len: int) -> Batch:
-    """Cut each sequence into next-item windows of ``max_len`` covering every target once."""
+def windows(seqs: list[np.ndarray], weights: list[np.ndarray], max_len: int,
+            rng: np.random.Generator | None = None) -> Batch:
+    """Cut each sequence into next-item windows of ``max_len`` covering every target.
+
+    The most recent window always ends at the last item. Without ``rng`` the windows do
+    not overlap; with it, each earlier window overlaps the next by a random 0..max_len/2
+    items, so from epoch to epoch a target is seen with different amounts of context
+    instead of always sitting at the start of a window with almost none.
+    """
     inputs, targets, ws = [], [], []
     for seq, w in zip(seqs, weights, strict=True):
         n = len(seq)
@@ -141,7 +148,9 @@ def windows(seqs: list[np.ndarray], weights: list[np.ndarray], max_len: int) -> 
             inputs.append(x)
             targets.append(y)
             ws.append(ww)
-            end = start
+            if start == 0:
+                break
+            end = start + (int(rng.integers(0, max_len // 2 + 1)) if rng is not None else 0)
     if not inputs:
         raise DataError("no user has two or more training interactions; nothing to learn from")
     return Batch(
@@ -335,8 +344,11 @@ def fit(
     )
     bad = 0
     gen = torch.Generator().manual_seed(tr.seed)
+    jitter = np.random.default_rng(tr.seed)
     for epoch in range(1, n_epochs + 1):
         model.train()
+        if tr.window_jitter and epoch > 1:
+            data = windows(prep.sequences, prep.weights, cfg.model.max_len, jitter)
         perm = torch.randperm(len(data.inputs), generator=gen)
         sums = {"loss_rs": 0.0, "loss_lm": 0.0}
         steps = 0

@@ -1,0 +1,114 @@
+"""Item vectors for the index, through the model's one encode path.
+
+``encode_catalog`` calls ``FusedModel.item_vectors`` (the function the trainer and the
+service use) over the catalog in chunks; the LM text embeddings are already cached in the
+bundle (``catalog.safetensors``), so no language model runs for a full rebuild.
+``encode_new_items`` runs the bundle's LM (``TextEncoder``: length-sorted batches, dynamic
+padding, GPU when present) on items that arrive after training.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from model_store.bundle import Bundle
+from model_store.data import format_item_text
+from model_store.errors import ConfigError
+from model_store.model import left_pad
+from model_store.text_encoder import TextEncoder, pick_device
+
+
+def _model_device(bundle: Bundle, device: str | None) -> torch.device:
+    """``None`` keeps the model where it is (the service's GPU); else move it."""
+    if device is None:
+        return bundle.model.text_emb.device
+    dev = pick_device(device)
+    bundle.model.to(dev)
+    return dev
+
+
+def encode_catalog(bundle: Bundle, *, batch_size: int = 8192, device: str | None = None,
+                   rows: np.ndarray | None = None,
+                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Retrieval vectors of catalog ``rows`` (default all) → (N, D) float32.
+
+    ``device``: "auto"/"cpu"/"cuda" moves the model there; None leaves it where it is.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size={batch_size} must be >= 1")
+    model = bundle.model
+    dev = _model_device(bundle, device)
+    model.eval()
+    idx_all = (np.arange(model.n_items, dtype=np.int64) if rows is None
+               else np.asarray(rows, dtype=np.int64)) + 1
+    out = np.empty((len(idx_all), model.out_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(idx_all), batch_size):
+            idx = torch.from_numpy(idx_all[start:start + batch_size]).to(dev)
+            out[start:start + len(idx)] = model.item_vectors(idx).float().cpu().numpy()
+            if progress is not None:
+                progress(len(idx))
+    return out
+
+
+@functools.lru_cache(maxsize=2)
+def text_encoder(model: str, max_length: int, device: str) -> TextEncoder:
+    """The LM text encoder, loaded once per process (≈90 MB for MiniLM)."""
+    return TextEncoder(model, max_length=max_length, device=device)
+
+
+def item_texts(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str]) -> list[str]:
+    return [format_item_text(row, text_columns) for row in rows]
+
+
+def encode_new_items(bundle: Bundle, rows: Sequence[Mapping[str, object]], *,
+                     device: str = "auto", batch_size: int | None = None,
+                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """LM text embeddings (M, T) of new or edited items, formatted like the training text."""
+    cfg = bundle.config.text
+    if cfg.mode != "frozen":
+        raise ConfigError(
+            f"adding items to a bundle whose LM was tuned (text.mode={cfg.mode!r}) is not "
+            "supported yet; retrain, or use a bundle with text.mode=frozen")
+    texts = item_texts(rows, bundle.text_columns)
+    encoder = text_encoder(cfg.model, cfg.max_length, str(pick_device(device)))
+    emb = encoder.encode(texts, batch_size=batch_size or cfg.batch_size, progress=progress)
+    if emb.shape[1] != bundle.model.text_emb.shape[1]:
+        raise ConfigError(
+            f"text model {cfg.model!r} gives {emb.shape[1]}-dim embeddings, the bundle holds "
+            f"{bundle.model.text_emb.shape[1]}-dim ones")
+    return emb
+
+
+def query_vectors(bundle: Bundle, *, max_users: int = 1000, seed: int = 0,
+                  device: str | None = None) -> np.ndarray:
+    """Up to ``max_users`` real user vectors from the bundle's training histories (Q, D).
+
+    With no histories: sampled item vectors plus Gaussian noise of the same scale.
+    """
+    rng = np.random.default_rng(seed)
+    index_of = bundle.index_of()
+    users = sorted(bundle.histories)
+    if len(users) > max_users:
+        users = [users[i] for i in np.sort(rng.choice(len(users), max_users, replace=False))]
+    hists = [[index_of[i] for i in bundle.histories[u] if i in index_of] for u in users]
+    hists = [h for h in hists if h]
+    model = bundle.model
+    dev = _model_device(bundle, device)
+    model.eval()
+    if hists:
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(hists), 256):
+                hist = left_pad(hists[start:start + 256], model.cfg.max_len).to(dev)
+                out.append(model.user_vectors(hist).float().cpu().numpy())
+        return np.concatenate(out).astype(np.float32)
+    n = model.n_items
+    pick = rng.choice(n, size=min(max_users, n), replace=False)
+    v = encode_catalog(bundle, rows=pick, device=device)
+    scale = float(np.std(v)) or 1.0
+    return (v + rng.normal(0.0, scale, size=v.shape)).astype(np.float32)

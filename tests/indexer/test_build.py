@@ -1,0 +1,168 @@
+"""ItemIndex on synthetic vectors: exact search, ANN recall, add/remove, save/load checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.build import (
+    INDEX_FILE,
+    IndexParams,
+    ItemIndex,
+    build_index,
+    choose_kind,
+    measure_recall,
+    tune_to_floor,
+)
+from model_store.errors import BundleIntegrityError, IndexBuildError
+
+DIM = 16
+
+
+def clustered(n: int, seed: int, *, centers: int = 40) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = np.random.default_rng(99).standard_normal((centers, DIM)).astype(np.float32)
+    return c[rng.integers(0, centers, n)] + 0.4 * rng.standard_normal((n, DIM)).astype(
+        np.float32)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = clustered(6000, 0)
+    rows = np.arange(len(x), dtype=np.int64) * 3 + 5  # rows need not be 0..N-1
+    return x, rows, clustered(200, 1)
+
+
+def exact_top(x: np.ndarray, rows: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
+    return rows[np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :k]]
+
+
+def test_flat_is_exact(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, q = catalog
+    index = build_index(x, rows, kind="flat")
+    scores, got = index.search(q, 10)
+    np.testing.assert_array_equal(got, exact_top(x, rows, q, 10))
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)
+    assert measure_recall(index, x, rows, q) == {"recall@10": 1.0, "recall@100": 1.0}
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "ivfpq"])
+def test_ann_recall_reaches_floor(kind: str,
+                                  catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, q = catalog
+    index = build_index(x, rows, kind=kind, params=IndexParams(hnsw_m=16, ef_search=32,
+                                                              nprobe=4))  # type: ignore[arg-type]
+    recall = tune_to_floor(index, x, rows, q, floor=0.95)
+    assert recall["recall@100"] >= 0.95
+    again = measure_recall(index, x, rows, q)  # the tuned parameters stay set
+    assert again["recall@100"] == pytest.approx(recall["recall@100"])
+    assert again["recall@10"] >= 0.9
+
+
+def test_unreachable_floor_is_refused(catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, q = catalog
+    p = IndexParams(hnsw_m=4, ef_construction=8, ef_search=4, max_ef_search=8)
+    index = build_index(x, rows, kind="hnsw", params=p)
+    with pytest.raises(IndexBuildError, match=r"recall@100 = .* < floor 0.999.*Not published"):
+        tune_to_floor(index, x, rows, q, floor=0.999, params=p)
+
+
+def test_auto_kind() -> None:
+    p = IndexParams(flat_max_items=100, memory_budget_bytes=1000 * 64 * 4)
+    assert choose_kind("auto", 100, 64, p) == "flat"
+    assert choose_kind("auto", 500, 64, p) == "hnsw"
+    assert choose_kind("auto", 5000, 64, p) == "ivfpq"
+    assert choose_kind("hnsw", 5, 64, p) == "hnsw"
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_add_replace_remove_exclude(kind: str,
+                                    catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, _ = catalog
+    n = 2000
+    index = build_index(x[:n], rows[:n], kind=kind,  # type: ignore[arg-type]
+                        params=IndexParams(ef_search=256, nprobe=64))
+    # held-out, in-distribution items (PQ codebooks only fit the training distribution)
+    q1 = x[n + 1:n + 2]
+    q2 = x[n + 1 + int(np.argmin(x[n + 1:n + 400] @ q1[0]))][None]  # far from q1
+    v1, v2 = 1.5 * q1, 1.5 * q2  # scaled up: the inner-product winner for q1 / q2
+
+    def top(q: np.ndarray, k: int = 10, **kw: set[int]) -> list[int]:
+        return index.search(q, k, **kw)[1][0].tolist()  # type: ignore[arg-type]
+
+    index.add(v1, [10_000])
+    assert index.ntotal == n + 1
+    assert 10_000 in top(q1)
+    if kind == "flat":
+        assert top(q1, 1) == [10_000]
+    assert 10_000 not in top(q1, 10, exclude={10_000})
+    # replace an existing row's vector: the old one must not come back
+    index.add(v2, [10_000])
+    assert index.ntotal == n + 1
+    assert 10_000 not in top(q1, 50)
+    assert 10_000 in top(q2)
+    index.remove([10_000])
+    assert index.ntotal == n
+    assert 10_000 in index.removed
+    assert 10_000 not in top(q2, 50)
+    index.add(v1, [10_000])  # re-adding un-removes
+    assert 10_000 not in index.removed
+    assert 10_000 in top(q1)
+    if kind == "hnsw":
+        assert index.tombstones == 2
+
+
+def test_fewer_items_than_k_pads() -> None:
+    x = clustered(5, 3)
+    index = build_index(x, np.arange(5), kind="flat")
+    scores, got = index.search(x[:2], 8, exclude={0})
+    assert got.shape == (2, 8)
+    assert (got[:, 4:] == -1).all() and np.isneginf(scores[:, 4:]).all()
+    assert 0 not in got
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_save_load_roundtrip(kind: str, tmp_path: Path,
+                             catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, q = catalog
+    index = build_index(x[:1500], rows[:1500], kind=kind)  # type: ignore[arg-type]
+    index.remove(rows[:3])
+    files = index.save(tmp_path)
+    section = {"kind": kind, "dim": DIM, "n_vectors": index.ntotal, "files": files}
+    loaded = ItemIndex.load(tmp_path, section, dim=DIM)
+    assert loaded.removed == index.removed and loaded.params == index.params
+    np.testing.assert_array_equal(loaded.search(q, 10)[1], index.search(q, 10)[1])
+    np.testing.assert_array_equal(loaded.rows(), np.sort(rows[3:1500]))
+
+
+def test_tampered_or_mismatched_index_refused(
+        tmp_path: Path, catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, _ = catalog
+    index = build_index(x[:500], rows[:500], kind="flat")
+    files = index.save(tmp_path)
+    section = {"kind": "flat", "dim": DIM, "n_vectors": 500, "files": files}
+    with pytest.raises(BundleIntegrityError, match="dimension"):
+        ItemIndex.load(tmp_path, section, dim=DIM + 1)
+    with pytest.raises(BundleIntegrityError, match="vector count"):
+        ItemIndex.load(tmp_path, {**section, "n_vectors": 499})
+    with pytest.raises(BundleIntegrityError, match="kind"):
+        ItemIndex.load(tmp_path, {**section, "kind": "hnsw"})
+    with pytest.raises(BundleIntegrityError, match="row"):
+        ItemIndex.load(tmp_path, section, n_items=100)
+    meta = json.loads((tmp_path / "index.json").read_text())
+    assert meta["n_vectors"] == 500
+    raw = bytearray((tmp_path / INDEX_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / INDEX_FILE).write_bytes(bytes(raw))
+    with pytest.raises(BundleIntegrityError, match="sha256"):
+        ItemIndex.load(tmp_path, section)
+
+
+def test_build_rejects_bad_input() -> None:
+    with pytest.raises(IndexBuildError, match="no items"):
+        build_index(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), kind="flat")
+    with pytest.raises(IndexBuildError, match="NaN"):
+        build_index(np.full((3, 4), np.nan, np.float32), np.arange(3), kind="flat")

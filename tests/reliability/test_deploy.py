@@ -1,0 +1,182 @@
+"""The deployment files, and the commands each container runs, exercised outside Docker.
+
+No Docker engine runs here, so: ``docker compose config -q`` validates the compose file
+(client-side only), the file's structure is checked in Python, and the containers' entry
+points (``deploy/indexer-job.sh``, ``deploy/api-serve.sh``) run on temp dirs exactly as
+the containers run them — the indexer job twice (the second run skips), then the api
+command on its output, reaching /readyz, and SIGTERM during load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from model_store import bundle as bundle_mod
+from tests.app.conftest import free_port
+from tests.reliability.conftest import LoadThread
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _compose_command() -> list[str] | None:
+    """``docker compose`` (the v2 plugin), or None when it is not installed."""
+    docker = shutil.which("docker")
+    if docker is None:
+        return None
+    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
+                           timeout=30)
+    return [docker, "compose"] if probe.returncode == 0 else None
+
+
+def test_compose_config_is_valid() -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("the docker client is not installed")
+    cmd = _compose_command()
+    if cmd is None:
+        pytest.skip("the docker client has no compose plugin (docker compose v2.24+ needed)")
+    r = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "--profile", "loadtest",
+                        "config", "--services"], capture_output=True, text=True, cwd=ROOT,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) == {"redis", "indexer", "api", "lb", "loadtest"}
+
+
+def test_compose_structure() -> None:
+    """What the compose file promises, checked without Docker."""
+    spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    s = spec["services"]
+    assert "--maxmemory-policy" in s["redis"]["command"] and "lru" in s["redis"]["command"]
+    assert s["redis"]["healthcheck"]["test"][-1] == "ping"
+    assert s["indexer"]["command"] == ["indexer-job.sh"]
+    assert "store:/store" in s["indexer"]["volumes"] and "store:/store" in s["api"]["volumes"]
+    assert s["api"]["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "indexer": {"condition": "service_completed_successfully"}}
+    assert "/readyz" in " ".join(s["api"]["healthcheck"]["test"])
+    assert s["api"]["environment"]["REDIS_URL"].startswith("redis://redis:")
+    assert s["api"]["env_file"] == [{"path": "deploy/api.env", "required": False}]
+    assert "ports" not in s["api"], "replicas are reached through the LB only"
+    assert s["lb"]["depends_on"]["api"]["condition"] == "service_healthy"
+    assert s["loadtest"]["profiles"] == ["loadtest"]
+    assert "http://lb:8080" in s["loadtest"]["command"]
+    assert {"store", "data", "redis-data"} <= set(spec["volumes"])
+    nginx = (ROOT / "deploy" / "nginx.conf").read_text()
+    assert re.search(r"server\s+api:8000\s+resolve", nginx) and "listen 8080;" in nginx
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "HEALTHCHECK" in docker and "/readyz" in docker and "\nUSER app" in docker
+    assert "ARG BASE_IMAGE=python:3.11-slim" in docker
+    ignored = (ROOT / "deploy" / ".gitignore").read_text().split()
+    assert "api.env" in ignored
+    example = (ROOT / "deploy" / "api.env.example").read_text()
+    assert "FUSIONREC_ADMIN_TOKEN=" in example
+
+
+TINY_CONFIG = {"model": {"dim": 32, "max_len": 20}, "train": {"rerank": False}}
+
+
+def _job_env(store: Path, data: Path) -> dict[str, str]:
+    """The compose indexer's environment, pointed at temp dirs and a tiny training run."""
+    config = store.parent / "tiny-config.json"
+    config.write_text(json.dumps(TINY_CONFIG))
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FUSIONREC_STORE": str(store), "FUSIONREC_JOB_DATA": str(data),
+            "FUSIONREC_JOB_TRAIN_ARGS": f"--epochs 1 --config {config}",
+            "FUSIONREC_PYTHON": sys.executable}
+
+
+@pytest.fixture(scope="module")
+def job_store(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The indexer container's command on the tiny dataset: train + index into a store."""
+    store = tmp_path_factory.mktemp("job") / "store"
+    r = subprocess.run(["sh", str(ROOT / "deploy" / "indexer-job.sh")],
+                       env=_job_env(store, tiny_dataset), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "training" in r.stdout and "published" in r.stdout
+    return store
+
+
+def test_indexer_job_publishes_then_skips(job_store: Path, tiny_dataset: Path) -> None:
+    version = bundle_mod.current_version(job_store)
+    manifest = json.loads((job_store / version / "manifest.json").read_text())
+    assert manifest.get("index"), "the job indexes what it trained"
+    versions = sorted(p.name for p in job_store.iterdir() if p.is_dir())
+    r = subprocess.run(["sh", str(ROOT / "deploy" / "indexer-job.sh")],
+                       env=_job_env(job_store, tiny_dataset), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to do" in r.stdout
+    assert bundle_mod.current_version(job_store) == version
+    assert sorted(p.name for p in job_store.iterdir() if p.is_dir()) == versions
+
+
+def test_api_command_serves_and_drains_on_sigterm(job_store: Path, tmp_path: Path) -> None:
+    """The api container's command on the job's store: /readyz answers; SIGTERM during load
+    lets requests in flight complete, then new connections are refused (no 5xx)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "FUSIONREC_STORE": str(job_store), "FUSIONREC_HOST": "127.0.0.1",
+           "FUSIONREC_PORT": str(port), "FUSIONREC_RATE_LIMIT_RPS": "0",
+           "FUSIONREC_DEVICE": "cpu"}
+    log = (tmp_path / "serve.log").open("wb")
+    proc = subprocess.Popen(["sh", str(ROOT / "deploy" / "api-serve.sh")], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            try:
+                ready = httpx.get(f"{url}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "/readyz never answered 200"
+            time.sleep(0.2)
+        assert ready.json()["index"].endswith("(bundle)")  # the job's index is served
+
+        def heavy(i: int) -> tuple[str, str, dict[str, object] | None]:
+            hist = [f"i{(i * 3 + j) % 400}" for j in range(20)]
+            return "POST", "/v1/recommend", {"history": hist, "k": 100, "explain": True}
+
+        with LoadThread(url, heavy, clients=6) as load:
+            time.sleep(1.5)
+            t_term = time.monotonic()
+            proc.send_signal(signal.SIGTERM)  # exec'd: uvicorn itself gets it
+            # uvicorn re-raises the signal after its graceful shutdown: -SIGTERM, not a crash
+            assert proc.wait(30) in (0, -signal.SIGTERM)
+            t_exit = time.monotonic()
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    served = (tmp_path / "serve.log").read_text()
+    assert "Finished server process" in served, served[-2000:]
+    outcomes = load.outcomes
+    assert not [o for o in outcomes if o.status >= 300], "no 5xx (nor any other error status)"
+    in_flight = [o for o in outcomes if o.sent < t_term < o.done]
+    assert in_flight and all(o.status == 200 for o in in_flight)
+    # sent well before SIGTERM: received and answered, never dropped
+    assert all(o.status == 200 for o in outcomes if o.sent < t_term - 0.1)
+    after = [o for o in outcomes if o.sent > t_exit]
+    assert after and all(o.status == 0 and "ConnectError" in o.error for o in after), \
+        [o.error for o in after[:3]]
