@@ -32,7 +32,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 
-from model_store.bundle import sha256_file
+from model_store.bundle import sha256_file, verify_files
 from model_store.errors import BundleIntegrityError, ConfigError, IndexBuildError
 
 # faiss's bundled type stubs lag its SWIG API (SearchParametersHNSW, kwargs, subclass fields)
@@ -310,15 +310,7 @@ class ItemIndex:
         if INDEX_FILE not in files or INDEX_META not in files:
             raise BundleIntegrityError(
                 f"{directory}: the manifest's index section lists no {INDEX_FILE}/{INDEX_META}")
-        for name, digest in files.items():
-            path = directory / name
-            if not path.is_file():
-                raise BundleIntegrityError(f"{path}: index file listed in the manifest is missing")
-            actual = sha256_file(path)
-            if actual != digest:
-                raise BundleIntegrityError(
-                    f"{path}: sha256 {actual[:12]}… does not match the manifest's {digest[:12]}…;"
-                    " the index file was changed or corrupted — refusing to load")
+        verify_files(directory, files)
         try:
             meta = json.loads((directory / INDEX_META).read_text())
             index = faiss.read_index(str(directory / INDEX_FILE))

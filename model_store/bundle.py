@@ -215,22 +215,27 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def verify_files(directory: Path, files: dict[str, str]) -> None:
+    """Check that each listed file exists under ``directory`` with its sha256."""
+    for name, digest in files.items():
+        f = directory / name
+        if not f.is_file():
+            raise BundleIntegrityError(
+                f"{directory}: file {name} listed in the manifest is missing")
+        actual = sha256_file(f)
+        if actual != digest:
+            raise BundleIntegrityError(
+                f"{f}: sha256 {actual[:12]}… does not match the manifest's {digest[:12]}…; "
+                "the file was changed or corrupted — refusing to load")
+
+
 def verify(path: Path, manifest: dict[str, Any]) -> None:
     """Check every file's sha256 and the library versions; raise on any mismatch."""
     files: dict[str, str] = manifest.get("files", {})
     for required in (MODEL_FILE, CATALOG_FILE, ITEMS_FILE):
         if required not in files:
             raise BundleIntegrityError(f"{path}: manifest lists no {required}")
-    for name, digest in files.items():
-        f = path / name
-        if not f.is_file():
-            raise BundleIntegrityError(f"{path}: file {name} listed in the manifest is missing")
-        actual = sha256_file(f)
-        if actual != digest:
-            raise BundleIntegrityError(
-                f"{f}: sha256 {actual[:12]}… does not match the manifest's {digest[:12]}…; "
-                "the file was changed or corrupted — refusing to load"
-            )
+    verify_files(path, files)
     here = library_versions()
     for lib in ("torch", "transformers"):
         built = manifest.get("libraries", {}).get(lib)
