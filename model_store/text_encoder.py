@@ -125,24 +125,25 @@ class TextEncoder(nn.Module):
             return out
         was_training = self.training
         self.eval()
-        # Tokenise once without padding to sort by true token length.
-        lengths = np.fromiter(
-            (
-                len(ids)
-                for ids in self.tokenizer(list(texts), truncation=True, max_length=self.max_length)[
-                    "input_ids"
-                ]
-            ),
-            dtype=np.int64,
-            count=n,
-        )
+        # Tokenise once, unpadded; sort by true token length and pad each batch only to its
+        # own longest text (no second tokenisation pass).
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")
+        pad_id = int(self.tokenizer.pad_token_id or 0)
         use_amp = self.device_.type == "cuda"
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            batch = self.tokenize([texts[i] for i in idx])
+            width = int(lengths[idx[0]])
+            input_ids = np.full((len(idx), width), pad_id, dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            for row, i in enumerate(idx):
+                input_ids[row, : lengths[i]] = ids[i]
+                mask[row, : lengths[i]] = 1
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                emb = self(batch["input_ids"], batch["attention_mask"])
+                emb = self(torch.from_numpy(input_ids).to(self.device_),
+                           torch.from_numpy(mask).to(self.device_))
             out[idx] = emb.float().cpu().numpy()
             if progress is not None:
                 progress(len(idx))
