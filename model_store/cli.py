@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,8 @@ from model_store.config import FUSIONS, Config
 from model_store.errors import ConfigError, FusionrecError
 
 console = Console(stderr=True)
-out = Console()
+# a wide console when piped, so metric tables are not squeezed into 80 columns
+out = Console(width=None if sys.stdout.isatty() else 160)
 
 data_app = typer.Typer(help="Fetch or generate a dataset directory.", no_args_is_help=True)
 
