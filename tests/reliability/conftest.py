@@ -7,7 +7,6 @@ operation.
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.app.conftest import RedisServer, copy_store
+from tests.app.conftest import RedisServer, copy_store, running_redis
 
 
 @pytest.fixture
@@ -29,14 +28,8 @@ def rel_store(tiny_store: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def rel_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A throw-away redis-server on a free port (stopped and restarted by the tests)."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (make install-system)")
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
+    with running_redis(tmp_path) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @dataclass
