@@ -16,20 +16,13 @@ app = typer.Typer(
 
 
 def build() -> typer.Typer:
+    from app.cli import register as register_app
+    from indexer.cli import register as register_indexer
     from model_store.cli import register as register_model
 
-    register_model(app)
-    try:
-        from indexer.cli import register as register_indexer
-    except ImportError:  # pragma: no cover - during bootstrap only
-        pass
-    else:
+    if not app.registered_commands:
+        register_model(app)
         register_indexer(app)
-    try:
-        from app.cli import register as register_app
-    except ImportError:  # pragma: no cover - during bootstrap only
-        pass
-    else:
         register_app(app)
     return app
 
