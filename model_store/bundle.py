@@ -69,6 +69,7 @@ def vocab_hash(item_ids: list[str] | pd.Series) -> str:
 
 
 def library_versions() -> dict[str, str]:
+    import faiss
     import transformers
 
     versions = {
@@ -77,12 +78,7 @@ def library_versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "numpy": np.__version__,
     }
-    try:
-        import faiss
-
-        versions["faiss"] = faiss.__version__
-    except ImportError:  # pragma: no cover - faiss is a dependency
-        pass
+    versions["faiss"] = faiss.__version__
     return versions
 
 
