@@ -62,14 +62,14 @@ from app.cache import (
 from app.errors import InvalidRequestError, NotReadyError, ReloadRefusedError
 from app.metrics import Metrics
 from indexer.build import ItemIndex, build_index
-from indexer.encode import encode_new_items, text_encoder
+from indexer.encode import bundle_precision, encode_new_items, text_encoder
 from indexer.publish import persist_update
 from model_store import bundle as bundle_mod
 from model_store.bundle import Bundle, load_bundle
 from model_store.errors import BundleError, FusionrecError, NotFoundError
 from model_store.lora import ADAPTER_FILE
 from model_store.model import left_pad
-from model_store.text_encoder import TextEncoder
+from model_store.text_encoder import TextEncoder, pick_device
 
 log = logging.getLogger("app.recommender")
 J = TypeVar("J")
@@ -233,24 +233,26 @@ class _SearchJob:
 
 
 def _text_encoder(bundle: Bundle, device: str,
-                  cache: dict[tuple[str, int, str], TextEncoder]) -> tuple[TextEncoder | None,
+                  cache: dict[tuple[str, int, str, str], TextEncoder]) -> tuple[TextEncoder | None,
                                                                        str | None]:
     """The query/item text encoder of a bundle (shared between snapshots of one model)."""
     tm = bundle.manifest.get("text_model", {})
     name = str(tm.get("name", bundle.config.text.model))
     max_length = int(tm.get("max_length", bundle.config.text.max_length))
     adapter = str(bundle.manifest.get("files", {}).get(ADAPTER_FILE, ""))
-    key = (name, max_length, adapter)
+    precision = bundle_precision(bundle, pick_device(device))
+    key = (name, max_length, adapter, precision)
     if key not in cache:
         try:  # the indexer's per-process encoder: one copy of the LM for queries and items
-            cache[key] = text_encoder(name, max_length, device, bundle=bundle)
+            cache[key] = text_encoder(name, max_length, device, bundle=bundle,
+                                      precision=precision)
         except FusionrecError as exc:
             return None, f"text model {name!r} cannot be loaded: {exc}"
     return cache[key], None
 
 
 def build_snapshot(bundle: Bundle, *, device: str,
-                   text_cache: dict[tuple[str, int, str], TextEncoder]) -> Snapshot:
+                   text_cache: dict[tuple[str, int, str, str], TextEncoder]) -> Snapshot:
     """Everything a request needs from a bundle; raises BundleError when it is unusable."""
     model = bundle.model
     with torch.inference_mode():
@@ -301,7 +303,7 @@ class Recommender:
         self.load_error: str | None = None
         self.versions_served: list[str] = []
         self._forgotten: set[str] = set()
-        self._text_cache: dict[tuple[str, int, str], TextEncoder] = {}
+        self._text_cache: dict[tuple[str, int, str, str], TextEncoder] = {}
         # held by the workers while they compute and by upserts while they mutate
         self._model_lock = threading.Lock()
         self._admin_lock = asyncio.Lock()

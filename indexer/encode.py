@@ -59,13 +59,14 @@ def encode_catalog(bundle: Bundle, *, batch_size: int = 8192, device: str | None
 
 @functools.lru_cache(maxsize=4)
 def _cached_encoder(model: str, max_length: int, device: str,
-                    adapter: tuple[str, str] | None) -> TextEncoder:
+                    adapter: tuple[str, str] | None, precision: str) -> TextEncoder:
     adapter_dir = Path(adapter[0]) if adapter else None
-    return TextEncoder(model, max_length=max_length, device=device, adapter_dir=adapter_dir)
+    return TextEncoder(model, max_length=max_length, device=device, adapter_dir=adapter_dir,
+                       precision=precision)
 
 
 def text_encoder(model: str, max_length: int, device: str, *,
-                 bundle: Bundle | None = None) -> TextEncoder:
+                 bundle: Bundle | None = None, precision: str = "auto") -> TextEncoder:
     """The LM text encoder, loaded once per process (≈90 MB for MiniLM).
 
     For a bundle trained with ``text.mode = lora`` the encoder carries that bundle's tuned
@@ -74,7 +75,17 @@ def text_encoder(model: str, max_length: int, device: str, *,
     adapter = None
     if bundle is not None and ADAPTER_FILE in bundle.manifest.get("files", {}):
         adapter = (str(bundle.path), str(bundle.manifest["files"][ADAPTER_FILE]))
-    return _cached_encoder(model, max_length, device, adapter)
+    return _cached_encoder(model, max_length, device, adapter, precision)
+
+
+def bundle_precision(bundle: Bundle, device: torch.device) -> str:
+    """The LM precision the bundle's catalog embeddings were made with, for its new items.
+
+    Bundles from before the setting was recorded were made in fp32; an fp16 (GPU) bundle
+    served on a CPU takes the CPU's best (``auto``).
+    """
+    recorded = str(bundle.manifest.get("text_model", {}).get("precision", "fp32"))
+    return "auto" if recorded == "fp16" and device.type != "cuda" else recorded
 
 
 def item_texts(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str]) -> list[str]:
@@ -87,7 +98,9 @@ def encode_new_items(bundle: Bundle, rows: Sequence[Mapping[str, object]], *,
     """LM text embeddings (M, T) of new or edited items, formatted like the training text."""
     cfg = bundle.config.text
     texts = item_texts(rows, bundle.text_columns)
-    encoder = text_encoder(cfg.model, cfg.max_length, str(pick_device(device)), bundle=bundle)
+    dev = pick_device(device)
+    encoder = text_encoder(cfg.model, cfg.max_length, str(dev), bundle=bundle,
+                           precision=bundle_precision(bundle, dev))
     emb = encoder.encode(texts, batch_size=batch_size or cfg.batch_size, progress=progress)
     if emb.shape[1] != bundle.model.text_emb.shape[1]:
         raise ConfigError(

@@ -28,6 +28,8 @@ from model_store.errors import ConfigError
 
 Fusion = Literal["id", "text", "late", "joint"]
 TextMode = Literal["frozen", "lora"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FUSIONS: tuple[Fusion, ...] = ("id", "text", "late", "joint")
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
@@ -42,6 +44,11 @@ class TextConfig:
     mode: TextMode = "frozen"
     max_length: int = 128
     batch_size: int = 128
+    # Arithmetic of the LM forward when encoding item texts (not when LoRA-training):
+    # "auto" = fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16 (AVX512-BF16 /
+    # AMX), fp32 elsewhere. bf16 autocast keeps fp32 weights, pooling and normalisation;
+    # cosine to the fp32 embedding ≥ 0.9999 on MovieLens and synthetic texts (BENCHMARKS.md).
+    precision: Precision = "auto"
     text_columns: list[str] | None = None
     lora_r: int = 8
     lora_alpha: int = 16
@@ -139,6 +146,8 @@ class Config:
             raise ConfigError(f"model.fusion={m.fusion!r}; valid: {', '.join(FUSIONS)}")
         if t.mode not in ("frozen", "lora"):
             raise ConfigError(f"text.mode={t.mode!r}; valid: frozen, lora")
+        if t.precision not in PRECISIONS:
+            raise ConfigError(f"text.precision={t.precision!r}; valid: {', '.join(PRECISIONS)}")
         if m.dim % m.n_heads:
             raise ConfigError(f"model.dim={m.dim} must be divisible by model.n_heads={m.n_heads}")
         if not 0.0 <= m.late_weight <= 1.0:

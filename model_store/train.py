@@ -36,7 +36,7 @@ from model_store.errors import ConfigError, DataError
 from model_store.evaluate import EvalSet, evaluate, metrics_from_ranks, rank_targets
 from model_store.lora import LoraText
 from model_store.model import Batch, FusedModel, left_pad
-from model_store.text_encoder import TextEncoder, pick_device
+from model_store.text_encoder import TextEncoder, pick_device, resolve_precision
 
 log = logging.getLogger(__name__)
 HISTORY_KEEP = 200
@@ -172,14 +172,16 @@ def text_embeddings(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """LM embeddings of the item texts; cached on disk by (model, max_length, texts) hash."""
-    h = hashlib.sha256(f"{cfg.text.model}|{cfg.text.max_length}".encode())
+    precision = resolve_precision(cfg.text.precision, pick_device(device))
+    h = hashlib.sha256(f"{cfg.text.model}|{cfg.text.max_length}|{precision}".encode())
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
     path = cache_dir / "text" / f"{h.hexdigest()[:32]}.npy" if cache_dir else None
     if path is not None and path.exists():
         return np.load(path)
-    encoder = TextEncoder(cfg.text.model, max_length=cfg.text.max_length, device=device)
+    encoder = TextEncoder(cfg.text.model, max_length=cfg.text.max_length, device=device,
+                          precision=precision)
     emb = encoder.encode(texts, batch_size=cfg.text.batch_size, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -530,6 +532,10 @@ def train_and_publish(
     if cfg.text.mode == "lora" and cfg.model.fusion != "joint":
         raise ConfigError("text.mode=lora tunes the LM jointly and needs fusion=joint")
     texts = dataset.item_texts()
+    # the LM arithmetic the catalog's text embeddings were made with (manifest: text_model);
+    # new items are later encoded the same way. LoRA's tuned embeddings are made in fp32.
+    precision_used = ("fp32" if cfg.text.mode == "lora" else
+                      resolve_precision(cfg.text.precision, pick_device(cfg.train.device)))
     text = text_embeddings(
         texts, cfg, cache_dir=cache_dir, device=cfg.train.device, progress=text_progress
     )
@@ -564,6 +570,7 @@ def train_and_publish(
                 "name": cfg.text.model,
                 "mode": cfg.text.mode,
                 "max_length": cfg.text.max_length,
+                "precision": precision_used,
             },
             "metrics": {
                 "valid": result.valid_metrics,

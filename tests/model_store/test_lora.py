@@ -45,8 +45,8 @@ def test_lora_bundle_encodes_with_its_tuned_lm(tmp_path: Path) -> None:
     assert (path / "text_adapter.safetensors").exists()
     bundle = load_bundle(tmp_path / "store")
     texts = load_dataset(data).item_texts()[:6]
-    tuned = TextEncoder(device="cpu", adapter_dir=path).encode(texts)
-    base = TextEncoder(device="cpu").encode(texts)
+    tuned = TextEncoder(device="cpu", adapter_dir=path, precision="fp32").encode(texts)
+    base = TextEncoder(device="cpu", precision="fp32").encode(texts)
     stored = bundle.model.text_emb[1:7].numpy()
     # the bundle's cached embeddings are the tuned LM's, not the base model's
     assert np.allclose(tuned, stored, atol=1e-4)
@@ -54,5 +54,6 @@ def test_lora_bundle_encodes_with_its_tuned_lm(tmp_path: Path) -> None:
     # new items go through the same tuned LM
     new = encode_new_items(bundle, [{"item_id": "x", "title": "space opera number 99"}],
                            device="cpu")
-    ref = TextEncoder(device="cpu", adapter_dir=path).encode(["title: space opera number 99"])
+    ref = TextEncoder(device="cpu", adapter_dir=path, precision="fp32").encode(
+        ["title: space opera number 99"])
     assert np.allclose(new, ref, atol=1e-4)
