@@ -44,12 +44,12 @@ class RateLimiter:
         return None if allowed else (1.0 - tokens) / self.rate
 
 
-def get_recommender(request: Request) -> Recommender:
+async def get_recommender(request: Request) -> Recommender:
     rec: Recommender = request.state.recommender
     return rec
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.state.settings
     return settings
 
@@ -78,8 +78,13 @@ def _rate_limit(request: Request, client: str) -> None:
             headers={"Retry-After": str(max(1, math.ceil(wait)))})
 
 
-async def client_guard(request: Request, settings: SettingsDep) -> None:
-    """API key (when FUSIONREC_API_KEYS is set) and the per-client rate limit."""
+async def client_guard(request: Request) -> None:
+    """API key (when FUSIONREC_API_KEYS is set) and the per-client rate limit.
+
+    On every request of the hot path, so it reads the settings from the lifespan state
+    itself rather than through a nested dependency (each one costs FastAPI ~20 µs).
+    """
+    settings: Settings = request.state.settings
     key = request.headers.get("x-api-key")
     if settings.api_keys:
         if not key:

@@ -40,6 +40,7 @@ fails the in-memory change is rolled back.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 import threading
@@ -278,6 +279,16 @@ def build_snapshot(bundle: Bundle, *, device: str,
                     text_error=text_error)
 
 
+def _freeze_heap() -> None:
+    """Take what is alive now (the bundle's histories and catalog: ~10⁵–10⁷ objects) out of
+    the cyclic garbage collector's scans; otherwise each full collection walks all of them
+    while requests wait (a p99 of 230 ms at saturation on MovieLens). Unfreezing and
+    collecting first lets a replaced snapshot's cycles be freed."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
 def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-6)
 
@@ -289,7 +300,7 @@ class Recommender:
 
     def __init__(self, *, store: Path, cache: VectorCache, history: HistoryStore,
                  metrics: Metrics, device: str = "auto", candidates: int = 200,
-                 batch_max_size: int = 64, batch_max_wait_ms: float = 1.0,
+                 batch_max_size: int = 64, batch_max_wait_ms: float = 0.0,
                  search_user_weight: float = 0.3) -> None:
         self.store = store
         self.cache = cache
@@ -299,6 +310,11 @@ class Recommender:
             "cpu" if device == "auto" else device)
         self.candidates = candidates
         self.search_user_weight = search_user_weight
+        # metric children bound once (labels() is a dict lookup under a lock per call)
+        self._cache_hits = metrics.cache.labels("hit")
+        self._cache_misses = metrics.cache.labels("miss")
+        self._cold_starts = metrics.strategy.labels("recommend", "cold_start")
+        self._personalized = metrics.strategy.labels("recommend", "personalized")
         self.snapshot: Snapshot | None = None
         self.load_error: str | None = None
         self.versions_served: list[str] = []
@@ -337,6 +353,7 @@ class Recommender:
     def _install(self, snap: Snapshot) -> None:
         self.snapshot = snap
         self.load_error = None
+        _freeze_heap()
         if snap.version not in self.versions_served:
             self.versions_served.append(snap.version)
         self.metrics.model.info({"version": snap.version, "index": snap.index_source,
@@ -385,6 +402,8 @@ class Recommender:
 
     def _resolve(self, snap: Snapshot, ids: Sequence[str], *, report: bool,
                  unknown: list[str]) -> list[int]:
+        if not report and not snap.index.removed:  # the common case, on every request
+            return [r for r in map(snap.row_of.get, ids) if r is not None]
         rows: list[int] = []
         for item in ids:
             row = snap.row_of.get(item)
@@ -417,9 +436,9 @@ class Recommender:
             return None, False
         vec = await self.cache.get(key)
         if vec is not None and vec.shape[0] == snap.item_vecs.shape[1]:
-            self.metrics.cache.labels("hit").inc()
+            self._cache_hits.inc()
             return vec, True
-        self.metrics.cache.labels("miss").inc()
+        self._cache_misses.inc()
         return None, False
 
     # ---- recommend ----------------------------------------------------------------------------
@@ -433,13 +452,13 @@ class Recommender:
         if exclude_history:
             excluded.update(rows)
         if not rows:
-            self.metrics.strategy.labels("recommend", "cold_start").inc()
+            self._cold_starts.inc()
             return Answer(snap.version, "cold_start", self._popular(snap, k, excluded), unknown)
         vec, hit = await self._user_vector(snap, rows, key)
         out = await self._rec.submit(_RecJob(snap, rows, vec, excluded, k, explain))
         if not hit and key is not None:
             await self.cache.set(key, out.vector)
-        self.metrics.strategy.labels("recommend", "personalized").inc()
+        self._personalized.inc()
         return Answer(snap.version, "personalized", out.items, unknown)
 
     def _popular(self, snap: Snapshot, k: int, excluded: set[int]) -> list[Scored]:
@@ -468,10 +487,13 @@ class Recommender:
         model = snap.bundle.model
         dev = model.text_emb.device
         max_len = snap.bundle.config.model.max_len
-        hist = left_pad([[r + 1 for r in j.hist] for j in jobs], max_len).to(dev)  # (B, L)
         vecs = np.zeros((len(jobs), snap.item_vecs.shape[1]), dtype=np.float32)
         todo = [i for i, j in enumerate(jobs) if j.vector is None]
+        hist = None  # (B, L) model input, built only when a forward needs it
+        if todo or model.use_head:
+            hist = left_pad([[r + 1 for r in j.hist] for j in jobs], max_len).to(dev)
         if todo:
+            assert hist is not None
             vecs[todo] = model.user_vectors(hist[todo]).float().cpu().numpy()
         for i, j in enumerate(jobs):
             if j.vector is not None:
@@ -485,17 +507,22 @@ class Recommender:
         scores, rows = snap.index.search(vecs[ranked], n_search)  # (B', n_search)
         cand = np.full((len(ranked), n_keep), -1, dtype=np.int64)
         retr = np.zeros((len(ranked), n_keep), dtype=np.float32)
+        n_items = snap.n_items
         for b, i in enumerate(ranked):
             ex = jobs[i].exclude
-            keep = [c for c, r in enumerate(rows[b].tolist())
-                    if r >= 0 and r < snap.n_items and r not in ex][:n_keep]
+            ok = (rows[b] >= 0) & (rows[b] < n_items)
+            if ex:
+                ok &= ~np.isin(rows[b], np.fromiter(ex, dtype=np.int64, count=len(ex)))
+            keep = np.flatnonzero(ok)[:n_keep]
             cand[b, : len(keep)] = rows[b, keep]
             retr[b, : len(keep)] = scores[b, keep]
         valid = cand >= 0
-        cand_t = torch.from_numpy(np.where(valid, cand + 1, 0)).to(dev)
-        retr_t = torch.from_numpy(retr).to(dev)
-        user_t = torch.from_numpy(vecs[ranked]).to(dev)
-        final = model.rerank(hist[ranked], user_t, cand_t, retr_t).float().cpu().numpy()
+        final = retr  # retrieval order, unless the bundle's fusion head reranks
+        if hist is not None and model.use_head:
+            cand_t = torch.from_numpy(np.where(valid, cand + 1, 0)).to(dev)
+            retr_t = torch.from_numpy(retr).to(dev)
+            user_t = torch.from_numpy(vecs[ranked]).to(dev)
+            final = model.rerank(hist[ranked], user_t, cand_t, retr_t).float().cpu().numpy()
         final = np.where(valid, final, -np.inf)
         for b, i in enumerate(ranked):
             job = jobs[i]

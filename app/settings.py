@@ -41,7 +41,9 @@ class Settings(BaseSettings):
     cache_size: int = Field(100_000, ge=1, description="in-process LRU entries")
     history_max_len: int = Field(200, ge=1, description="events kept per user")
     batch_max_size: int = Field(64, ge=1, le=4096, description="micro-batch size; 1 = off")
-    batch_max_wait_ms: float = Field(1.0, ge=0, le=100)
+    # 0 = no waiting: a batch is whatever queued while the worker was busy (under load
+    # batches still form; alone, a request is not delayed)
+    batch_max_wait_ms: float = Field(0.0, ge=0, le=100)
     search_user_weight: float = Field(0.3, ge=0, le=1, description="β of the search blend")
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")

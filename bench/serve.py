@@ -9,7 +9,9 @@ httpx, so more of the 2 cores go to the server). Each case runs at a fixed rate 
 latency measured from the scheduled send time, so queueing counts) and at saturation
 (``--concurrency`` closed-loop clients). Cases: bare endpoint; /v1/recommend cache hits
 (warmed user ids); cache misses (a fresh random history per request); /v1/search; and the
-saturated miss case again with micro-batching off (FUSIONREC_BATCH_MAX_SIZE=1).
+saturated miss case again with micro-batching off (FUSIONREC_BATCH_MAX_SIZE=1). The three
+servers run side by side and the saturated cases alternate for ``--rounds`` rounds; each
+reports its median round, so the ratios compare figures measured under the same load.
 If the store has no bundle, one is trained on MovieLens-100k first.
 """
 
@@ -199,11 +201,10 @@ def bodies(store: Path, seed: int = 0) -> dict[str, Body]:
     return {"hit": hit, "miss": miss, "search": search}
 
 
-async def run_case(port: int, path: str, body: Body, args: argparse.Namespace,
-                   ) -> dict[str, dict[str, float]]:
-    fixed = await fixed_rate(port, path, body, args.rate, args.duration)
-    sat = await saturate(port, path, body, args.concurrency, args.duration)
-    return {"fixed": fixed, "saturated": sat}
+def median_round(runs: list[dict[str, float]]) -> dict[str, Any]:
+    """The round with the median throughput, plus every round's req/s."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    return {**ordered[len(ordered) // 2], "rounds_rps": [round(r["rps"], 1) for r in runs]}
 
 
 def main() -> None:
@@ -213,6 +214,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3,
+                   help="alternating rounds of the saturated cases (median reported)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     ensure_bundle(args.store, args.data)
@@ -222,44 +225,56 @@ def main() -> None:
                                "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
                                           f"{platform.platform()}",
                                "command": " ".join(sys.argv), "cases": {}}
-    bare = Server("serve:bare_app", {}, ROOT / "bench")
-    bare.wait()
+    # All three servers up at once (an idle one costs nothing), so the saturated cases can
+    # alternate round by round and machine drift hits each of them alike.
+    servers = {
+        "bare": Server("serve:bare_app", {}, ROOT / "bench"),
+        "batch64": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "64"},
+                          ROOT),
+        "batch1": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "1"},
+                         ROOT),
+    }
     try:
-        results["cases"]["bare"] = asyncio.run(run_case(
-            bare.port, "/v1/recommend", lambda i: b'{"k": 10}', args))
-    finally:
-        bare.stop()
-    for batch in ("64", "1"):
-        srv = Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": batch}, ROOT)
-        srv.wait()
-        try:
-            body = bodies(args.store)
+        for srv in servers.values():
+            srv.wait()
+        body = bodies(args.store)
+        bare_body: Body = lambda i: b'{"k": 10}'  # noqa: E731
+        # (name, server, path, body) of every case; the fixed-rate ones run once
+        cases = [("bare", "bare", "/v1/recommend", bare_body),
+                 ("hit", "batch64", "/v1/recommend", body["hit"]),
+                 ("miss", "batch64", "/v1/recommend", body["miss"]),
+                 ("search", "batch64", "/v1/search", body["search"]),
+                 ("miss_batch1", "batch1", "/v1/recommend", body["miss"])]
 
-            async def cases(port: int = srv.port, body: dict[str, Body] = body,
-                            batch: str = batch) -> dict[str, Any]:
-                out: dict[str, Any] = {}
-                if batch == "1":
-                    out["miss"] = {"saturated": await saturate(
-                        port, "/v1/recommend", body["miss"], args.concurrency, args.duration)}
-                    return out
-                warm = Conn(port)
+        async def run_all() -> dict[str, dict[str, Any]]:
+            for name in ("batch64", "batch1"):  # warm the hit users' cached vectors
+                warm = Conn(servers[name].port)
                 for i in range(200):
                     await warm.post("/v1/recommend", body["hit"](i))
-                out["hit"] = await run_case(port, "/v1/recommend", body["hit"], args)
-                out["miss"] = await run_case(port, "/v1/recommend", body["miss"], args)
-                out["search"] = await run_case(port, "/v1/search", body["search"], args)
-                return out
+            out: dict[str, dict[str, Any]] = {name: {} for name, *_ in cases}
+            for name, srv, path, make in cases[:4]:
+                out[name]["fixed"] = await fixed_rate(servers[srv].port, path, make,
+                                                      args.rate, args.duration)
+            sat: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in cases}
+            for _ in range(args.rounds):
+                for name, srv, path, make in cases:
+                    sat[name].append(await saturate(servers[srv].port, path, make,
+                                                    args.concurrency, args.duration))
+            for name in sat:
+                out[name]["saturated"] = median_round(sat[name])
+            return out
 
-            results["cases"][f"batch{batch}"] = asyncio.run(cases())
-        finally:
+        results["cases"] = asyncio.run(run_all())
+    finally:
+        for srv in servers.values():
             srv.stop()
     c = results["cases"]
     bare_rps = c["bare"]["saturated"]["rps"]
     results["ratios"] = {
-        "hit_vs_bare": c["batch64"]["hit"]["saturated"]["rps"] / bare_rps,
-        "miss_vs_bare": c["batch64"]["miss"]["saturated"]["rps"] / bare_rps,
-        "batching_miss_speedup": (c["batch64"]["miss"]["saturated"]["rps"]
-                                  / c["batch1"]["miss"]["saturated"]["rps"]),
+        "hit_vs_bare": c["hit"]["saturated"]["rps"] / bare_rps,
+        "miss_vs_bare": c["miss"]["saturated"]["rps"] / bare_rps,
+        "batching_miss_speedup": (c["miss"]["saturated"]["rps"]
+                                  / c["miss_batch1"]["saturated"]["rps"]),
     }
     text = json.dumps(results, indent=1)
     print(text)

@@ -92,6 +92,21 @@ class Block(nn.Module):
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, l, d)))
         return x + self.drop(self.mlp(self.ln2(x)))
 
+    def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``forward(x, mask)[:, -1:]`` computing only the last position's query, attention
+        output and MLP (keys and values still cover every position) → (B, 1, D)."""
+        b, l, d = x.shape
+        h = self.ln1(x)
+        w, bias = self.qkv.weight, self.qkv.bias
+        q = F.linear(h[:, -1:], w[:d], bias[:d])  # (B, 1, D)
+        k, v = F.linear(h, w[d:], bias[d:]).split(d, dim=-1)  # (B, L, D) each
+        hd = d // self.n_heads
+        q = q.view(b, 1, self.n_heads, hd).transpose(1, 2)
+        k, v = (t.view(b, l, self.n_heads, hd).transpose(1, 2) for t in (k, v))
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, -1:])
+        x = x[:, -1:] + self.proj(att.transpose(1, 2).reshape(b, 1, d))
+        return x + self.mlp(self.ln2(x))
+
 
 class UserEncoder(nn.Module):
     """Causal self-attention over the last L history item vectors → one vector per position."""
@@ -105,8 +120,14 @@ class UserEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.ln_out = nn.LayerNorm(cfg.dim)
 
-    def forward(self, seq: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """seq (B, L, D) item vectors, left padded; pad (B, L) True at padding → (B, L, D)."""
+    def forward(
+        self, seq: torch.Tensor, pad: torch.Tensor, *, last_only: bool = False
+    ) -> torch.Tensor:
+        """seq (B, L, D) item vectors, left padded; pad (B, L) True at padding → (B, L, D).
+
+        ``last_only`` (inference): only the last position's output → (B, 1, D); the final
+        block then computes one query instead of L (the user vector needs no other).
+        """
         l = seq.shape[1]
         pos = torch.arange(l, device=seq.device) + (self.pos.num_embeddings - l)
         x = self.drop(self.ln_in(seq + self.pos(pos)))
@@ -115,8 +136,14 @@ class UserEncoder(nn.Module):
         # a query may see earlier non-padding keys; padding queries see themselves (no NaN)
         mask = (causal & ~pad[:, None, :]) | eye  # (B, L, L)
         mask = mask[:, None]  # (B, 1, L, L)
-        for block in self.blocks:
-            x = block(x, mask)
+        blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]
+        for n, block in enumerate(blocks):
+            if last_only and n == len(blocks) - 1 and not self.training:
+                x = block.forward_last(x, mask)
+            else:
+                x = block(x, mask)
+        if last_only:
+            x = x[:, -1:]
         return self.ln_out(x)
 
 
@@ -167,6 +194,8 @@ class FusedModel(nn.Module):
         self.users = UserEncoder(cfg)
         self.head = FusionHead(cfg.rerank_hidden)
         self.use_head = False
+        # (text_emb tensor, versions, table): see text_part_table
+        self._text_part_cache: tuple[torch.Tensor, tuple[int, ...], torch.Tensor] | None = None
 
     text_emb: torch.Tensor
     has_id: torch.Tensor
@@ -209,6 +238,9 @@ class FusedModel(nn.Module):
 
     # ---- the one encode path ------------------------------------------------------------
     def _fused_items(self, idx: torch.Tensor) -> torch.Tensor:
+        table = self.text_part_table()  # inference: projected once per catalog, not per call
+        if table is not None:
+            return self.items.id_part(idx, self.has_id) + table[idx]
         return self.items(idx, self.text_emb[idx], self.has_id)
 
     def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
@@ -244,7 +276,8 @@ class FusedModel(nn.Module):
         fusion = self.cfg.fusion
         if fusion == "text":
             return self.text_user(hist)
-        u = self.sequence_states(hist)[:, -1]  # (B, D)
+        pad = hist == 0
+        u = self.users(self._fused_items(hist), pad, last_only=True)[:, -1]  # (B, D)
         if fusion == "late":
             w = self.cfg.late_weight
             zt = self.text_user(hist) * (w / self.cfg.text_temperature)
@@ -252,6 +285,31 @@ class FusedModel(nn.Module):
         return u
 
     # ---- fusion head ----------------------------------------------------------------------
+    def text_part_table(self) -> torch.Tensor | None:
+        """``text_part`` of every catalog item (N+1, D) for inference, computed once.
+
+        Serving projects the same catalog rows again and again (a user's history items on
+        every cache miss, ~200 candidates per rerank): at 32 users × 50 history items the
+        projection was half of ``user_vectors``' time. The table
+        is rebuilt whenever ``text_emb`` is replaced or edited in place or the projection's
+        weights change (tensor version counters); None in training mode (gradients flow
+        through the projection there) and when versions cannot be read (inference tensors).
+        """
+        if self.training or self.cfg.fusion != "joint":
+            return None
+        try:
+            key = (self.text_emb._version,
+                   *(p._version for p in self.items.text_proj.parameters()))
+        except RuntimeError:  # inference tensors carry no version counter
+            return None
+        cached = self._text_part_cache
+        if cached is not None and cached[0] is self.text_emb and cached[1] == key:
+            return cached[2]
+        with torch.no_grad():
+            table = self.items.text_part(self.text_emb)
+        self._text_part_cache = (self.text_emb, key, table)
+        return table
+
     def rerank_features(
         self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
     ) -> torch.Tensor:
@@ -272,7 +330,9 @@ class FusedModel(nn.Module):
                 u = u / max(1.0 - self.cfg.late_weight, 1e-6)
             id_dot = torch.einsum("bd,bnd->bn", u, self.items.id_part(cand, self.has_id))
             if self.cfg.fusion == "joint":
-                text_dot = torch.einsum("bd,bnd->bn", u, self.items.text_part(text_c))
+                table = self.text_part_table()
+                part = table[cand] if table is not None else self.items.text_part(text_c)
+                text_dot = torch.einsum("bd,bnd->bn", u, part)
             else:
                 text_dot = torch.einsum("bt,bnt->bn", self.text_user(hist), text_c)
         else:

@@ -1,0 +1,64 @@
+"""Inference shortcuts of FusedModel give the same numbers as the training-time path."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from model_store.config import ModelConfig
+from model_store.model import FusedModel, left_pad
+
+
+def joint_model(n: int = 40, text_dim: int = 12) -> FusedModel:
+    torch.manual_seed(0)
+    cfg = ModelConfig(fusion="joint", dim=16, max_len=8, n_layers=2, n_heads=2)
+    text = F.normalize(torch.randn(n + 1, text_dim), dim=-1)
+    text[0] = 0
+    has_id = torch.ones(n + 1, dtype=torch.bool)
+    has_id[-5:] = False  # a few text-only items
+    return FusedModel(cfg, text, has_id, torch.rand(n + 1)).eval()
+
+
+def test_user_vector_equals_last_position_of_the_full_sequence() -> None:
+    model = joint_model()
+    hist = left_pad([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [39], [36, 2, 36]], 8)
+    with torch.inference_mode():
+        fast = model.user_vectors(hist)
+    with torch.no_grad():
+        full = model.sequence_states(hist)[:, -1]  # every position, no table
+    assert fast.shape == (4, 16)
+    torch.testing.assert_close(fast, full, rtol=1e-5, atol=1e-5)
+
+
+def test_text_part_table_follows_edits_and_weight_updates() -> None:
+    model = joint_model()
+    idx = torch.arange(1, model.n_items + 1)
+
+    def live() -> torch.Tensor:
+        return model.items(idx, model.text_emb[idx], model.has_id)
+
+    with torch.no_grad():
+        torch.testing.assert_close(model.item_vectors(), live())
+        table = model.text_part_table()
+        assert table is not None and model.text_part_table() is table  # cached
+        # an edited item text (in place) invalidates it
+        model.replace_text(torch.tensor([3]), F.normalize(torch.randn(1, 12), dim=-1))
+        assert model.text_part_table() is not table
+        torch.testing.assert_close(model.item_vectors(), live())
+        # a grown catalog too
+        model.extend_catalog(F.normalize(torch.randn(2, 12), dim=-1))
+        idx = torch.arange(1, model.n_items + 1)
+        torch.testing.assert_close(model.item_vectors(), live())
+        # and an optimizer step on the projection
+        before = model.item_vectors()
+    model.train()
+    opt = torch.optim.SGD(model.items.text_proj.parameters(), lr=0.5)
+    loss = model.item_vectors().pow(2).sum()
+    assert model.text_part_table() is None  # training mode computes live
+    loss.backward()
+    opt.step()
+    model.eval()
+    with torch.no_grad():
+        after = model.item_vectors()
+        torch.testing.assert_close(after, live())
+    assert not torch.allclose(before, after)
