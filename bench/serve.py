@@ -75,7 +75,7 @@ class Server:
                "--app-dir", str(app_dir)]
         self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT)
 
-    def wait(self, timeout: float = 120) -> None:
+    def wait(self, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
