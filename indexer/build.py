@@ -455,8 +455,8 @@ def tune_to_floor(index: ItemIndex, vectors: np.ndarray, rows: np.ndarray,
         tried.append((dict(index.params), recall["recall@100"]))
     if recall["recall@100"] < floor:
         steps = "; ".join(f"{t} → {r:.4f}" for t, r in tried)
-        hint = {"hnsw": "raise --hnsw-m/efConstruction or use --kind flat",
-                "ivfpq": "raise the PQ code size (pq_m) or use --kind hnsw/flat",
+        hint = {"hnsw": "raise --hnsw-m / --ef-construction or use --kind flat",
+                "ivfpq": "raise the PQ code size (--pq-m) or use --kind hnsw/flat",
                 "flat": "exact search below the floor means ties or NaN vectors"}[index.kind]
         raise IndexBuildError(
             f"{index.kind} index reaches recall@100 = {recall['recall@100']:.4f} < floor "

@@ -82,6 +82,11 @@ def index_cmd(
         help="auto: IVF-PQ when float vectors exceed this")] = 4.0,
     threads: Annotated[int | None, typer.Option(
         help="FAISS OpenMP threads (default FUSIONREC_FAISS_THREADS or all cores)")] = None,
+    hnsw_m: Annotated[int, typer.Option(min=4, help="hnsw: links per node (M)")] = 32,
+    ef_construction: Annotated[int, typer.Option(
+        min=8, help="hnsw: build-time candidate list (efConstruction)")] = 200,
+    pq_m: Annotated[int, typer.Option(
+        min=0, help="ivfpq: sub-quantizers (0 = one per dimension)")] = 0,
 ) -> None:
     """Encode the catalog, build and tune the index, publish it as a new bundle version."""
     if ctx.invoked_subcommand is not None:
@@ -91,7 +96,8 @@ def index_cmd(
     from indexer.publish import index_bundle
 
     params = IndexParams(flat_max_items=flat_max_items,
-                         memory_budget_bytes=int(memory_budget_gb * (1 << 30)))
+                         memory_budget_bytes=int(memory_budget_gb * (1 << 30)),
+                         hnsw_m=hnsw_m, ef_construction=ef_construction, pq_m=pq_m)
     try:
         with encode_progress("encoding items") as progress:
             path = index_bundle(store, version=version, kind=_kind(kind), params=params,

@@ -64,3 +64,16 @@ def test_cli_errors_are_one_red_line(tiny_store: Path, tmp_path: Path) -> None:
         assert "floor" in res.output and bundle_mod.current_version(store) == current
     else:
         assert res.exit_code == 0, res.output
+
+
+def test_index_cli_passes_hnsw_build_parameters(tiny_store: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store, store)
+    res = runner.invoke(build(), ["index", "--store", str(store), "--kind", "hnsw",
+                                  "--hnsw-m", "8", "--ef-construction", "40", "--device", "cpu",
+                                  "--recall-floor", "0.5"])
+    assert res.exit_code == 0, res.output
+    params = load_bundle(store).manifest["index"]["params"]
+    assert params["M"] == 8 and params["efConstruction"] == 40
+    res = runner.invoke(build(), ["index", "--store", str(store), "--hnsw-m", "2"])
+    assert res.exit_code != 0 and "--hnsw-m" in res.output
