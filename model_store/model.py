@@ -254,10 +254,11 @@ class FusedModel(nn.Module):
             return torch.cat([self._fused_items(idx), self.text_emb[idx]], dim=-1)
         return self._fused_items(idx)
 
-    def sequence_states(self, hist: torch.Tensor) -> torch.Tensor:
-        """hist (B, L) left-padded indices → (B, L, D) user state after each position."""
+    def sequence_states(self, hist: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """hist (B, L) left-padded indices → (B, L, D) user state after each position
+        (``last_only``: only the last one, (B, 1, D), computed without the others)."""
         pad = hist == 0
-        return self.users(self._fused_items(hist), pad)
+        return self.users(self._fused_items(hist), pad, last_only=last_only)
 
     def text_user(self, hist: torch.Tensor) -> torch.Tensor:
         """Zero-shot LM user vector: decayed mean of the last items' text embeddings → (B, T)."""
@@ -276,8 +277,7 @@ class FusedModel(nn.Module):
         fusion = self.cfg.fusion
         if fusion == "text":
             return self.text_user(hist)
-        pad = hist == 0
-        u = self.users(self._fused_items(hist), pad, last_only=True)[:, -1]  # (B, D)
+        u = self.sequence_states(hist, last_only=True)[:, -1]  # (B, D)
         if fusion == "late":
             w = self.cfg.late_weight
             zt = self.text_user(hist) * (w / self.cfg.text_temperature)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from model_store.config import DEFAULT_TEXT_MODEL
+from model_store.config import DEFAULT_TEXT_MODEL, PRECISIONS
 from model_store.errors import ConfigError
 
 
@@ -70,8 +70,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         if device.type == "cuda":
             return "fp16"
         return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"text precision {precision!r}; valid: auto, fp32, bf16, fp16")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"text precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("text precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
     return precision
