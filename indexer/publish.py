@@ -37,9 +37,8 @@ from indexer.build import (
     IndexKind,
     IndexParams,
     ItemIndex,
-    build_index,
+    build_tuned,
     set_faiss_threads,
-    tune_to_floor,
 )
 from indexer.encode import encode_catalog, encode_new_items, query_vectors
 from model_store import bundle as bundle_mod
@@ -135,15 +134,16 @@ def build_for_bundle(bundle: Bundle, *, kind: IndexKind = "auto",
     vectors = encode_catalog(bundle, batch_size=batch_size, device=device, rows=rows,
                              progress=tick)
     encode_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    index = build_index(vectors, rows, kind=kind, params=p)
-    build_s = time.perf_counter() - t1
-    index.removed = removed
     queries = query_vectors(bundle, max_users=max_queries, device=device)
     source = "user_histories" if bundle.histories else "sampled_items_plus_noise"
-    recall = tune_to_floor(index, vectors, rows, queries, floor=recall_floor, params=p)
+    t1 = time.perf_counter()
+    index, recall, build_s, rebuilds = build_tuned(vectors, rows, queries, kind=kind,
+                                                   params=p, floor=recall_floor)
+    index.removed = removed
     bundle.model.cpu()
     stats = {"build_seconds": round(build_s, 3), "encode_seconds": round(encode_s, 3),
+             "build_and_tune_seconds": round(time.perf_counter() - t1, 3),
+             "rebuilds": rebuilds,
              "recall@10": round(recall["recall@10"], 5),
              "recall@100": round(recall["recall@100"], 5), "recall_floor": recall_floor,
              "recall_queries": len(queries), "recall_query_source": source,

@@ -13,6 +13,7 @@ from indexer.build import (
     IndexParams,
     ItemIndex,
     build_index,
+    build_tuned,
     choose_kind,
     measure_recall,
     tune_to_floor,
@@ -68,6 +69,67 @@ def test_unreachable_floor_is_refused(catalog: tuple[np.ndarray, np.ndarray, np.
     index = build_index(x, rows, kind="hnsw", params=p)
     with pytest.raises(IndexBuildError, match=r"recall@100 = .* < floor 0.999.*Not published"):
         tune_to_floor(index, x, rows, q, floor=0.999, params=p)
+
+
+def varied_norms(n: int, seed: int) -> np.ndarray:
+    """Clustered vectors whose norms spread over ~±1 e-fold, like trained item vectors."""
+    rng = np.random.default_rng(seed)
+    x = clustered(n, seed)
+    return (x * np.exp(rng.normal(0, 0.6, n))[:, None]).astype(np.float32)
+
+
+def test_hnsw_mips_transform_reaches_floor_where_inner_product_graph_stalls() -> None:
+    x, q = varied_norms(8000, 0), varied_norms(200, 1)
+    rows = np.arange(len(x), dtype=np.int64)
+    base = dict(hnsw_m=16, ef_construction=40, ef_search=32, max_ef_search=2048)
+    ip = build_index(x, rows, kind="hnsw", params=IndexParams(**base, hnsw_metric="ip"))
+    with pytest.raises(IndexBuildError, match="floor 0.95"):
+        tune_to_floor(ip, x, rows, q, floor=0.95, params=IndexParams(**base))
+    mips = build_index(x, rows, kind="hnsw", params=IndexParams(**base))
+    assert mips.params["metric"] == "l2_mips" and mips.dim == DIM
+    recall = tune_to_floor(mips, x, rows, q, floor=0.95, params=IndexParams(**base))
+    assert recall["recall@100"] >= 0.95
+    scores, got = mips.search(q[:5], 20)  # scores are the exact inner products, descending
+    np.testing.assert_allclose(scores, np.einsum("bd,bkd->bk", q[:5], x[got]), rtol=1e-5)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+
+
+def test_hnsw_mips_overflow_items_are_found_and_persist(
+        tmp_path: Path, catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, _ = catalog
+    index = build_index(x[:2000], rows[:2000], kind="hnsw",
+                        params=IndexParams(ef_search=128))
+    radius = index.params["radius"]
+    direction = x[2500] / np.linalg.norm(x[2500])
+    big = (3 * radius * direction)[None]  # above the build radius: cannot sit on the sphere
+    index.add(big, [99_999])
+    assert index.overflow == 1
+    scores, got = index.search(direction[None], 5)
+    assert got[0, 0] == 99_999
+    assert scores[0, 0] == pytest.approx(3 * radius, rel=1e-5)
+    assert 99_999 not in index.search(direction[None], 5, exclude={99_999})[1][0]
+    files = index.save(tmp_path)
+    loaded = ItemIndex.load(tmp_path, {"kind": "hnsw", "dim": DIM, "n_vectors": index.ntotal,
+                                       "files": files}, dim=DIM)
+    assert loaded.overflow == 1
+    assert loaded.search(direction[None], 1)[1][0, 0] == 99_999
+    loaded.remove([99_999])
+    assert loaded.overflow == 0 and 99_999 not in loaded.search(direction[None], 50)[1][0]
+
+
+def test_build_tuned_rebuilds_hnsw_with_larger_m(
+        catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, q = catalog
+    p = IndexParams(hnsw_m=4, ef_construction=8, ef_search=64, max_ef_search=64,
+                    max_hnsw_m=32)
+    tuned = build_tuned(x, rows, q, kind="hnsw", params=p, floor=0.95)
+    assert tuned.rebuilds >= 1
+    assert tuned.item_index.params["M"] == 4 * 2 ** tuned.rebuilds
+    assert tuned.recall["recall@100"] >= 0.95
+    with pytest.raises(IndexBuildError, match=r"'M': 4.*\| .*'M': 8.*Not published"):
+        build_tuned(x, rows, q, kind="hnsw", floor=0.95,
+                    params=IndexParams(hnsw_m=4, ef_construction=8, ef_search=8,
+                                       max_ef_search=8, max_hnsw_m=8))
 
 
 def test_auto_kind() -> None:
