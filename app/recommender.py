@@ -16,9 +16,11 @@ No usable history → cold start: items by ``log_pop`` (training popularity), fl
 
 **Search.** The query is encoded by the bundle's own text model (the ``TextEncoder`` that
 produced ``text_emb``); ``c_i = cos(q, t_i)`` is an exact matmul against ``text_emb`` and
-the top ``N`` candidates by ``c`` are kept. Without a user the score is ``c_i``. With a user
-vector ``u`` the retrieval score ``r_i = <u, v_i>`` is blended after standardising both
-over the N candidates::
+the top ``N`` candidates by ``c`` are kept. A bundle with a search index (catalogs above
+200k items, see ``indexer.publish``) takes its candidates from that IVF-PQ index instead of
+the full scan, then rescores them exactly against ``text_emb``. Without a user the score is
+``c_i``. With a user vector ``u`` the retrieval score ``r_i = <u, v_i>`` is blended after
+standardising both over the N candidates::
 
     score_i = (1 − β) · z(c)_i + β · z(r)_i,    z(x) = (x − mean(x)) / (std(x) + 1e-6)
 
@@ -64,7 +66,7 @@ from app.errors import InvalidRequestError, NotReadyError, ReloadRefusedError
 from app.metrics import Metrics
 from indexer.build import ItemIndex, build_index
 from indexer.encode import bundle_precision, encode_new_items, text_encoder
-from indexer.publish import persist_update
+from indexer.publish import load_text_index, persist_update
 from model_store import bundle as bundle_mod
 from model_store.bundle import Bundle, load_bundle
 from model_store.errors import BundleError, FusionrecError, NotFoundError
@@ -169,6 +171,7 @@ class Snapshot:
     version: str
     index: ItemIndex
     index_source: Literal["bundle", "exact-in-memory"]
+    text_index: ItemIndex | None  # ANN over text embeddings (large catalogs) or exact scan
     row_of: dict[str, int]
     item_vecs: np.ndarray  # (N, D) float32 retrieval vectors, row k ↔ catalog row k
     popular: np.ndarray  # catalog rows by training popularity, most popular first
@@ -273,7 +276,9 @@ def build_snapshot(bundle: Bundle, *, device: str,
     if index.removed:
         popular = popular[~np.isin(popular, np.fromiter(index.removed, dtype=np.int64))]
     text, text_error = _text_encoder(bundle, device, text_cache)
+    text_index = load_text_index(bundle) if section else None
     return Snapshot(bundle=bundle, version=bundle.version, index=index, index_source=source,
+                    text_index=text_index,
                     row_of={item: k for k, item in enumerate(bundle.item_ids)},
                     item_vecs=np.ascontiguousarray(vecs), popular=popular, text=text,
                     text_error=text_error)
@@ -598,13 +603,25 @@ class Recommender:
             snap = jobs[idx[0]].snap
             assert snap.text is not None
             q = snap.text.encode([jobs[i].query for i in idx])  # (B, T), outside the lock
+            n = min(max(self.candidates, max(jobs[i].k for i in idx)), snap.n_items)
+            if snap.text_index is not None:
+                with self._model_lock:
+                    _, cand = snap.text_index.search(q, n)  # (B, n) rows, −1 = none
+                    text = snap.bundle.model.text_emb  # candidates rescored exactly below
+                    pick = torch.from_numpy(np.maximum(cand, 0) + 1).to(text.device)
+                    emb = text[pick].float().cpu().numpy()
+                cos = np.einsum("bt,bnt->bn", q, emb)
+                cos = np.where(cand >= 0, cos, -np.inf)
+                for b, i in enumerate(idx):
+                    order = np.argsort(-cos[b], kind="stable")
+                    out[i] = self._blend(snap, jobs[i], cos[b][order], cand[b][order])
+                continue
             with self._model_lock, torch.inference_mode():
                 text = snap.bundle.model.text_emb[1: snap.n_items + 1]  # (N, T)
                 sims = torch.from_numpy(q).to(text.device) @ text.T  # (B, N)
                 if snap.index.removed:
                     dead = torch.tensor(sorted(snap.index.removed), device=text.device)
                     sims[:, dead[dead < snap.n_items]] = -torch.inf
-                n = min(max(self.candidates, max(jobs[i].k for i in idx)), snap.n_items)
                 top_s, top_r = sims.topk(n, dim=1)
                 top_s_np = top_s.float().cpu().numpy()
                 top_r_np = top_r.cpu().numpy()
@@ -719,6 +736,8 @@ class Recommender:
             item_vecs = np.concatenate([snap.item_vecs, vecs_np[len(upd):]])
             item_vecs[upd_rows] = vecs_np[: len(upd)]
             index.add(vecs_np, changed)
+            if snap.text_index is not None:
+                snap.text_index.add(emb_t[[n for n, _ in upd] + new].numpy(), changed)
             bundle.item_ids = bundle.item_ids + [ids[n] for n in new]
             bundle.items = items
             row_of = dict(snap.row_of)
@@ -730,9 +749,13 @@ class Recommender:
         except BaseException:
             with self._model_lock, torch.no_grad():
                 index.remove(new_rows, mark_removed=False)
+                if snap.text_index is not None:
+                    snap.text_index.remove(new_rows, mark_removed=False)
                 if upd:
                     model.replace_text(torch.from_numpy(upd_rows + 1), old_text)
                     index.add(old_vecs, upd_rows)
+                    if snap.text_index is not None:
+                        snap.text_index.add(old_text.float().cpu().numpy(), upd_rows)
                 model.text_emb = model.text_emb[: n0 + 1]
                 model.has_id = model.has_id[: n0 + 1]
                 model.log_pop = model.log_pop[: n0 + 1]
@@ -747,7 +770,7 @@ class Recommender:
         """Write the grown catalog and index as a new CURRENT version (indexer's format)."""
         path = persist_update(self.store, snap.bundle, snap.index,
                               note={"op": "upsert", "added": added, "updated": updated,
-                                    "by": "service"})
+                                    "by": "service"}, text_index=snap.text_index)
         return path, bundle_mod.read_manifest(path)
 
     # ---- users --------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ class Ready(BaseModel):
     index: str
     index_items: int
     catalog_items: int
+    search_index: str = Field(description="ANN index over text embeddings, or 'exact scan'")
     redis: Literal["disabled", "closed", "open", "half-open"]
 
 

@@ -62,11 +62,17 @@ META_FORMAT = 1
 RECALL_KS = (10, 100)
 
 
+def _names(prefix: str) -> tuple[str, str, str]:
+    return prefix + INDEX_FILE, prefix + INDEX_META, prefix + INDEX_ROWS
+
+
 @dataclass
 class IndexParams:
     """Build and search parameters; the tuned values are recorded in the manifest."""
 
     flat_max_items: int = 200_000
+    # catalogs above this also get an ANN index over the text embeddings (POST /v1/search)
+    text_index_min_items: int = 200_000
     memory_budget_bytes: int = 4 << 30  # float vectors above this → ivfpq
     hnsw_m: int = 32
     hnsw_metric: Literal["l2_mips", "ip"] = "l2_mips"  # see the module docstring
@@ -363,44 +369,50 @@ class ItemIndex:
         return int(self.index.remove_ids(faiss.IDSelectorBatch(r)))
 
     # ---- persistence ------------------------------------------------------------------------
-    def save(self, directory: Path) -> dict[str, str]:
-        """Write the index files into ``directory``; return {file name: sha256}."""
+    def save(self, directory: Path, *, prefix: str = "") -> dict[str, str]:
+        """Write the index files into ``directory``; return {file name: sha256}.
+
+        ``prefix`` names a second index in the same bundle (``text_`` for the search index).
+        """
         directory = Path(directory)
-        faiss.write_index(self.index, str(directory / INDEX_FILE))
-        names = [INDEX_FILE]
+        f_index, f_meta, f_rows = _names(prefix)
+        faiss.write_index(self.index, str(directory / f_index))
+        names = [f_index]
         if self.kind == "hnsw":
-            np.save(directory / INDEX_ROWS, self._label_rows)
-            names.append(INDEX_ROWS)
+            np.save(directory / f_rows, self._label_rows)
+            names.append(f_rows)
         meta = {"format": META_FORMAT, "kind": self.kind, "params": self.params,
                 "dim": self.dim, "n_vectors": self.ntotal, "tombstones": self.tombstones,
                 "removed_rows": sorted(self.removed)}
         if self.mips:
             meta["overflow_labels"] = self._overflow.tolist()
-        (directory / INDEX_META).write_text(json.dumps(meta, indent=1))
-        names.append(INDEX_META)
+        (directory / f_meta).write_text(json.dumps(meta, indent=1))
+        names.append(f_meta)
         return {name: sha256_file(directory / name) for name in names}
 
     @classmethod
     def load(cls, directory: Path, section: dict[str, Any] | None, *,
-             dim: int | None = None, n_items: int | None = None) -> ItemIndex:
+             dim: int | None = None, n_items: int | None = None,
+             prefix: str = "") -> ItemIndex:
         """Read an index back and check it against the manifest's ``index`` section.
 
         ``dim``/``n_items``: the model's vector dimension and catalog size, when known.
         Raises BundleIntegrityError on any mismatch (hash, kind, count, dimension).
         """
         directory = Path(directory)
+        f_index, f_meta, f_rows = _names(prefix)
         if not section:
             raise BundleIntegrityError(
                 f"{directory}: the manifest has no index section; run `fusionrec index` first")
         files: dict[str, str] = section.get("files", {})
-        if INDEX_FILE not in files or INDEX_META not in files:
+        if f_index not in files or f_meta not in files:
             raise BundleIntegrityError(
-                f"{directory}: the manifest's index section lists no {INDEX_FILE}/{INDEX_META}")
+                f"{directory}: the manifest's index section lists no {f_index}/{f_meta}")
         verify_files(directory, files)
         try:
-            meta = json.loads((directory / INDEX_META).read_text())
-            index = faiss.read_index(str(directory / INDEX_FILE))
-            label_rows = (np.load(directory / INDEX_ROWS) if INDEX_ROWS in files else None)
+            meta = json.loads((directory / f_meta).read_text())
+            index = faiss.read_index(str(directory / f_index))
+            label_rows = (np.load(directory / f_rows) if f_rows in files else None)
         except (RuntimeError, ValueError, OSError) as exc:
             raise BundleIntegrityError(f"{directory}: cannot read the index: {exc}") from exc
         kind = section.get("kind")
@@ -408,7 +420,7 @@ class ItemIndex:
             raise BundleIntegrityError(
                 f"{directory}: index kind {meta.get('kind')!r} ≠ manifest {kind!r}")
         if kind == "hnsw" and label_rows is None:
-            raise BundleIntegrityError(f"{directory}: hnsw index without {INDEX_ROWS}")
+            raise BundleIntegrityError(f"{directory}: hnsw index without {f_rows}")
         item_index = cls(index, kind, meta.get("params", section.get("params", {})),
                          label_rows=label_rows, removed=set(meta.get("removed_rows", [])),
                          overflow=meta.get("overflow_labels", []))
@@ -425,7 +437,7 @@ class ItemIndex:
                     "`fusionrec index`")
         if kind == "hnsw" and label_rows is not None and len(label_rows) != index.ntotal:
             raise BundleIntegrityError(
-                f"{directory}: {INDEX_ROWS} has {len(label_rows)} labels, index {index.ntotal}")
+                f"{directory}: {f_rows} has {len(label_rows)} labels, index {index.ntotal}")
         if n_items is not None and item_index.ntotal:
             rows = item_index.rows()
             if rows[0] < 0 or rows[-1] >= n_items:

@@ -78,6 +78,8 @@ def index_cmd(
     recall_floor: Annotated[float, typer.Option(min=0.0, max=1.0,
                                                 help="refuse below this recall@100")] = 0.95,
     flat_max_items: Annotated[int, typer.Option(help="auto: exact search up to this")] = 200_000,
+    text_index_min_items: Annotated[int, typer.Option(
+        help="build a search index over text embeddings above this many items")] = 200_000,
     memory_budget_gb: Annotated[float, typer.Option(
         help="auto: IVF-PQ when float vectors exceed this")] = 4.0,
     threads: Annotated[int | None, typer.Option(
@@ -95,7 +97,7 @@ def index_cmd(
         raise fail(ConfigError("--store is required: the bundle store root to index"))
     from indexer.publish import index_bundle
 
-    params = IndexParams(flat_max_items=flat_max_items,
+    params = IndexParams(flat_max_items=flat_max_items, text_index_min_items=text_index_min_items,
                          memory_budget_bytes=int(memory_budget_gb * (1 << 30)),
                          hnsw_m=hnsw_m, ef_construction=ef_construction, pq_m=pq_m)
     try:
@@ -113,6 +115,12 @@ def index_cmd(
               f"(dim {s['dim']}, params {s['params']}), recall@10 {s['recall@10']:.4f}, "
               f"recall@100 {s['recall@100']:.4f}, built in {s['build_seconds']:.2f}s, "
               f"{s['memory_bytes'] / 1e6:.1f} MB", highlight=False)
+    t = read_manifest(path).get("text_index")
+    if t:
+        out.print(f"search index over text embeddings: {t['kind']} of {t['n_vectors']} "
+                  f"(params {t['params']}), recall@100 {t['recall@100']:.4f}, built in "
+                  f"{t['build_seconds']:.2f}s, {t['memory_bytes'] / 1e6:.1f} MB",
+                  highlight=False)
 
 
 @index_app.command("add")

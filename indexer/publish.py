@@ -11,6 +11,14 @@ The in-memory halves (``upsert_in_memory``, ``remove_in_memory``) are pure funct
 loaded ``Bundle`` + ``ItemIndex``; the service calls them for ``POST /v1/items`` and then
 ``persist_update`` to publish.
 
+**Search index.** For a catalog above ``IndexParams.text_index_min_items`` (default: the
+same 200k as exact item search) the build also writes ``text_index.faiss`` — an IVF-PQ index
+over the LM text embeddings with one 8-bit code per dimension, tuned to the same recall floor
+on sampled item texts — so ``POST /v1/search`` need not scan every embedding per query; the
+service rescores its candidates exactly. It is updated with the item index on every upsert
+and removal, and its manifest section is ``text_index`` (``null`` when the catalog is small
+enough for the exact scan).
+
 Concurrency: ``add_items``/``remove_items`` refuse to publish when ``CURRENT`` moved while
 they worked (optimistic check) instead of silently dropping the other writer's change;
 writers should still be serialised (one admin process).
@@ -22,7 +30,7 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +54,8 @@ from model_store.bundle import Bundle, load_bundle
 from model_store.errors import BundleError, BundleIntegrityError, DataError, NotFoundError
 
 INDEX_FILES = (INDEX_FILE, INDEX_META, INDEX_ROWS)
+TEXT_PREFIX = "text_"
+TEXT_INDEX_FILES = tuple(TEXT_PREFIX + f for f in INDEX_FILES)
 Progress = Callable[[int, int], None]  # (advance, total)
 
 
@@ -58,6 +68,42 @@ def load_index(bundle: Bundle) -> ItemIndex:
             f"{bundle.path.parent}` first")
     return ItemIndex.load(bundle.path, section, dim=bundle.model.out_dim,
                           n_items=len(bundle.item_ids))
+
+
+def load_text_index(bundle: Bundle) -> ItemIndex | None:
+    """The bundle's search index over text embeddings, or None when it has none."""
+    section = bundle.manifest.get("text_index")
+    if not section:
+        return None
+    return ItemIndex.load(bundle.path, section, dim=int(bundle.model.text_emb.shape[1]),
+                          n_items=len(bundle.item_ids), prefix=TEXT_PREFIX)
+
+
+def text_rows(bundle: Bundle, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+    """The normalised LM text embeddings of catalog ``rows`` (R, T) float32."""
+    idx = torch.as_tensor(np.asarray(rows, dtype=np.int64) + 1)
+    return bundle.model.text_emb[idx.to(bundle.model.text_emb.device)].float().cpu().numpy()
+
+
+def build_text_index(bundle: Bundle, rows: np.ndarray, *, params: IndexParams,
+                     recall_floor: float, max_queries: int = 1000,
+                     ) -> tuple[ItemIndex, dict[str, Any]]:
+    """IVF-PQ over the text embeddings of ``rows``, tuned to the floor → (index, stats).
+
+    Recall is measured against exact cosine search with sampled item texts as queries (the
+    real queries are short phrases, but they land in the same embedding space).
+    """
+    text = text_rows(bundle, rows)
+    rng = np.random.default_rng(params.seed)
+    queries = text[rng.choice(len(rows), size=min(max_queries, len(rows)), replace=False)]
+    p = replace(params, pq_m=0, nprobe=max(params.nprobe, 32))
+    index, recall, build_s, _ = build_tuned(text, rows, queries, kind="ivfpq", params=p,
+                                            floor=recall_floor)
+    return index, {"build_seconds": round(build_s, 3),
+                   "recall@10": round(recall["recall@10"], 5),
+                   "recall@100": round(recall["recall@100"], 5),
+                   "recall_floor": recall_floor, "recall_queries": len(queries),
+                   "recall_query_source": "sampled_item_texts"}
 
 
 def _removed_rows(bundle: Bundle) -> set[int]:
@@ -87,7 +133,7 @@ def _publish_child(store: Path, bundle: Bundle, *, rewrite: Sequence[str],
     ``write(staged)`` writes the new files and returns the manifest updates.
     """
     version = bundle_mod.new_version_name()
-    skip = set(rewrite) | set(INDEX_FILES)
+    skip = set(rewrite) | set(INDEX_FILES) | set(TEXT_INDEX_FILES)
     keep = [name for name in bundle.manifest.get("files", {}) if name not in skip]
     with bundle_mod.staging(store, version) as staged:
         bundle_mod.copy_into(bundle.path, staged, keep)
@@ -109,6 +155,14 @@ def _index_section(index: ItemIndex, staged: Path, files: dict[str, str],
             "removed": len(index.removed),
             "memory_bytes": int(sum((staged / f).stat().st_size for f in files)),
             "files": files}
+
+
+def _text_index_section(text_index: ItemIndex | None, staged: Path,
+                        base: dict[str, Any]) -> dict[str, Any] | None:
+    if text_index is None:
+        return None
+    files = text_index.save(staged, prefix=TEXT_PREFIX)
+    return _index_section(text_index, staged, files, base)
 
 
 # ---- full build ---------------------------------------------------------------------------
@@ -158,14 +212,23 @@ def index_bundle(store: Path, *, version: str | None = None, kind: IndexKind = "
                  threads: int | None = None, progress: Progress | None = None) -> Path:
     """Index a bundle (default CURRENT) and publish the result as a new version; its path."""
     set_faiss_threads(threads)
+    p = params or IndexParams()
     bundle = load_bundle(store, version)
-    index, stats = build_for_bundle(bundle, kind=kind, params=params, batch_size=batch_size,
+    index, stats = build_for_bundle(bundle, kind=kind, params=p, batch_size=batch_size,
                                     device=device, recall_floor=recall_floor,
                                     max_queries=max_queries, progress=progress)
+    text_index: ItemIndex | None = None
+    text_stats: dict[str, Any] = {}
+    if index.ntotal > p.text_index_min_items:
+        text_index, text_stats = build_text_index(bundle, index.rows(), params=p,
+                                                  recall_floor=recall_floor,
+                                                  max_queries=max_queries)
+        text_index.removed = set(index.removed)
 
     def write(staged: Path) -> dict[str, Any]:
         files = index.save(staged)
-        return {"index": _index_section(index, staged, files, stats)}
+        return {"index": _index_section(index, staged, files, stats),
+                "text_index": _text_index_section(text_index, staged, text_stats)}
 
     return _publish_child(store, bundle, rewrite=(), write=write, expect_current=False)
 
@@ -201,7 +264,8 @@ def _clean_rows(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str
 
 
 def upsert_in_memory(bundle: Bundle, index: ItemIndex, rows: Sequence[Mapping[str, object]],
-                     *, device: str = "auto") -> UpsertResult:
+                     *, device: str = "auto", text_index: ItemIndex | None = None,
+                     ) -> UpsertResult:
     """Add new items (text path only) and re-encode edited ones, in ``bundle`` and ``index``.
 
     Each row has ``item_id`` and text columns; columns a row leaves out keep their old value
@@ -253,10 +317,13 @@ def upsert_in_memory(bundle: Bundle, index: ItemIndex, rows: Sequence[Mapping[st
     result.updated = [str(merged[i]["item_id"]) for i in old_pos]
     vectors = encode_catalog(bundle, rows=np.asarray(result.rows))
     index.add(vectors, result.rows)
+    if text_index is not None:
+        text_index.add(text_rows(bundle, result.rows), result.rows)
     return result
 
 
-def remove_in_memory(bundle: Bundle, index: ItemIndex, ids: Sequence[str]) -> list[int]:
+def remove_in_memory(bundle: Bundle, index: ItemIndex, ids: Sequence[str], *,
+                     text_index: ItemIndex | None = None) -> list[int]:
     """Remove items from the index and mark them removed; their catalog rows stay.
 
     Unknown ids raise NotFoundError (naming them) and nothing changes. Returns the rows.
@@ -267,13 +334,21 @@ def remove_in_memory(bundle: Bundle, index: ItemIndex, ids: Sequence[str]) -> li
         raise NotFoundError(f"unknown item id(s) {unknown[:10]}; nothing was removed")
     rows = [index_of[str(i)] - 1 for i in ids]
     index.remove(rows)
+    if text_index is not None:
+        text_index.remove(rows)
     return rows
 
 
 def persist_update(store: Path, bundle: Bundle, index: ItemIndex, *, note: dict[str, Any],
-                   expect_current: bool = True) -> Path:
-    """Publish ``bundle`` + ``index`` (after in-memory updates) as a child version."""
+                   expect_current: bool = True, text_index: ItemIndex | None = None) -> Path:
+    """Publish ``bundle`` + ``index`` (+ ``text_index``) after in-memory updates as a child.
+
+    A bundle with a search index must be given it (``load_text_index``) so that it follows
+    the catalog; leaving it out drops it from the child (search then scans exactly).
+    """
     parent_section = dict(bundle.manifest.get("index", {}))
+    parent_text = {k: v for k, v in (bundle.manifest.get("text_index") or {}).items()
+                   if k != "files"}
     history = list(parent_section.get("update_log", []))[-19:]
     history.append({"version_parent": bundle.version, **note})
 
@@ -285,6 +360,7 @@ def persist_update(store: Path, bundle: Bundle, index: ItemIndex, *, note: dict[
         base["updates_since_build"] = int(base.get("updates_since_build", 0)) + 1
         base["update_log"] = history
         return {"index": _index_section(index, staged, files, base),
+                "text_index": _text_index_section(text_index, staged, parent_text),
                 "item_vocab_hash": bundle_mod.vocab_hash(bundle.item_ids),
                 "catalog": {"n_items": len(bundle.item_ids),
                             "n_removed": len(index.removed),
@@ -302,20 +378,22 @@ def add_items(store: Path, rows: Sequence[Mapping[str, object]], *,
     """Upsert items into a bundle's catalog and index; publish a new version."""
     bundle = load_bundle(store, version)
     index = load_index(bundle)
-    result = upsert_in_memory(bundle, index, rows, device=device)
+    text_index = load_text_index(bundle)
+    result = upsert_in_memory(bundle, index, rows, device=device, text_index=text_index)
     return persist_update(store, bundle, index,
                           note={"op": "upsert", "added": len(result.added),
                                 "updated": len(result.updated)},
-                          expect_current=version is None)
+                          expect_current=version is None, text_index=text_index)
 
 
 def remove_items(store: Path, ids: Sequence[str], *, version: str | None = None) -> Path:
     """Remove items from a bundle's index (rows stay, marked removed); publish a new version."""
     bundle = load_bundle(store, version)
     index = load_index(bundle)
-    rows = remove_in_memory(bundle, index, ids)
+    text_index = load_text_index(bundle)
+    rows = remove_in_memory(bundle, index, ids, text_index=text_index)
     return persist_update(store, bundle, index, note={"op": "remove", "removed": len(rows)},
-                          expect_current=version is None)
+                          expect_current=version is None, text_index=text_index)
 
 
 def read_items_file(path: Path) -> list[dict[str, object]]:

@@ -24,6 +24,8 @@ async def readyz(rec: RecommenderDep) -> Ready:
     return Ready(status="ready", model_version=snap.version,
                  index=f"{snap.index.kind} ({snap.index_source})",
                  index_items=snap.index.ntotal, catalog_items=snap.n_items,
+                 search_index=("exact scan" if snap.text_index is None else
+                               f"{snap.text_index.kind} ({snap.text_index.ntotal} items)"),
                  redis="disabled" if gateway is None else gateway.breaker.state)
 
 

@@ -301,3 +301,38 @@ def test_new_item_reaches_similar_users(tiny_dataset: Path, tmp_path: Path) -> N
         assert c.post("/v1/items", headers=AUTH, json={"items": [new]}).status_code == 200
         after = c.post("/v1/recommend", json={"history": history, "k": 10}).json()
         assert "brand-new-2" in [i["item_id"] for i in after["items"]], after
+
+
+def test_search_through_the_text_index_matches_the_exact_scan(tiny_store: Path,
+                                                              tmp_path: Path) -> None:
+    from indexer.build import IndexParams
+    from indexer.publish import index_bundle
+
+    exact_store = copy_store(tiny_store, tmp_path / "exact")
+    ann_store = copy_store(tiny_store, tmp_path / "ann")
+    index_bundle(ann_store, kind="flat", device="cpu",
+                 params=IndexParams(text_index_min_items=0))
+    items = _items(ann_store)
+    queries = [format_item_text(items.iloc[i].to_dict(), ["title", "category"])[:512]
+               for i in (0, 41, 99, 250)] + ["bright", "a quiet story"]
+    with TestClient(create_app(make_settings(exact_store))) as exact, \
+            TestClient(create_app(make_settings(ann_store))) as ann:
+        assert exact.get("/readyz").json()["search_index"] == "exact scan"
+        assert ann.get("/readyz").json()["search_index"] == f"ivfpq ({len(items)} items)"
+        for q in queries:
+            want = exact.post("/v1/search", json={"query": q, "k": 5}).json()["items"]
+            got = ann.post("/v1/search", json={"query": q, "k": 5}).json()["items"]
+            assert [i["item_id"] for i in got] == [i["item_id"] for i in want], q
+            assert [i["score"] for i in got] == pytest.approx([i["score"] for i in want],
+                                                              abs=1e-5)
+        source = items.iloc[7]
+        new = {"item_id": "ann-new", "title": str(source["title"]) + " returns",
+               "category": str(source["category"])}
+        r = ann.post("/v1/items", headers=AUTH, json={"items": [new]})
+        assert r.status_code == 200, r.text
+        query = format_item_text(new, ["title", "category"])
+        found = ann.post("/v1/search", json={"query": query, "k": 3}).json()["items"]
+        assert "ann-new" in {i["item_id"] for i in found}
+        manifest = json.loads((ann_store / r.json()["model_version"] / "manifest.json")
+                              .read_text())
+        assert manifest["text_index"]["n_vectors"] == len(items) + 1

@@ -83,7 +83,7 @@ def test_hnsw_mips_transform_reaches_floor_where_inner_product_graph_stalls() ->
     rows = np.arange(len(x), dtype=np.int64)
     base = dict(hnsw_m=16, ef_construction=40, ef_search=32, max_ef_search=2048)
     ip = build_index(x, rows, kind="hnsw", params=IndexParams(**base, hnsw_metric="ip"))
-    with pytest.raises(IndexBuildError, match="floor 0.95"):
+    with pytest.raises(IndexBuildError, match=r"floor 0\.95"):
         tune_to_floor(ip, x, rows, q, floor=0.95, params=IndexParams(**base))
     mips = build_index(x, rows, kind="hnsw", params=IndexParams(**base))
     assert mips.params["metric"] == "l2_mips" and mips.dim == DIM

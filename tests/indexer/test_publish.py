@@ -214,3 +214,38 @@ def test_add_without_index_is_refused(tiny_store: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_store, tmp_path / "s")
     with pytest.raises(BundleError, match="no index"):
         add_items(tmp_path / "s", [{"item_id": "z", "title": "x"}], device="cpu")
+
+
+def test_search_index_is_built_for_large_catalogs_and_follows_updates(store: Path) -> None:
+    from indexer.build import IndexParams
+    from indexer.publish import load_text_index, text_rows
+
+    assert load_text_index(load_bundle(store)) is None  # 400 items: exact scan suffices
+    index_bundle(store, kind="flat", device="cpu", params=IndexParams(text_index_min_items=0))
+    bundle = load_bundle(store)
+    section = bundle.manifest["text_index"]
+    assert section["kind"] == "ivfpq" and section["recall@100"] >= 0.95
+    assert section["dim"] == bundle.model.text_emb.shape[1]
+    assert all(bundle.manifest["files"][f] == h for f, h in section["files"].items())
+    text_index = load_text_index(bundle)
+    assert text_index is not None and text_index.ntotal == len(bundle.item_ids)
+    emb = text_rows(bundle, np.arange(len(bundle.item_ids)))
+    exact = np.argsort(-(emb[:20] @ emb.T), axis=1, kind="stable")[:, :10]
+    got = text_index.search(emb[:20], 50)[1]
+    assert np.mean([len(set(e) & set(g)) / 10 for e, g in zip(exact, got, strict=True)]) >= 0.95
+    # an upsert adds the new item's text to the search index; a removal takes it out
+    like = bundle.items.iloc[3]
+    add_items(store, [{"item_id": "text-new", **{c: str(like[c]) + " sequel"
+                                                 for c in bundle.text_columns}}], device="cpu")
+    grown = load_bundle(store)
+    row = len(grown.item_ids) - 1
+    grown_text = load_text_index(grown)
+    assert grown_text is not None and grown_text.ntotal == len(grown.item_ids)
+    assert row in grown_text.search(text_rows(grown, [row]), 5)[1][0]
+    remove_items(store, ["text-new"])
+    gone = load_text_index(load_bundle(store))
+    assert gone is not None and row not in gone.search(text_rows(grown, [row]), 50)[1][0]
+    assert row in gone.removed
+    # a full rebuild with the default threshold drops it again
+    index_bundle(store, kind="flat", device="cpu")
+    assert load_bundle(store).manifest["text_index"] is None
