@@ -502,7 +502,10 @@ class Recommender:
         todo = [i for i, j in enumerate(jobs) if j.vector is None]
         hist = None  # (B, L) model input, built only when a forward needs it
         if todo or model.use_head:
-            hist = left_pad([[r + 1 for r in j.hist] for j in jobs], max_len).to(dev)
+            # pad to the batch's longest history, not max_len: positions count from the end
+            # and padding is masked, so the numbers are the same and the forward is shorter
+            width = min(max_len, max(len(j.hist) for j in jobs))
+            hist = left_pad([[r + 1 for r in j.hist] for j in jobs], width).to(dev)
         if todo:
             assert hist is not None
             vecs[todo] = model.user_vectors(hist[todo]).float().cpu().numpy()

@@ -62,3 +62,26 @@ def test_text_part_table_follows_edits_and_weight_updates() -> None:
         after = model.item_vectors()
         torch.testing.assert_close(after, live())
     assert not torch.allclose(before, after)
+
+
+def test_leading_padding_changes_nothing() -> None:
+    """Positions count from the end and padding is masked, so a batch can be padded to its
+    longest history instead of max_len (the service does): same user vectors and scores."""
+    for fusion in ("joint", "late", "id"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(fusion=fusion, dim=16, max_len=8, n_layers=2, n_heads=2,
+                          text_history=5)  # type: ignore[arg-type]
+        text = F.normalize(torch.randn(41, 12), dim=-1)
+        text[0] = 0
+        model = FusedModel(cfg, text, torch.ones(41, dtype=torch.bool), torch.rand(41)).eval()
+        model.use_head = True
+        hists = [[1, 2, 3], [9, 10], [39]]
+        full, short = left_pad(hists, 8), left_pad(hists, 3)
+        cand = torch.tensor([[4, 5, 6, 0], [7, 8, 1, 2], [3, 11, 12, 13]])
+        retr = torch.rand(3, 4)
+        with torch.inference_mode():
+            u_full, u_short = model.user_vectors(full), model.user_vectors(short)
+            torch.testing.assert_close(u_short, u_full, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(model.rerank(short, u_short, cand, retr),
+                                       model.rerank(full, u_full, cand, retr),
+                                       rtol=1e-5, atol=1e-6)
