@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -61,6 +61,12 @@ def _kind(value: str) -> IndexKind:
     return value
 
 
+def _metric(value: str) -> Literal["l2_mips", "ip"]:
+    if value not in ("l2_mips", "ip"):
+        raise fail(ConfigError(f"--hnsw-metric {value!r}; valid: l2_mips, ip"))
+    return value  # type: ignore[return-value]
+
+
 def _device(value: str) -> str:
     if value not in ("auto", "cpu", "cuda"):
         raise fail(ConfigError(f"--device {value!r}; valid: auto, cpu, cuda"))
@@ -87,6 +93,8 @@ def index_cmd(
     hnsw_m: Annotated[int, typer.Option(min=4, help="hnsw: links per node (M)")] = 32,
     ef_construction: Annotated[int, typer.Option(
         min=8, help="hnsw: build-time candidate list (efConstruction)")] = 200,
+    hnsw_metric: Annotated[str, typer.Option(
+        help="hnsw: l2_mips (graph in L2 over norm-augmented vectors) or ip")] = "l2_mips",
     pq_m: Annotated[int, typer.Option(
         min=0, help="ivfpq: sub-quantizers (0 = one per dimension)")] = 0,
 ) -> None:
@@ -99,7 +107,8 @@ def index_cmd(
 
     params = IndexParams(flat_max_items=flat_max_items, text_index_min_items=text_index_min_items,
                          memory_budget_bytes=int(memory_budget_gb * (1 << 30)),
-                         hnsw_m=hnsw_m, ef_construction=ef_construction, pq_m=pq_m)
+                         hnsw_m=hnsw_m, ef_construction=ef_construction, pq_m=pq_m,
+                         hnsw_metric=_metric(hnsw_metric))
     try:
         with encode_progress("encoding items") as progress:
             path = index_bundle(store, version=version, kind=_kind(kind), params=params,

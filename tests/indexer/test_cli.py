@@ -75,5 +75,16 @@ def test_index_cli_passes_hnsw_build_parameters(tiny_store: Path, tmp_path: Path
     assert res.exit_code == 0, res.output
     params = load_bundle(store).manifest["index"]["params"]
     assert params["M"] == 8 and params["efConstruction"] == 40
+    assert params["metric"] == "l2_mips" and params["radius"] > 0
+    res = runner.invoke(build(), ["index", "--store", str(store), "--kind", "hnsw",
+                                  "--hnsw-metric", "ip", "--device", "cpu",
+                                  "--recall-floor", "0.5", "--text-index-min-items", "0"])
+    assert res.exit_code == 0, res.output
+    assert "search index over text embeddings: ivfpq of 400" in res.output
+    manifest = load_bundle(store).manifest
+    assert manifest["index"]["params"]["metric"] == "ip"
+    assert manifest["text_index"]["n_vectors"] == 400
+    res = runner.invoke(build(), ["index", "--store", str(store), "--hnsw-metric", "cos"])
+    assert res.exit_code == 2 and "--hnsw-metric 'cos'" in res.output
     res = runner.invoke(build(), ["index", "--store", str(store), "--hnsw-m", "2"])
     assert res.exit_code != 0 and "--hnsw-m" in res.output
