@@ -517,20 +517,11 @@ class Recommender:
         if not ranked:
             return results
         n_keep = max(self.candidates, max(jobs[i].k for i in ranked))
-        n_search = min(n_keep + max(len(jobs[i].exclude) for i in ranked), snap.index.ntotal)
-        scores, rows = snap.index.search(vecs[ranked], n_search)  # (B', n_search)
-        cand = np.full((len(ranked), n_keep), -1, dtype=np.int64)
-        retr = np.zeros((len(ranked), n_keep), dtype=np.float32)
-        n_items = snap.n_items
-        for b, i in enumerate(ranked):
-            ex = jobs[i].exclude
-            ok = (rows[b] >= 0) & (rows[b] < n_items)
-            if ex:
-                ok &= ~np.isin(rows[b], np.fromiter(ex, dtype=np.int64, count=len(ex)))
-            keep = np.flatnonzero(ok)[:n_keep]
-            cand[b, : len(keep)] = rows[b, keep]
-            retr[b, : len(keep)] = scores[b, keep]
-        valid = cand >= 0
+        retr, cand = snap.index.search_excluding(vecs[ranked], n_keep,
+                                                 [jobs[i].exclude for i in ranked])
+        valid = (cand >= 0) & (cand < snap.n_items)
+        cand = np.where(valid, cand, -1)
+        retr = np.where(valid, retr, 0.0).astype(np.float32)
         final = retr  # retrieval order, unless the bundle's fusion head reranks
         if hist is not None and model.use_head:
             cand_t = torch.from_numpy(np.where(valid, cand + 1, 0)).to(dev)

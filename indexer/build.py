@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -60,6 +60,7 @@ INDEX_META = "index.json"
 INDEX_ROWS = "index_rows.npy"  # hnsw only: label → row (−1 = tombstone)
 META_FORMAT = 1
 RECALL_KS = (10, 100)
+DENSE_MAX_ITEMS = 65_536  # flat indexes up to this size score a batch with one matmul
 
 
 def _names(prefix: str) -> tuple[str, str, str]:
@@ -168,6 +169,7 @@ class ItemIndex:
         # hnsw l2_mips: labels whose norm exceeds the radius, scanned exactly on each search
         self._overflow = np.asarray(sorted(overflow), dtype=np.int64)
         self._xb: np.ndarray | None = None  # zero-copy view of the graph's stored vectors
+        self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # flat: see above
         if kind == "hnsw":
             live = np.flatnonzero(self._label_rows >= 0)
             self._row_label = dict(zip(self._label_rows[live].tolist(), live.tolist(),
@@ -286,6 +288,62 @@ class ItemIndex:
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
         return scores, rows
 
+    def search_excluding(self, user_vectors: np.ndarray, k: int,
+                         excludes: Sequence[set[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`search`, with its own set of excluded rows for each query.
+
+        Small flat indexes score densely with one matmul and mask the excluded rows; the
+        others over-fetch by the largest exclusion and filter.
+        """
+        q = _as_f32(np.atleast_2d(user_vectors))
+        k = int(k)
+        if self.kind == "flat" and 0 < self.ntotal <= DENSE_MAX_ITEMS and k > 0:
+            xb, ids, pos = self._flat_arrays()
+            scores = q @ xb.T  # (B, N)
+            for b, ex in enumerate(excludes):
+                if ex:
+                    e = np.fromiter(ex, dtype=np.int64, count=len(ex))
+                    e = pos[e[(e >= 0) & (e < len(pos))]]
+                    scores[b, e[e >= 0]] = -np.inf
+            kk = min(k, len(ids))
+            top = (np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < len(ids)
+                   else np.broadcast_to(np.arange(len(ids)), scores.shape))
+            part = np.take_along_axis(scores, top, 1)
+            order = np.argsort(-part, axis=1, kind="stable")
+            top_s = np.take_along_axis(part, order, 1).astype(np.float32)
+            top_r = np.where(np.isfinite(top_s), ids[np.take_along_axis(top, order, 1)], -1)
+            top_s = np.where(top_r >= 0, top_s, -np.inf).astype(np.float32)
+            if kk < k:
+                top_s = np.pad(top_s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
+                top_r = np.pad(top_r, ((0, 0), (0, k - kk)), constant_values=-1)
+            return top_s, top_r
+        n_search = min(k + max((len(e) for e in excludes), default=0), self.ntotal)
+        scores, rows = self.search(q, n_search)
+        out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
+        out_r = np.full((len(q), k), -1, dtype=np.int64)
+        for b, ex in enumerate(excludes):
+            ok = rows[b] >= 0
+            if ex:
+                e = np.sort(np.fromiter(ex, dtype=np.int64, count=len(ex)))
+                at = np.minimum(np.searchsorted(e, rows[b]), len(e) - 1)
+                ok &= e[at] != rows[b]
+            keep = np.flatnonzero(ok)[:k]
+            out_s[b, : len(keep)] = scores[b, keep]
+            out_r[b, : len(keep)] = rows[b, keep]
+        return out_s, out_r
+
+    def _flat_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(vectors view (N, D), their rows (N,), position of each row or −1) of a flat index."""
+        if self._flat is None:
+            inner: Any = faiss.downcast_index(self.index.index)
+            n = int(inner.ntotal)
+            xb = faiss.rev_swig_ptr(inner.get_xb(), n * self.dim).reshape(n, self.dim)
+            ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+            pos = np.full(int(ids.max()) + 1 if n else 0, -1, dtype=np.int64)
+            pos[ids] = np.arange(n)
+            self._flat = (xb, ids, pos)
+        return self._flat
+
     def _stored(self) -> np.ndarray:
         """The graph's vectors (labels × (D+1)) as a view into FAISS's storage; no copy."""
         n = int(self.index.ntotal)
@@ -334,6 +392,7 @@ class ItemIndex:
             raise ConfigError("duplicate rows in one add")
         self.remove(r, mark_removed=False)
         self._dead = None
+        self._flat = None
         if self.kind == "hnsw":
             start = len(self._label_rows)
             if self.mips:
@@ -357,6 +416,7 @@ class ItemIndex:
             self.removed.update(r.tolist())
         if len(r) == 0:
             return 0
+        self._flat = None
         if self.kind == "hnsw":
             self._dead = None
             n = 0

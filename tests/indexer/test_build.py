@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import indexer.build as indexer_build
 from indexer.build import (
     INDEX_FILE,
     IndexParams,
@@ -175,6 +176,38 @@ def test_add_replace_remove_exclude(kind: str,
     assert 10_000 in top(q1)
     if kind == "hnsw":
         assert index.tombstones == 2
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivfpq"])
+def test_search_excluding_per_query(kind: str, monkeypatch: pytest.MonkeyPatch,
+                                    catalog: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    x, rows, q = catalog
+    index = build_index(x[:3000], rows[:3000], kind=kind,  # type: ignore[arg-type]
+                        params=IndexParams(ef_search=256, nprobe=64))
+    q = q[:6]
+    plain = index.search(q, 60)[1]
+    excludes = [set(plain[0, :10].tolist()), set(), {int(plain[2, 0]), 10**9, -4},
+                set(rows[:3000].tolist()), set(plain[4, :30:2].tolist()), {int(plain[5, 3])}]
+    scores, got = index.search_excluding(q, 20, excludes)
+    assert got.shape == scores.shape == (6, 20)
+    for b, ex in enumerate(excludes):
+        live = got[b][got[b] >= 0]
+        assert not set(live.tolist()) & ex
+        assert np.all(np.diff(scores[b][got[b] >= 0]) <= 1e-6)
+        want = [r for r in plain[b].tolist() if r not in ex][:20]
+        if b == 3:
+            assert len(live) == 0 and np.isneginf(scores[b]).all()
+        elif kind == "flat":
+            assert live.tolist() == want
+    if kind == "flat":  # the dense path and the over-fetch path agree
+        monkeypatch.setattr(indexer_build, "DENSE_MAX_ITEMS", 0)
+        s2, g2 = index.search_excluding(q, 20, excludes)
+        np.testing.assert_array_equal(g2, got)
+        np.testing.assert_allclose(s2, scores, rtol=1e-5)
+        index.remove(rows[:5])  # the cached arrays follow removals
+        monkeypatch.setattr(indexer_build, "DENSE_MAX_ITEMS", 65_536)
+        assert not set(index.search_excluding(q, 3000, [set()] * 6)[1].ravel().tolist()) & set(
+            rows[:5].tolist())
 
 
 def test_fewer_items_than_k_pads() -> None:
