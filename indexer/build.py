@@ -45,6 +45,7 @@ from typing import Any, Literal, NamedTuple
 
 import faiss
 import numpy as np
+import torch
 
 from model_store.bundle import sha256_file, verify_files
 from model_store.errors import BundleIntegrityError, ConfigError, IndexBuildError
@@ -169,7 +170,7 @@ class ItemIndex:
         # hnsw l2_mips: labels whose norm exceeds the radius, scanned exactly on each search
         self._overflow = np.asarray(sorted(overflow), dtype=np.int64)
         self._xb: np.ndarray | None = None  # zero-copy view of the graph's stored vectors
-        self._flat: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # flat: see above
+        self._flat: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None  # flat arrays
         if kind == "hnsw":
             live = np.flatnonzero(self._label_rows >= 0)
             self._row_label = dict(zip(self._label_rows[live].tolist(), live.tolist(),
@@ -298,20 +299,19 @@ class ItemIndex:
         q = _as_f32(np.atleast_2d(user_vectors))
         k = int(k)
         if self.kind == "flat" and 0 < self.ntotal <= DENSE_MAX_ITEMS and k > 0:
+            # torch, not numpy: the server runs torch on its configured thread count, while
+            # numpy's OpenBLAS would wake (and spin) one thread per core for a tiny matmul
             xb, ids, pos = self._flat_arrays()
-            scores = q @ xb.T  # (B, N)
+            dense = torch.from_numpy(q) @ xb.T  # (B, N)
             for b, ex in enumerate(excludes):
                 if ex:
                     e = np.fromiter(ex, dtype=np.int64, count=len(ex))
                     e = pos[e[(e >= 0) & (e < len(pos))]]
-                    scores[b, e[e >= 0]] = -np.inf
+                    dense[b, torch.from_numpy(e[e >= 0])] = -torch.inf
             kk = min(k, len(ids))
-            top = (np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < len(ids)
-                   else np.broadcast_to(np.arange(len(ids)), scores.shape))
-            part = np.take_along_axis(scores, top, 1)
-            order = np.argsort(-part, axis=1, kind="stable")
-            top_s = np.take_along_axis(part, order, 1).astype(np.float32)
-            top_r = np.where(np.isfinite(top_s), ids[np.take_along_axis(top, order, 1)], -1)
+            top_t, at_t = dense.topk(kk, dim=1)  # sorted, descending
+            top_s = top_t.numpy()
+            top_r = np.where(np.isfinite(top_s), ids[at_t.numpy()], -1)
             top_s = np.where(top_r >= 0, top_s, -np.inf).astype(np.float32)
             if kk < k:
                 top_s = np.pad(top_s, ((0, 0), (0, k - kk)), constant_values=-np.inf)
@@ -332,7 +332,7 @@ class ItemIndex:
             out_r[b, : len(keep)] = rows[b, keep]
         return out_s, out_r
 
-    def _flat_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _flat_arrays(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """(vectors view (N, D), their rows (N,), position of each row or −1) of a flat index."""
         if self._flat is None:
             inner: Any = faiss.downcast_index(self.index.index)
@@ -341,7 +341,7 @@ class ItemIndex:
             ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
             pos = np.full(int(ids.max()) + 1 if n else 0, -1, dtype=np.int64)
             pos[ids] = np.arange(n)
-            self._flat = (xb, ids, pos)
+            self._flat = (torch.from_numpy(xb), ids, pos)
         return self._flat
 
     def _stored(self) -> np.ndarray:
