@@ -8,8 +8,9 @@
 ``sentence_transformers.SentenceTransformer.encode`` on the same model directory, the same
 texts, the same batch size and max length, alternating runs, median of ``--repeats``.
 (b) ``ann``: a synthetic catalog of random-but-clustered float32 vectors (dim 64, the
-model's default), per kind: build seconds, RSS growth and index bytes, recall@10/@100
-against exact search, single-query and batch-of-64 latency (median, p99).
+model's default), per kind (``--kinds`` may add ``hnsw-ip``, the graph on raw inner
+products): build seconds, RSS growth and index bytes, recall@10/@100 against exact search,
+single-query and batch-of-64 latency (median, p99).
 (c) ``movielens``: ``index_bundle`` on a trained MovieLens-100k bundle (build time, recall).
 Prints markdown tables.
 """
@@ -25,6 +26,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,7 +155,10 @@ def bench_ann(n: int, dim: int, n_queries: int, kinds: list[str]) -> str:
     for kind in kinds:
         rss0 = rss_bytes()
         t0 = time.perf_counter()
-        index = build_index(x, rows_ids, kind=kind, params=params)  # type: ignore[arg-type]
+        # "hnsw-ip": the HNSW graph built on raw inner products, for comparison
+        built_kind, p = ("hnsw", replace(params, hnsw_metric="ip")) if kind == "hnsw-ip" else (
+            kind, params)
+        index = build_index(x, rows_ids, kind=built_kind, params=p)  # type: ignore[arg-type]
         build_s = time.perf_counter() - t0
         rss1 = rss_bytes()
         tune_s = 0.0
@@ -161,7 +166,7 @@ def bench_ann(n: int, dim: int, n_queries: int, kinds: list[str]) -> str:
         if kind != "flat":  # tune on the first 200 queries, measure on all
             t0 = time.perf_counter()
             try:
-                tune_to_floor(index, x, rows_ids, q[:200], floor=0.95, params=params)
+                tune_to_floor(index, x, rows_ids, q[:200], floor=0.95, params=p)
             except IndexBuildError:
                 note = " (floor 0.95 missed: would be refused)"
             tune_s = time.perf_counter() - t0
