@@ -342,6 +342,25 @@ class RedisHistory:
                     return  # down again; the next successful call restarts the flush
         log.info("events accepted during the Redis outage are written back")
 
+    async def drain(self, timeout_s: float) -> int:
+        """At shutdown: keep writing pending events back until none are left or ``timeout_s``
+        has passed (waiting out an open breaker); return how many users are still pending.
+
+        Without it, events accepted while Redis blinked (a timeout under load is enough)
+        would live only in this process and vanish with it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._pending and loop.time() < deadline:
+            async with self._replay_lock:
+                if self._pending and await self._replay(next(iter(self._pending))):
+                    continue
+            await asyncio.sleep(0.05)
+        if self._pending:
+            log.error("shutdown: events of %d user(s) could not be written back to Redis "
+                      "within %.1f s and are lost", len(self._pending), timeout_s)
+        return len(self._pending)
+
     async def delete(self, uhash: str) -> None:
         self._pending.pop(uhash, None)
         await self.fallback.delete(uhash)

@@ -152,6 +152,8 @@ def create_app(settings: Settings) -> FastAPI:
             yield State(settings=settings, recommender=rec, metrics=metrics,
                         limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst))
         finally:
+            if isinstance(history, RedisHistory):
+                await history.drain(settings.history_drain_s)
             await asyncio.to_thread(rec.stop)
             torch.set_num_threads(threads_before)
             if gateway is not None:

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     cache_ttl_s: int = Field(3600, ge=1)
     cache_size: int = Field(100_000, ge=1, description="in-process LRU entries")
     history_max_len: int = Field(200, ge=1, description="events kept per user")
+    history_drain_s: float = Field(
+        10.0, ge=0, description="at shutdown, how long to keep retrying the write-back of "
+        "events accepted while Redis was unavailable (compose's stop grace period is 15 s)")
     batch_max_size: int = Field(64, ge=1, le=4096, description="micro-batch size; 1 = off")
     # 0 = no waiting: a batch is whatever queued while the worker was busy (under load
     # batches still form; alone, a request is not delayed)

@@ -142,6 +142,26 @@ def test_events_during_redis_outage_are_not_lost(rel_store: Path, rel_redis: Red
     assert "i7" in quiet, quiet
 
 
+def test_shutdown_writes_back_events_of_a_redis_outage(rel_store: Path,
+                                                       rel_redis: RedisServer) -> None:
+    """Events accepted while Redis was frozen, then the service stops right after Redis
+    resumes (no request in between to start the background write-back): the shutdown
+    writes them back instead of dropping them with the process."""
+    settings = make_settings(rel_store, redis_url=rel_redis.url, redis_timeout_s=0.05,
+                             breaker_failures=2, breaker_reset_s=0.3, history_drain_s=10)
+    assert rel_redis.proc is not None
+    with LiveServer(settings) as srv:
+        _post_event(srv.url, "leaving", "i1")
+        os.kill(rel_redis.proc.pid, signal.SIGSTOP)
+        try:
+            for item in ("i2", "i3", "i4"):
+                _post_event(srv.url, "leaving", item)  # accepted in-process
+        finally:
+            os.kill(rel_redis.proc.pid, signal.SIGCONT)
+    assert not srv.thread.is_alive()
+    assert _is_subsequence(["i1", "i2", "i3", "i4"], _stored(rel_redis, "leaving"))
+
+
 def test_hot_reload_under_load_versions_existed(rel_store: Path) -> None:
     """New bundles published and hot-reloaded under load: zero failures; every response's
     model_version had been published before that response; after a reload returns, new
