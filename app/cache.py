@@ -352,10 +352,9 @@ class RedisHistory:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while self._pending and loop.time() < deadline:
-            async with self._replay_lock:
-                if self._pending and await self._replay(next(iter(self._pending))):
-                    continue
-            await asyncio.sleep(0.05)
+            await self._flush()  # returns when done or when Redis refuses again
+            if self._pending:
+                await asyncio.sleep(0.05)  # let the breaker move to half-open
         if self._pending:
             log.error("shutdown: events of %d user(s) could not be written back to Redis "
                       "within %.1f s and are lost", len(self._pending), timeout_s)

@@ -605,10 +605,9 @@ class Recommender:
                     pick = torch.from_numpy(np.maximum(cand, 0) + 1).to(text.device)
                     emb = text[pick].float().cpu().numpy()
                 cos = np.einsum("bt,bnt->bn", q, emb)
-                cos = np.where(cand >= 0, cos, -np.inf)
+                cos = np.where(cand >= 0, cos, -np.inf)  # _blend drops these and ranks
                 for b, i in enumerate(idx):
-                    order = np.argsort(-cos[b], kind="stable")
-                    out[i] = self._blend(snap, jobs[i], cos[b][order], cand[b][order])
+                    out[i] = self._blend(snap, jobs[i], cos[b], cand[b])
                 continue
             with self._model_lock, torch.inference_mode():
                 text = snap.bundle.model.text_emb[1: snap.n_items + 1]  # (N, T)
