@@ -261,6 +261,7 @@ def build_snapshot(bundle: Bundle, *, device: str,
     model = bundle.model
     with torch.inference_mode():
         vecs = model.item_vectors().float().cpu().numpy()
+        model.serving_encoder()  # traced now rather than on the first request
     rows = np.arange(len(bundle.item_ids), dtype=np.int64)
     section = bundle.manifest.get("index")
     source: Literal["bundle", "exact-in-memory"]
@@ -508,7 +509,8 @@ class Recommender:
             hist = left_pad([[r + 1 for r in j.hist] for j in jobs], width).to(dev)
         if todo:
             assert hist is not None
-            vecs[todo] = model.user_vectors(hist[todo]).float().cpu().numpy()
+            encode = model.serving_encoder()
+            vecs[todo] = encode(hist[todo] if len(todo) < len(jobs) else hist).float().cpu().numpy()
         for i, j in enumerate(jobs):
             if j.vector is not None:
                 vecs[i] = j.vector
@@ -723,6 +725,7 @@ class Recommender:
                                    emb_t[[n for n, _ in upd]])
             if new:
                 model.extend_catalog(emb_t[new])
+            model.serving_encoder()  # re-traced for the new catalog before it serves
             changed = np.concatenate([upd_rows, new_rows])
             vecs = model.item_vectors(torch.from_numpy(changed + 1).to(dev)).float().cpu()
             vecs_np = vecs.numpy()

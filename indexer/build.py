@@ -35,10 +35,12 @@ float vectors would exceed ``IndexParams.memory_budget_bytes``, ``hnsw`` otherwi
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
-from collections.abc import Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -148,6 +150,28 @@ def _pq_m(dim: int, wanted: int) -> int:
         m -= 1
     return m
 
+
+
+def _dense_topk_eager(q: torch.Tensor, xb: torch.Tensor, rows: torch.Tensor,
+                      cols: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``q @ xb.T`` with entries (rows[i], cols[i]) excluded → (scores, positions)."""
+    dense = q @ xb.T
+    dense.index_put_((rows, cols), torch.full((1,), float("-inf")))
+    return dense.topk(k, dim=1)
+
+
+@functools.cache
+def _dense_topk() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int],
+                              tuple[torch.Tensor, torch.Tensor]]:
+    """``_dense_topk_eager`` compiled with TorchScript: one call that runs without the GIL
+    (eager would take the GIL back between its ops while the service's event loop wants it;
+    see ``FusedModel.serving_encoder``). Eager where TorchScript is unavailable."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit's deprecation warning
+            return torch.jit.script(_dense_topk_eager)
+    except Exception:  # any failure means: run it eagerly
+        return _dense_topk_eager
 
 class ItemIndex:
     """A FAISS index over catalog rows with add/remove and filtered search.
@@ -302,14 +326,16 @@ class ItemIndex:
             # torch, not numpy: the server runs torch on its configured thread count, while
             # numpy's OpenBLAS would wake (and spin) one thread per core for a tiny matmul
             xb, ids, pos = self._flat_arrays()
-            dense = torch.from_numpy(q) @ xb.T  # (B, N)
-            for b, ex in enumerate(excludes):
-                if ex:
-                    e = np.fromiter(ex, dtype=np.int64, count=len(ex))
-                    e = pos[e[(e >= 0) & (e < len(pos))]]
-                    dense[b, torch.from_numpy(e[e >= 0])] = -torch.inf
+            sizes = [len(ex) for ex in excludes]
+            flat = np.fromiter((r for ex in excludes for r in ex), dtype=np.int64,
+                               count=sum(sizes))
+            at = np.repeat(np.arange(len(q), dtype=np.int64), sizes)
+            ok = (flat >= 0) & (flat < len(pos))
+            col = pos[flat[ok]]
+            at, col = at[ok][col >= 0], col[col >= 0]
             kk = min(k, len(ids))
-            top_t, at_t = dense.topk(kk, dim=1)  # sorted, descending
+            top_t, at_t = _dense_topk()(torch.from_numpy(q), xb, torch.from_numpy(at),
+                                        torch.from_numpy(col), kk)  # sorted, descending
             top_s = top_t.numpy()
             top_r = np.where(np.isfinite(top_s), ids[at_t.numpy()], -1)
             top_s = np.where(top_r >= 0, top_s, -np.inf).astype(np.float32)

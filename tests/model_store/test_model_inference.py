@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -85,3 +86,50 @@ def test_leading_padding_changes_nothing() -> None:
             torch.testing.assert_close(model.rerank(short, u_short, cand, retr),
                                        model.rerank(full, u_full, cand, retr),
                                        rtol=1e-5, atol=1e-6)
+
+
+def test_serving_encoder_matches_eager_and_follows_the_catalog() -> None:
+    """The traced encoder the service uses gives eager's numbers for every batch shape and
+    every fusion, and is rebuilt when the catalog changes (new items, edited texts)."""
+    for fusion in ("joint", "late", "id", "text"):
+        torch.manual_seed(0)
+        cfg = ModelConfig(fusion=fusion, dim=16, max_len=8, n_layers=2, n_heads=2,
+                          text_history=5)  # type: ignore[arg-type]
+        text = F.normalize(torch.randn(41, 12), dim=-1)
+        text[0] = 0
+        model = FusedModel(cfg, text, torch.ones(41, dtype=torch.bool), torch.rand(41)).eval()
+        with torch.inference_mode():
+            encode = model.serving_encoder()
+            assert isinstance(encode, torch.jit.ScriptModule), fusion  # traced, not eager
+            assert model.serving_encoder() is encode  # cached
+            for hists, width in (([[1, 2, 3]], 3), ([[1], [2, 3, 4, 5, 6, 7, 8, 9, 10]], 8),
+                                 ([[39, 2], [5], [6, 7, 8], [9]], 3), ([[4, 5]] * 33, 12)):
+                hist = left_pad(hists, width)
+                torch.testing.assert_close(encode(hist), model.user_vectors(hist),
+                                           rtol=1e-5, atol=1e-6)
+    model = joint_model()
+    hist = left_pad([[1, 2, 41, 42], [41], [3, 42]], 4)  # 41, 42: about to be added
+    with torch.no_grad():
+        before = model.serving_encoder()
+        model.extend_catalog(F.normalize(torch.randn(2, 12), dim=-1))
+        grown = model.serving_encoder()
+        assert grown is not before
+        torch.testing.assert_close(grown(hist), model.user_vectors(hist), rtol=1e-5, atol=1e-6)
+        model.replace_text(torch.tensor([41]), F.normalize(torch.randn(1, 12), dim=-1))
+        edited = model.serving_encoder()
+        assert edited is not grown
+        torch.testing.assert_close(edited(hist), model.user_vectors(hist), rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(edited(hist), grown(hist))  # the old trace is stale
+
+
+def test_serving_encoder_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = joint_model()
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("tracing unavailable")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with torch.no_grad():
+        assert model.serving_encoder() == model.user_vectors  # the bound eager method
+    model.train()
+    assert model.serving_encoder() == model.user_vectors  # training never traces
