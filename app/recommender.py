@@ -531,16 +531,22 @@ class Recommender:
             user_t = torch.from_numpy(vecs[ranked]).to(dev)
             final = model.rerank(hist[ranked], user_t, cand_t, retr_t).float().cpu().numpy()
         final = np.where(valid, final, -np.inf)
-        for b, i in enumerate(ranked):
+        k_max = max(jobs[i].k for i in ranked)
+        # one sort for the batch; stable, so ties and the retrieval order are kept
+        orders = np.argsort(-final, axis=1, kind="stable")[:, :k_max]
+        top = np.take_along_axis(final, orders, axis=1)
+        rows_top = np.take_along_axis(cand, orders, axis=1)
+        n_ok = np.isfinite(top).sum(axis=1).tolist()  # -inf (invalid) sorts last
+        item_ids = snap.bundle.item_ids
+        for b, (i, scores, rows_b) in enumerate(zip(ranked, top.tolist(), rows_top.tolist(),
+                                                    strict=True)):
             job = jobs[i]
-            order = np.argsort(-final[b], kind="stable")[: job.k]
-            order = order[np.isfinite(final[b, order])]
-            picked = cand[b, order]
-            expl = self._explain(snap, job.hist, picked, retr[b, order]) if job.explain else None
+            n = min(job.k, n_ok[b])
+            expl = (self._explain(snap, job.hist, rows_top[b, :n], retr[b, orders[b, :n]])
+                    if job.explain else None)
             results[i].items = [
-                Scored(snap.bundle.item_ids[int(r)], float(final[b, o]),
-                       expl[n] if expl is not None else None)
-                for n, (r, o) in enumerate(zip(picked.tolist(), order.tolist(), strict=True))]
+                Scored(item_ids[r], sc, expl[m] if expl is not None else None)
+                for m, (r, sc) in enumerate(zip(rows_b[:n], scores[:n], strict=True))]
         return results
 
     def _explain(self, snap: Snapshot, hist: list[int], rows: np.ndarray,
