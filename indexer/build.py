@@ -151,7 +151,6 @@ def _pq_m(dim: int, wanted: int) -> int:
     return m
 
 
-
 def _dense_topk_eager(q: torch.Tensor, xb: torch.Tensor, rows: torch.Tensor,
                       cols: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``q @ xb.T`` with entries (rows[i], cols[i]) excluded → (scores, positions)."""
@@ -172,6 +171,7 @@ def _dense_topk() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
             return torch.jit.script(_dense_topk_eager)
     except Exception:  # any failure means: run it eagerly
         return _dense_topk_eager
+
 
 class ItemIndex:
     """A FAISS index over catalog rows with add/remove and filtered search.
