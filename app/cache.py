@@ -66,8 +66,9 @@ def history_key(uhash: str) -> str:
 class CircuitBreaker:
     """closed → (``failures`` consecutive errors) → open → (``reset_s``) → half-open probe."""
 
-    def __init__(self, failures: int, reset_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.failures = failures
         self.reset_s = reset_s
         self.clock = clock
@@ -110,19 +111,26 @@ class RedisGateway:
         self.timeout_s = timeout_s
         self.breaker = breaker
         self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False, health_check_interval=0,
-            max_connections=256)
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            retry_on_timeout=False,
+            health_check_interval=0,
+            max_connections=256,
+        )
         self.errors = 0
 
-    async def run(self, op: Callable[[aioredis.Redis], Awaitable[T]], *,
-                  timeout_s: float | None = None) -> tuple[bool, T | None]:
+    async def run(
+        self, op: Callable[[aioredis.Redis], Awaitable[T]], *, timeout_s: float | None = None
+    ) -> tuple[bool, T | None]:
         """(True, result) or (False, None) when Redis is unavailable; never raises."""
         if not self.breaker.allow():
             return False, None
         try:
-            result = await asyncio.wait_for(op(self.client),
-                                            timeout=timeout_s or self.timeout_s * 2)
+            result = await asyncio.wait_for(
+                op(self.client), timeout=timeout_s or self.timeout_s * 2
+            )
         except (aioredis.RedisError, OSError, TimeoutError) as exc:
             self.errors += 1
             if self.breaker.state == "closed":
@@ -296,10 +304,11 @@ class RedisHistory:
             return n
         return await self._queue(uhash, items, seed)
 
-    async def _write(self, uhash: str, items: Sequence[str],
-                     seed: Sequence[str]) -> tuple[bool, int]:
+    async def _write(
+        self, uhash: str, items: Sequence[str], seed: Sequence[str]
+    ) -> tuple[bool, int]:
         key = history_key(uhash)
-        seed = list(seed)[-self.max_len:]
+        seed = list(seed)[-self.max_len :]
         args = [self.max_len, len(seed), *seed, *items]
         ok, n = await self.redis.run(lambda r: self._append(keys=[key], args=args, client=r))
         return ok, int(n or 0)
@@ -307,10 +316,10 @@ class RedisHistory:
     async def _queue(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
         entry = self._pending.get(uhash)
         if entry is None:
-            self._pending[uhash] = (list(seed)[-self.max_len:], list(items))
+            self._pending[uhash] = (list(seed)[-self.max_len :], list(items))
         else:
             entry[1].extend(items)
-            del entry[1][:-self.max_len]
+            del entry[1][: -self.max_len]
         while len(self._pending) > MAX_LOCAL_USERS:
             self._pending.popitem(last=False)
             log.warning("too many users with events pending for Redis; dropped the oldest")
@@ -356,8 +365,12 @@ class RedisHistory:
             if self._pending:
                 await asyncio.sleep(0.05)  # let the breaker move to half-open
         if self._pending:
-            log.error("shutdown: events of %d user(s) could not be written back to Redis "
-                      "within %.1f s and are lost", len(self._pending), timeout_s)
+            log.error(
+                "shutdown: events of %d user(s) could not be written back to Redis "
+                "within %.1f s and are lost",
+                len(self._pending),
+                timeout_s,
+            )
         return len(self._pending)
 
     async def delete(self, uhash: str) -> None:
@@ -371,10 +384,13 @@ class RedisHistory:
         # scanning may take longer than one cache call; still bounded
         ok, _ = await self.redis.run(erase, timeout_s=max(2.0, self.redis.timeout_s * 20))
         if not ok:
-            raise ApiError(503, "redis_unavailable",
-                           "cannot reach Redis to erase the user's data; nothing was kept "
-                           "in this process, retry the DELETE when Redis is back",
-                           headers={"Retry-After": "5"})
+            raise ApiError(
+                503,
+                "redis_unavailable",
+                "cannot reach Redis to erase the user's data; nothing was kept "
+                "in this process, retry the DELETE when Redis is back",
+                headers={"Retry-After": "5"},
+            )
 
 
 HistoryStore = LocalHistory | RedisHistory

@@ -31,9 +31,19 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: invalid settings:\n{exc}", err=True)
             raise typer.Exit(code=2) from exc
         if workers > 1 and settings.redis_url is None:
-            typer.echo("warning: with --workers > 1 and no REDIS_URL each worker keeps its own "
-                       "histories and cache; set REDIS_URL to share them", err=True)
+            typer.echo(
+                "warning: with --workers > 1 and no REDIS_URL each worker keeps its own "
+                "histories and cache; set REDIS_URL to share them",
+                err=True,
+            )
         install_log_redaction()
-        uvicorn.run("app.main:app_from_env", factory=True, host=host, port=port,
-                    workers=workers, proxy_headers=False, server_header=False,
-                    timeout_graceful_shutdown=10)
+        uvicorn.run(
+            "app.main:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            proxy_headers=False,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )

@@ -71,11 +71,13 @@ def _rate_limit(request: Request, client: str) -> None:
         metrics: Metrics = request.state.metrics
         metrics.rate_limited.inc()
         raise ApiError(
-            429, "rate_limited",
+            429,
+            "rate_limited",
             f"rate limit exceeded: {limiter.rate:g} requests/s with bursts of "
             f"{limiter.burst:g} per client (FUSIONREC_RATE_LIMIT_RPS/_BURST); "
             f"retry after {wait:.2f} s",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))})
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
 
 async def client_guard(request: Request) -> None:
@@ -88,10 +90,15 @@ async def client_guard(request: Request) -> None:
     key = request.headers.get("x-api-key")
     if settings.api_keys:
         if not key:
-            raise ApiError(401, "missing_api_key",
-                           "this server requires an X-API-Key header (FUSIONREC_API_KEYS)")
-        if not any(hmac.compare_digest(key.encode(), k.get_secret_value().encode())
-                   for k in settings.api_keys):
+            raise ApiError(
+                401,
+                "missing_api_key",
+                "this server requires an X-API-Key header (FUSIONREC_API_KEYS)",
+            )
+        if not any(
+            hmac.compare_digest(key.encode(), k.get_secret_value().encode())
+            for k in settings.api_keys
+        ):
             raise ApiError(401, "invalid_api_key", "the X-API-Key header is not a valid key")
     _rate_limit(request, _client_id(request, key if settings.api_keys else None))
 
@@ -99,22 +106,30 @@ async def client_guard(request: Request) -> None:
 async def admin_guard(request: Request, settings: SettingsDep) -> None:
     """``Authorization: Bearer <FUSIONREC_ADMIN_TOKEN>``; admin is off when no token is set."""
     if settings.admin_token is None:
-        raise ApiError(403, "admin_disabled",
-                       "admin endpoints are disabled on this server: set "
-                       "FUSIONREC_ADMIN_TOKEN (16+ characters) to enable them")
+        raise ApiError(
+            403,
+            "admin_disabled",
+            "admin endpoints are disabled on this server: set "
+            "FUSIONREC_ADMIN_TOKEN (16+ characters) to enable them",
+        )
     header = request.headers.get("authorization")
     challenge = {"WWW-Authenticate": 'Bearer realm="fusionrec-admin"'}
     if not header:
-        raise ApiError(401, "missing_token",
-                       "admin endpoint: send 'Authorization: Bearer <FUSIONREC_ADMIN_TOKEN>'",
-                       headers=challenge)
+        raise ApiError(
+            401,
+            "missing_token",
+            "admin endpoint: send 'Authorization: Bearer <FUSIONREC_ADMIN_TOKEN>'",
+            headers=challenge,
+        )
     scheme, _, credential = header.partition(" ")
     expected = settings.admin_token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(),
-                                                             expected):
-        raise ApiError(401, "invalid_token",
-                       "admin endpoint: the bearer token is not FUSIONREC_ADMIN_TOKEN",
-                       headers=challenge)
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), expected):
+        raise ApiError(
+            401,
+            "invalid_token",
+            "admin endpoint: the bearer token is not FUSIONREC_ADMIN_TOKEN",
+            headers=challenge,
+        )
     _rate_limit(request, "admin")
 
 

@@ -37,8 +37,9 @@ log = logging.getLogger("app")
 class ApiError(FusionrecError):
     """An error that exists only at the HTTP edge; carries its status and code."""
 
-    def __init__(self, status: int, code: str, message: str, *,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
@@ -101,21 +102,24 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
         if err.get("type") == "json_invalid":
             ctx = err.get("ctx", {})
             pos = err.get("loc", ("body", "?"))[-1]
-            msgs.append(f"request body is not valid JSON: {ctx.get('error', 'decode error')} "
-                        f"(at character {pos})")
+            msgs.append(
+                f"request body is not valid JSON: {ctx.get('error', 'decode error')} "
+                f"(at character {pos})"
+            )
             continue
         where = _loc(err.get("loc", ()))
         msg = str(err.get("msg", "invalid"))
         if err.get("type") == "extra_forbidden":
             msg = "unknown field (not part of this endpoint's request body)"
-        if where == "body" and err.get("type") in ("missing", "model_attributes_type",
-                                                   "dict_type"):
-            msgs.append("the request body must be a JSON object "
-                        "(Content-Type: application/json)")
+        if where == "body" and err.get("type") in ("missing", "model_attributes_type", "dict_type"):
+            msgs.append("the request body must be a JSON object (Content-Type: application/json)")
             continue
         got = err.get("input")
-        shown = "" if err.get("type") in ("missing", "extra_forbidden") or isinstance(
-            got, (dict, list)) else f" (got {repr(got)[:60]})"
+        shown = (
+            ""
+            if err.get("type") in ("missing", "extra_forbidden") or isinstance(got, (dict, list))
+            else f" (got {repr(got)[:60]})"
+        )
         msgs.append(f"{where}: {msg}{shown}")
     if len(errors) > 5:
         msgs.append(f"… and {len(errors) - 5} more")
@@ -135,8 +139,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body("invalid_request", validation_message(list(exc.errors()))),
-                            status_code=422)
+        return JSONResponse(
+            error_body("invalid_request", validation_message(list(exc.errors()))), status_code=422
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -144,11 +149,15 @@ def install(app: FastAPI) -> None:
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no route {request.method} {request.url.path}; see /docs"
-        return JSONResponse(error_body(code, message), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            error_body(code, message),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled %s", type(exc).__name__)
-        return JSONResponse(error_body("internal", "internal error; see the server log"),
-                            status_code=500)
+        return JSONResponse(
+            error_body("internal", "internal error; see the server log"), status_code=500
+        )

@@ -50,8 +50,9 @@ class RedactUserIds(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(_USER_PATH.sub(r"\1<redacted>", a) if isinstance(a, str) else a
-                                for a in record.args)
+            record.args = tuple(
+                _USER_PATH.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args
+            )
         return True
 
 
@@ -70,9 +71,14 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     def _too_large(self, size: str) -> JSONResponse:
-        return JSONResponse(errors.error_body(
-            "payload_too_large", f"request body is {size} bytes; the limit is {self.limit} "
-            f"bytes (FUSIONREC_MAX_BODY_BYTES)"), status_code=413)
+        return JSONResponse(
+            errors.error_body(
+                "payload_too_large",
+                f"request body is {size} bytes; the limit is {self.limit} "
+                f"bytes (FUSIONREC_MAX_BODY_BYTES)",
+            ),
+            status_code=413,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -82,9 +88,10 @@ class BodyLimitMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await JSONResponse(errors.error_body(
-                    "bad_request", "Content-Length is not a number"), status_code=400)(
-                        scope, receive, send)
+                await JSONResponse(
+                    errors.error_body("bad_request", "Content-Length is not a number"),
+                    status_code=400,
+                )(scope, receive, send)
                 return
             if int(declared) > self.limit:
                 await self._too_large(declared.decode())(scope, receive, send)
@@ -134,23 +141,36 @@ def create_app(settings: Settings) -> FastAPI:
         local_history = LocalHistory(settings.history_max_len)
         history: LocalHistory | RedisHistory = local_history
         if settings.redis_url:
-            gateway = RedisGateway(settings.redis_url, timeout_s=settings.redis_timeout_s,
-                                   breaker=CircuitBreaker(settings.breaker_failures,
-                                                          settings.breaker_reset_s))
+            gateway = RedisGateway(
+                settings.redis_url,
+                timeout_s=settings.redis_timeout_s,
+                breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
+            )
             history = RedisHistory(gateway, local_history, settings.history_max_len)
-        cache = VectorCache(LocalLRU(settings.cache_size, settings.cache_ttl_s), gateway,
-                            settings.cache_ttl_s)
-        rec = Recommender(store=settings.store, cache=cache, history=history, metrics=metrics,
-                          device=settings.device, candidates=settings.candidates,
-                          batch_max_size=settings.batch_max_size,
-                          batch_max_wait_ms=settings.batch_max_wait_ms,
-                          search_user_weight=settings.search_user_weight)
+        cache = VectorCache(
+            LocalLRU(settings.cache_size, settings.cache_ttl_s), gateway, settings.cache_ttl_s
+        )
+        rec = Recommender(
+            store=settings.store,
+            cache=cache,
+            history=history,
+            metrics=metrics,
+            device=settings.device,
+            candidates=settings.candidates,
+            batch_max_size=settings.batch_max_size,
+            batch_max_wait_ms=settings.batch_max_wait_ms,
+            search_user_weight=settings.search_user_weight,
+        )
         await asyncio.to_thread(rec.start)
         if gateway is not None and not await gateway.ping():
             log.warning("Redis at the configured URL is not answering; serving without it")
         try:
-            yield State(settings=settings, recommender=rec, metrics=metrics,
-                        limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst))
+            yield State(
+                settings=settings,
+                recommender=rec,
+                metrics=metrics,
+                limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+            )
         finally:
             if isinstance(history, RedisHistory):
                 await history.drain(settings.history_drain_s)
@@ -159,9 +179,13 @@ def create_app(settings: Settings) -> FastAPI:
             if gateway is not None:
                 await gateway.close()
 
-    app = FastAPI(title="fusionrec", version="0.1.0", lifespan=lifespan,
-                  description="Search and recommendations from a fused LM + sequential model.",
-                  responses={422: {"model": None}})
+    app = FastAPI(
+        title="fusionrec",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Search and recommendations from a fused LM + sequential model.",
+        responses={422: {"model": None}},
+    )
     errors.install(app)
     for module in (recommend, items, users, admin, health):
         app.include_router(module.router)

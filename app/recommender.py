@@ -85,8 +85,15 @@ EXPLAIN_HISTORY = 3
 
 
 class MicroBatcher(Generic[J, R]):
-    def __init__(self, name: str, fn: Callable[[list[J]], list[R]], *, max_size: int,
-                 max_wait_s: float, on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[[list[J]], list[R]],
+        *,
+        max_size: int,
+        max_wait_s: float,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.name = name
         self.fn = fn
         self.max_size = max_size
@@ -113,8 +120,9 @@ class MicroBatcher(Generic[J, R]):
         self._q.put((job, fut, loop))
         return await fut
 
-    def _gather(self, first: object) -> tuple[list[tuple[J, asyncio.Future[R],
-                                                         asyncio.AbstractEventLoop]], bool]:
+    def _gather(
+        self, first: object
+    ) -> tuple[list[tuple[J, asyncio.Future[R], asyncio.AbstractEventLoop]], bool]:
         batch = [first]
         stop = False
         deadline = time.monotonic() + self.max_wait_s
@@ -161,7 +169,10 @@ def _settle(fut: asyncio.Future[R], value: R | None, error: BaseException | None
         fut.set_exception(error)
     else:
         fut.set_result(value)  # type: ignore[arg-type]
+
+
 # ---- snapshot ---------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
@@ -236,9 +247,9 @@ class _SearchJob:
     k: int
 
 
-def _text_encoder(bundle: Bundle, device: str,
-                  cache: dict[tuple[str, int, str, str], TextEncoder]) -> tuple[TextEncoder | None,
-                                                                       str | None]:
+def _text_encoder(
+    bundle: Bundle, device: str, cache: dict[tuple[str, int, str, str], TextEncoder]
+) -> tuple[TextEncoder | None, str | None]:
     """The query/item text encoder of a bundle (shared between snapshots of one model)."""
     tm = bundle.manifest.get("text_model", {})
     name = str(tm.get("name", bundle.config.text.model))
@@ -248,15 +259,15 @@ def _text_encoder(bundle: Bundle, device: str,
     key = (name, max_length, adapter, precision)
     if key not in cache:
         try:  # the indexer's per-process encoder: one copy of the LM for queries and items
-            cache[key] = text_encoder(name, max_length, device, bundle=bundle,
-                                      precision=precision)
+            cache[key] = text_encoder(name, max_length, device, bundle=bundle, precision=precision)
         except FusionrecError as exc:
             return None, f"text model {name!r} cannot be loaded: {exc}"
     return cache[key], None
 
 
-def build_snapshot(bundle: Bundle, *, device: str,
-                   text_cache: dict[tuple[str, int, str, str], TextEncoder]) -> Snapshot:
+def build_snapshot(
+    bundle: Bundle, *, device: str, text_cache: dict[tuple[str, int, str, str], TextEncoder]
+) -> Snapshot:
     """Everything a request needs from a bundle; raises BundleError when it is unusable."""
     model = bundle.model
     with torch.inference_mode():
@@ -266,8 +277,9 @@ def build_snapshot(bundle: Bundle, *, device: str,
     section = bundle.manifest.get("index")
     source: Literal["bundle", "exact-in-memory"]
     if section:
-        index = ItemIndex.load(bundle.path, section, dim=vecs.shape[1],
-                               n_items=len(bundle.item_ids))
+        index = ItemIndex.load(
+            bundle.path, section, dim=vecs.shape[1], n_items=len(bundle.item_ids)
+        )
         source = "bundle"
     else:
         index = build_index(vecs, rows, kind="flat")
@@ -278,11 +290,18 @@ def build_snapshot(bundle: Bundle, *, device: str,
         popular = popular[~np.isin(popular, np.fromiter(index.removed, dtype=np.int64))]
     text, text_error = _text_encoder(bundle, device, text_cache)
     text_index = load_text_index(bundle) if section else None
-    return Snapshot(bundle=bundle, version=bundle.version, index=index, index_source=source,
-                    text_index=text_index,
-                    row_of={item: k for k, item in enumerate(bundle.item_ids)},
-                    item_vecs=np.ascontiguousarray(vecs), popular=popular, text=text,
-                    text_error=text_error)
+    return Snapshot(
+        bundle=bundle,
+        version=bundle.version,
+        index=index,
+        index_source=source,
+        text_index=text_index,
+        row_of={item: k for k, item in enumerate(bundle.item_ids)},
+        item_vecs=np.ascontiguousarray(vecs),
+        popular=popular,
+        text=text,
+        text_error=text_error,
+    )
 
 
 def _freeze_heap(*, full: bool) -> None:
@@ -307,19 +326,32 @@ def _zscore(x: np.ndarray) -> np.ndarray:
 
 # ---- the recommender --------------------------------------------------------------------------
 
+
 class Recommender:
     """Serves one snapshot at a time; see the module docstring for the request paths."""
 
-    def __init__(self, *, store: Path, cache: VectorCache, history: HistoryStore,
-                 metrics: Metrics, device: str = "auto", candidates: int = 200,
-                 batch_max_size: int = 64, batch_max_wait_ms: float = 0.0,
-                 search_user_weight: float = 0.3) -> None:
+    def __init__(
+        self,
+        *,
+        store: Path,
+        cache: VectorCache,
+        history: HistoryStore,
+        metrics: Metrics,
+        device: str = "auto",
+        candidates: int = 200,
+        batch_max_size: int = 64,
+        batch_max_wait_ms: float = 0.0,
+        search_user_weight: float = 0.3,
+    ) -> None:
         self.store = store
         self.cache = cache
         self.history = history
         self.metrics = metrics
-        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else (
-            "cpu" if device == "auto" else device)
+        self.device = (
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
         self.candidates = candidates
         self.search_user_weight = search_user_weight
         # metric children bound once (labels() is a dict lookup under a lock per call)
@@ -337,11 +369,19 @@ class Recommender:
         self._admin_lock = asyncio.Lock()
         wait = batch_max_wait_ms / 1000.0
         self._rec = MicroBatcher[_RecJob, _RecOut](
-            "recommend", self._run_rec, max_size=batch_max_size, max_wait_s=wait,
-            on_batch=lambda n: metrics.batch_size.labels("user").observe(n))
+            "recommend",
+            self._run_rec,
+            max_size=batch_max_size,
+            max_wait_s=wait,
+            on_batch=lambda n: metrics.batch_size.labels("user").observe(n),
+        )
         self._text = MicroBatcher[_SearchJob, list[Scored]](
-            "search", self._run_search, max_size=batch_max_size, max_wait_s=wait,
-            on_batch=lambda n: metrics.batch_size.labels("query").observe(n))
+            "search",
+            self._run_search,
+            max_size=batch_max_size,
+            max_wait_s=wait,
+            on_batch=lambda n: metrics.batch_size.labels("query").observe(n),
+        )
 
     # ---- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -368,16 +408,19 @@ class Recommender:
         _freeze_heap(full=full_gc)
         if snap.version not in self.versions_served:
             self.versions_served.append(snap.version)
-        self.metrics.model.info({"version": snap.version, "index": snap.index_source,
-                                 "index_kind": snap.index.kind})
+        self.metrics.model.info(
+            {"version": snap.version, "index": snap.index_source, "index_kind": snap.index.kind}
+        )
         self.metrics.index_size.set(snap.index.ntotal)
         self.metrics.catalog_size.set(snap.n_items)
 
     def ready(self) -> Snapshot:
         snap = self.snapshot
         if snap is None:
-            raise NotReadyError(f"no bundle is loaded: {self.load_error or 'starting'}; "
-                                "publish one and POST /admin/reload")
+            raise NotReadyError(
+                f"no bundle is loaded: {self.load_error or 'starting'}; "
+                "publish one and POST /admin/reload"
+            )
         return snap
 
     async def reload(self) -> ReloadResult:
@@ -392,8 +435,9 @@ class Recommender:
                 snap = await asyncio.to_thread(self._load, name)
             except BundleError as exc:
                 self.metrics.reloads.labels("refused").inc()
-                self.metrics.reload_refused.info({"version": name, "error": type(exc).__name__,
-                                                  "reason": str(exc)[:500]})
+                self.metrics.reload_refused.info(
+                    {"version": name, "error": type(exc).__name__, "reason": str(exc)[:500]}
+                )
                 keeps = f"; still serving {old.version}" if old else ""
                 log.error("reload of %s refused: %s%s", name, exc, keeps)
                 raise ReloadRefusedError(f"bundle refused: {exc}{keeps}") from exc
@@ -412,8 +456,9 @@ class Recommender:
             return []
         return snap.bundle.histories.get(user_id, [])
 
-    def _resolve(self, snap: Snapshot, ids: Sequence[str], *, report: bool,
-                 unknown: list[str]) -> list[int]:
+    def _resolve(
+        self, snap: Snapshot, ids: Sequence[str], *, report: bool, unknown: list[str]
+    ) -> list[int]:
         if not report and not snap.index.removed:  # the common case, on every request
             return [r for r in map(snap.row_of.get, ids) if r is not None]
         rows: list[int] = []
@@ -426,9 +471,13 @@ class Recommender:
                 rows.append(row)
         return rows
 
-    async def _history_rows(self, snap: Snapshot, user_id: str | None,
-                            history: Sequence[str] | None, unknown: list[str],
-                            ) -> tuple[list[int], str | None]:
+    async def _history_rows(
+        self,
+        snap: Snapshot,
+        user_id: str | None,
+        history: Sequence[str] | None,
+        unknown: list[str],
+    ) -> tuple[list[int], str | None]:
         """Catalog rows of the effective history and the user-vector cache key."""
         max_len = snap.bundle.config.model.max_len
         if history is not None:
@@ -436,13 +485,15 @@ class Recommender:
             known = [snap.bundle.item_ids[r] for r in rows[-max_len:]]
             return rows, vector_key(snap.version, history=known) if rows else None
         if user_id is not None:
-            rows = self._resolve(snap, await self._stored_history(snap, user_id), report=False,
-                                 unknown=unknown)
+            rows = self._resolve(
+                snap, await self._stored_history(snap, user_id), report=False, unknown=unknown
+            )
             return rows, vector_key(snap.version, user=user_id) if rows else None
         return [], None
 
-    async def _user_vector(self, snap: Snapshot, rows: list[int],
-                           key: str | None) -> tuple[np.ndarray | None, bool]:
+    async def _user_vector(
+        self, snap: Snapshot, rows: list[int], key: str | None
+    ) -> tuple[np.ndarray | None, bool]:
         """(cached vector or None, whether it was a hit)."""
         if key is None:
             return None, False
@@ -454,9 +505,16 @@ class Recommender:
         return None, False
 
     # ---- recommend ----------------------------------------------------------------------------
-    async def recommend(self, *, user_id: str | None, history: Sequence[str] | None, k: int,
-                        exclude: Sequence[str] = (), exclude_history: bool = True,
-                        explain: bool = False) -> Answer:
+    async def recommend(
+        self,
+        *,
+        user_id: str | None,
+        history: Sequence[str] | None,
+        k: int,
+        exclude: Sequence[str] = (),
+        exclude_history: bool = True,
+        explain: bool = False,
+    ) -> Answer:
         snap = self.ready()
         unknown: list[str] = []
         rows, key = await self._history_rows(snap, user_id, history, unknown)
@@ -519,8 +577,9 @@ class Recommender:
         if not ranked:
             return results
         n_keep = max(self.candidates, max(jobs[i].k for i in ranked))
-        retr, cand = snap.index.search_excluding(vecs[ranked], n_keep,
-                                                 [jobs[i].exclude for i in ranked])
+        retr, cand = snap.index.search_excluding(
+            vecs[ranked], n_keep, [jobs[i].exclude for i in ranked]
+        )
         valid = (cand >= 0) & (cand < snap.n_items)
         cand = np.where(valid, cand, -1)
         retr = np.where(valid, retr, 0.0).astype(np.float32)
@@ -538,19 +597,25 @@ class Recommender:
         rows_top = np.take_along_axis(cand, orders, axis=1)
         n_ok = np.isfinite(top).sum(axis=1).tolist()  # -inf (invalid) sorts last
         item_ids = snap.bundle.item_ids
-        for b, (i, scores, rows_b) in enumerate(zip(ranked, top.tolist(), rows_top.tolist(),
-                                                    strict=True)):
+        for b, (i, scores, rows_b) in enumerate(
+            zip(ranked, top.tolist(), rows_top.tolist(), strict=True)
+        ):
             job = jobs[i]
             n = min(job.k, n_ok[b])
-            expl = (self._explain(snap, job.hist, rows_top[b, :n], retr[b, orders[b, :n]])
-                    if job.explain else None)
+            expl = (
+                self._explain(snap, job.hist, rows_top[b, :n], retr[b, orders[b, :n]])
+                if job.explain
+                else None
+            )
             results[i].items = [
                 Scored(item_ids[r], sc, expl[m] if expl is not None else None)
-                for m, (r, sc) in enumerate(zip(rows_b[:n], scores[:n], strict=True))]
+                for m, (r, sc) in enumerate(zip(rows_b[:n], scores[:n], strict=True))
+            ]
         return results
 
-    def _explain(self, snap: Snapshot, hist: list[int], rows: np.ndarray,
-                 retrieval: np.ndarray) -> list[dict[str, Any]]:
+    def _explain(
+        self, snap: Snapshot, hist: list[int], rows: np.ndarray, retrieval: np.ndarray
+    ) -> list[dict[str, Any]]:
         """Which history items are most similar to each result, by text and by vector."""
         model = snap.bundle.model
         max_len = snap.bundle.config.model.max_len
@@ -566,19 +631,26 @@ class Recommender:
         out: list[dict[str, Any]] = []
         for n in range(len(rows)):
             top = np.argsort(-text_sim[n], kind="stable")[:EXPLAIN_HISTORY]
-            out.append({
-                "text_similarity": float(text_sim[n].max()) if len(h) else 0.0,
-                "retrieval_score": float(retrieval[n]),
-                "history_items": [
-                    {"item_id": snap.bundle.item_ids[int(h[t])],
-                     "text_similarity": float(text_sim[n, t]),
-                     "vector_similarity": float(vec_sim[n, t])} for t in top],
-            })
+            out.append(
+                {
+                    "text_similarity": float(text_sim[n].max()) if len(h) else 0.0,
+                    "retrieval_score": float(retrieval[n]),
+                    "history_items": [
+                        {
+                            "item_id": snap.bundle.item_ids[int(h[t])],
+                            "text_similarity": float(text_sim[n, t]),
+                            "vector_similarity": float(vec_sim[n, t]),
+                        }
+                        for t in top
+                    ],
+                }
+            )
         return out
 
     # ---- search -------------------------------------------------------------------------------
-    async def search(self, *, query: str, user_id: str | None, history: Sequence[str] | None,
-                     k: int) -> Answer:
+    async def search(
+        self, *, query: str, user_id: str | None, history: Sequence[str] | None, k: int
+    ) -> Answer:
         snap = self.ready()
         if snap.text is None:
             raise NotReadyError(f"search is unavailable: {snap.text_error}")
@@ -618,7 +690,7 @@ class Recommender:
                     out[i] = self._blend(snap, jobs[i], cos[b], cand[b])
                 continue
             with self._model_lock, torch.inference_mode():
-                text = snap.bundle.model.text_emb[1: snap.n_items + 1]  # (N, T)
+                text = snap.bundle.model.text_emb[1 : snap.n_items + 1]  # (N, T)
                 sims = torch.from_numpy(q).to(text.device) @ text.T  # (B, N)
                 if snap.index.removed:
                     dead = torch.tensor(sorted(snap.index.removed), device=text.device)
@@ -630,8 +702,9 @@ class Recommender:
                     out[i] = self._blend(snap, jobs[i], top_s_np[b], top_r_np[b])
         return out
 
-    def _blend(self, snap: Snapshot, job: _SearchJob, cos: np.ndarray,
-               rows: np.ndarray) -> list[Scored]:
+    def _blend(
+        self, snap: Snapshot, job: _SearchJob, cos: np.ndarray, rows: np.ndarray
+    ) -> list[Scored]:
         ok = np.isfinite(cos)
         cos, rows = cos[ok], rows[ok]
         score = cos
@@ -648,11 +721,15 @@ class Recommender:
         snap = self.ready()
         row = snap.row_of.get(item_id)
         if row is None or row in snap.index.removed:
-            raise NotFoundError(f"item {item_id!r} is not in the catalog of model version "
-                                f"{snap.version}")
+            raise NotFoundError(
+                f"item {item_id!r} is not in the catalog of model version {snap.version}"
+            )
         record = snap.bundle.items.iloc[row].to_dict()
-        fields = {c: (None if pd.isna(v) else v) for c, v in record.items()
-                  if c != "item_id" and c in snap.bundle.text_columns}
+        fields = {
+            c: (None if pd.isna(v) else v)
+            for c, v in record.items()
+            if c != "item_id" and c in snap.bundle.text_columns
+        }
         return snap.version, fields, bool(snap.bundle.model.has_id[row + 1])
 
     async def upsert_items(self, *, items: Sequence[Mapping[str, Any]]) -> UpsertResult:
@@ -664,15 +741,18 @@ class Recommender:
             columns = snap.bundle.text_columns
             frame = self._validate_items(snap, items, columns)
             records = [{str(c): v for c, v in row.items()} for row in frame.to_dict("records")]
-            emb = await asyncio.to_thread(encode_new_items, snap.bundle, records,
-                                          device=self.device)  # (M, T), same text as training
+            emb = await asyncio.to_thread(
+                encode_new_items, snap.bundle, records, device=self.device
+            )  # (M, T), same text as training
             new_snap, added, updated = await asyncio.to_thread(
-                self._apply_and_publish, snap, frame, emb)
+                self._apply_and_publish, snap, frame, emb
+            )
             self._install(new_snap, full_gc=False)
             return UpsertResult(new_snap.version, added, updated)
 
-    def _validate_items(self, snap: Snapshot, items: Sequence[Mapping[str, Any]],
-                        columns: list[str]) -> pd.DataFrame:
+    def _validate_items(
+        self, snap: Snapshot, items: Sequence[Mapping[str, Any]], columns: list[str]
+    ) -> pd.DataFrame:
         seen: set[str] = set()
         records: list[dict[str, Any]] = []
         for n, raw in enumerate(items):
@@ -684,7 +764,8 @@ class Recommender:
             if bad:
                 raise InvalidRequestError(
                     f"items[{n}]: unknown field(s) {bad}; valid text fields of this catalog: "
-                    f"{columns}")
+                    f"{columns}"
+                )
             record: dict[str, Any] = {"item_id": item_id}
             old = snap.row_of.get(item_id)
             for c in columns:
@@ -692,8 +773,8 @@ class Recommender:
                     value = raw[c]
                     if value is not None and not isinstance(value, str):
                         raise InvalidRequestError(
-                            f"items[{n}].{c}: must be a string or null, got "
-                            f"{type(value).__name__}")
+                            f"items[{n}].{c}: must be a string or null, got {type(value).__name__}"
+                        )
                     record[c] = value
                 elif old is not None:  # an edit keeps the fields it does not name
                     record[c] = snap.bundle.items.iloc[old][c]
@@ -701,12 +782,14 @@ class Recommender:
                     record[c] = None
             if not any(isinstance(record[c], str) and record[c].strip() for c in columns):
                 raise InvalidRequestError(
-                    f"items[{n}] ({item_id!r}) has no text: give at least one of {columns}")
+                    f"items[{n}] ({item_id!r}) has no text: give at least one of {columns}"
+                )
             records.append(record)
         return pd.DataFrame.from_records(records, columns=["item_id", *columns])
 
-    def _apply_and_publish(self, snap: Snapshot, frame: pd.DataFrame,
-                           emb: np.ndarray) -> tuple[Snapshot, list[str], list[str]]:
+    def _apply_and_publish(
+        self, snap: Snapshot, frame: pd.DataFrame, emb: np.ndarray
+    ) -> tuple[Snapshot, list[str], list[str]]:
         bundle, model, index = snap.bundle, snap.bundle.model, snap.index
         n0 = snap.n_items
         ids = frame["item_id"].tolist()
@@ -727,15 +810,14 @@ class Recommender:
         items = pd.concat([items, frame.iloc[new]], ignore_index=True)
         with self._model_lock, torch.no_grad():
             if upd:
-                model.replace_text(torch.from_numpy(upd_rows + 1),
-                                   emb_t[[n for n, _ in upd]])
+                model.replace_text(torch.from_numpy(upd_rows + 1), emb_t[[n for n, _ in upd]])
             if new:
                 model.extend_catalog(emb_t[new])
             model.serving_encoder()  # re-traced for the new catalog before it serves
             changed = np.concatenate([upd_rows, new_rows])
             vecs = model.item_vectors(torch.from_numpy(changed + 1).to(dev)).float().cpu()
             vecs_np = vecs.numpy()
-            item_vecs = np.concatenate([snap.item_vecs, vecs_np[len(upd):]])
+            item_vecs = np.concatenate([snap.item_vecs, vecs_np[len(upd) :]])
             item_vecs[upd_rows] = vecs_np[: len(upd)]
             index.add(vecs_np, changed)
             if snap.text_index is not None:
@@ -744,8 +826,12 @@ class Recommender:
             bundle.items = items
             row_of = dict(snap.row_of)
             row_of.update({ids[n]: int(r) for n, r in zip(new, new_rows.tolist(), strict=True)})
-            staged_snap = replace(snap, row_of=row_of, item_vecs=item_vecs,
-                                  popular=np.concatenate([snap.popular, new_rows]))
+            staged_snap = replace(
+                snap,
+                row_of=row_of,
+                item_vecs=item_vecs,
+                popular=np.concatenate([snap.popular, new_rows]),
+            )
         try:
             path, manifest = self._publish(staged_snap, added=len(new), updated=len(upd))
         except BaseException:
@@ -764,26 +850,38 @@ class Recommender:
                 bundle.item_ids, bundle.items = state[0], state[1]
             raise
         bundle.path, bundle.manifest = path, manifest
-        return (replace(staged_snap, version=str(manifest["version"])),
-                [ids[n] for n in new], [ids[n] for n, _ in upd])
+        return (
+            replace(staged_snap, version=str(manifest["version"])),
+            [ids[n] for n in new],
+            [ids[n] for n, _ in upd],
+        )
 
-    def _publish(self, snap: Snapshot, *, added: int, updated: int,
-                 ) -> tuple[Path, dict[str, Any]]:
+    def _publish(
+        self,
+        snap: Snapshot,
+        *,
+        added: int,
+        updated: int,
+    ) -> tuple[Path, dict[str, Any]]:
         """Write the grown catalog and index as a new CURRENT version (indexer's format)."""
-        path = persist_update(self.store, snap.bundle, snap.index,
-                              note={"op": "upsert", "added": added, "updated": updated,
-                                    "by": "service"}, text_index=snap.text_index)
+        path = persist_update(
+            self.store,
+            snap.bundle,
+            snap.index,
+            note={"op": "upsert", "added": added, "updated": updated, "by": "service"},
+            text_index=snap.text_index,
+        )
         return path, bundle_mod.read_manifest(path)
 
     # ---- users --------------------------------------------------------------------------------
-    async def add_event(self, *, user_id: str, item_id: str,
-                        timestamp: float | None = None) -> int:
+    async def add_event(self, *, user_id: str, item_id: str, timestamp: float | None = None) -> int:
         """Append to the user's server-side history; returns its length."""
         del timestamp  # arrival order is the history order; the timestamp is informational
         snap = self.ready()
         if item_id not in snap.row_of or snap.row_of[item_id] in snap.index.removed:
-            raise NotFoundError(f"item_id {item_id!r} is not in the catalog of model version "
-                                f"{snap.version}")
+            raise NotFoundError(
+                f"item_id {item_id!r} is not in the catalog of model version {snap.version}"
+            )
         uhash = user_hash(user_id)
         seed = [] if uhash in self._forgotten else snap.bundle.histories.get(user_id, [])
         n = await self.history.append(uhash, [item_id], seed)

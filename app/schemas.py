@@ -15,11 +15,14 @@ class _Strict(BaseModel):
 
 
 class RecommendRequest(_Strict):
-    user_id: Id | None = Field(None, description="uses the server-side history when "
-                               "`history` is not given")
-    history: list[Id] | None = Field(None, max_length=MAX_LIST,
-                                     description="item ids, oldest first; wins over the "
-                                     "stored history")
+    user_id: Id | None = Field(
+        None, description="uses the server-side history when `history` is not given"
+    )
+    history: list[Id] | None = Field(
+        None,
+        max_length=MAX_LIST,
+        description="item ids, oldest first; wins over the stored history",
+    )
     k: int = Field(10, ge=1, le=1000)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
     exclude_history: bool = True
@@ -49,8 +52,9 @@ class HistoryMatch(BaseModel):
 class Explanation(BaseModel):
     text_similarity: float = Field(description="max text cosine to a history item")
     retrieval_score: float = Field(description="<user vector, item vector>")
-    history_items: list[HistoryMatch] = Field(description="history items most similar to "
-                                              "this one by text, best first")
+    history_items: list[HistoryMatch] = Field(
+        description="history items most similar to this one by text, best first"
+    )
 
 
 class ScoredItem(BaseModel):
@@ -93,8 +97,9 @@ class ItemOut(BaseModel):
 class EventIn(_Strict):
     user_id: Id
     item_id: Id
-    timestamp: float | None = Field(None, description="unix seconds; informational, history "
-                                    "order is arrival order")
+    timestamp: float | None = Field(
+        None, description="unix seconds; informational, history order is arrival order"
+    )
 
 
 class EventOut(BaseModel):

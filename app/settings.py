@@ -19,15 +19,17 @@ MIB = 1 << 20
 class Settings(BaseSettings):
     """The service's runtime configuration (see the README settings table)."""
 
-    model_config = SettingsConfigDict(env_prefix="FUSIONREC_", env_nested_delimiter="__",
-                                      extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FUSIONREC_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
+    )
 
     store: Path = Field(description="store root holding the published bundles and CURRENT")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     redis_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("FUSIONREC_REDIS_URL", "REDIS_URL",
-                                                    "redis_url"),
-        description="redis://host:port/db; unset = in-process LRU cache and history store")
+        default=None,
+        validation_alias=AliasChoices("FUSIONREC_REDIS_URL", "REDIS_URL", "redis_url"),
+        description="redis://host:port/db; unset = in-process LRU cache and history store",
+    )
     redis_timeout_s: float = Field(0.05, gt=0, le=5)
     breaker_failures: int = Field(3, ge=1, description="consecutive Redis errors that open it")
     breaker_reset_s: float = Field(5.0, gt=0, description="seconds before a half-open probe")
@@ -41,8 +43,11 @@ class Settings(BaseSettings):
     cache_size: int = Field(100_000, ge=1, description="in-process LRU entries")
     history_max_len: int = Field(200, ge=1, description="events kept per user")
     history_drain_s: float = Field(
-        10.0, ge=0, description="at shutdown, how long to keep retrying the write-back of "
-        "events accepted while Redis was unavailable (compose's stop grace period is 15 s)")
+        10.0,
+        ge=0,
+        description="at shutdown, how long to keep retrying the write-back of "
+        "events accepted while Redis was unavailable (compose's stop grace period is 15 s)",
+    )
     batch_max_size: int = Field(64, ge=1, le=4096, description="micro-batch size; 1 = off")
     # 0 = no waiting: a batch is whatever queued while the worker was busy (under load
     # batches still form; alone, a request is not delayed)
@@ -65,8 +70,10 @@ class Settings(BaseSettings):
         if value is not None and value.get_secret_value() == "":
             return None
         if value is not None and len(value.get_secret_value()) < 16:
-            raise ValueError("FUSIONREC_ADMIN_TOKEN must be at least 16 characters "
-                             "(leave it unset to disable the admin endpoints)")
+            raise ValueError(
+                "FUSIONREC_ADMIN_TOKEN must be at least 16 characters "
+                "(leave it unset to disable the admin endpoints)"
+            )
         return value
 
     @field_validator("redis_url")

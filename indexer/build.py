@@ -132,16 +132,21 @@ def _as_f32(vectors: np.ndarray) -> np.ndarray:
 
 
 def _as_rows(rows: Iterable[int] | np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(list(rows) if not isinstance(rows, np.ndarray)
-                                           else rows, dtype=np.int64).reshape(-1))
+    return np.ascontiguousarray(
+        np.asarray(
+            list(rows) if not isinstance(rows, np.ndarray) else rows, dtype=np.int64
+        ).reshape(-1)
+    )
 
 
 def _augment(x: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) → (N, D+1) on the sphere of ``radius``; also the mask of norms above it."""
     sq = np.einsum("nd,nd->n", x, x, dtype=np.float64)
     extra = np.sqrt(np.maximum(radius * radius - sq, 0.0))
-    return (np.ascontiguousarray(np.hstack([x, extra[:, None].astype(np.float32)])),
-            sq > radius * radius * (1 + 1e-6))
+    return (
+        np.ascontiguousarray(np.hstack([x, extra[:, None].astype(np.float32)])),
+        sq > radius * radius * (1 + 1e-6),
+    )
 
 
 def _pq_m(dim: int, wanted: int) -> int:
@@ -151,8 +156,9 @@ def _pq_m(dim: int, wanted: int) -> int:
     return m
 
 
-def _dense_topk_eager(q: torch.Tensor, xb: torch.Tensor, rows: torch.Tensor,
-                      cols: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _dense_topk_eager(
+    q: torch.Tensor, xb: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``q @ xb.T`` with entries (rows[i], cols[i]) excluded → (scores, positions)."""
     dense = q @ xb.T
     dense.index_put_((rows, cols), torch.full((1,), float("-inf")))
@@ -160,8 +166,9 @@ def _dense_topk_eager(q: torch.Tensor, xb: torch.Tensor, rows: torch.Tensor,
 
 
 @functools.cache
-def _dense_topk() -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int],
-                              tuple[torch.Tensor, torch.Tensor]]:
+def _dense_topk() -> Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]
+]:
     """``_dense_topk_eager`` compiled with TorchScript: one call that runs without the GIL
     (eager would take the GIL back between its ops while the service's event loop wants it;
     see ``FusedModel.serving_encoder``). Eager where TorchScript is unavailable."""
@@ -180,15 +187,25 @@ class ItemIndex:
     after a rebuild, until they are upserted again).
     """
 
-    def __init__(self, index: Any, kind: BuiltKind, params: dict[str, Any], *,
-                 label_rows: np.ndarray | None = None, removed: set[int] | None = None,
-                 overflow: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        index: Any,
+        kind: BuiltKind,
+        params: dict[str, Any],
+        *,
+        label_rows: np.ndarray | None = None,
+        removed: set[int] | None = None,
+        overflow: Iterable[int] = (),
+    ) -> None:
         self.index: Any = index  # IndexIDMap2(IndexFlatIP) | IndexHNSWFlat | IndexIVFPQ
         self.kind: BuiltKind = kind
         self.params = dict(params)
         self.removed: set[int] = set(removed or ())
-        self._label_rows = (np.zeros(0, dtype=np.int64) if label_rows is None
-                            else np.asarray(label_rows, dtype=np.int64))
+        self._label_rows = (
+            np.zeros(0, dtype=np.int64)
+            if label_rows is None
+            else np.asarray(label_rows, dtype=np.int64)
+        )
         self._row_label: dict[int, int] = {}
         self._dead: np.ndarray | None = None  # cached tombstone labels (hnsw)
         # hnsw l2_mips: labels whose norm exceeds the radius, scanned exactly on each search
@@ -197,8 +214,7 @@ class ItemIndex:
         self._flat: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None  # flat arrays
         if kind == "hnsw":
             live = np.flatnonzero(self._label_rows >= 0)
-            self._row_label = dict(zip(self._label_rows[live].tolist(), live.tolist(),
-                                       strict=True))
+            self._row_label = dict(zip(self._label_rows[live].tolist(), live.tolist(), strict=True))
         self._apply_search_params()
 
     # ---- properties -------------------------------------------------------------------------
@@ -233,16 +249,21 @@ class ItemIndex:
     def rows(self) -> np.ndarray:
         """Catalog rows present in the index, sorted."""
         if self.kind == "hnsw":
-            return np.sort(np.fromiter(self._row_label, dtype=np.int64,
-                                       count=len(self._row_label)))
+            return np.sort(np.fromiter(self._row_label, dtype=np.int64, count=len(self._row_label)))
         if self.kind == "flat":
             return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
         ivf: Any = faiss.extract_index_ivf(self.index)
         invlists = ivf.invlists
-        parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
-                 for i in range(ivf.nlist) if invlists.list_size(i)]
-        return np.sort(np.concatenate(parts).astype(np.int64)) if parts else np.zeros(
-            0, dtype=np.int64)
+        parts = [
+            faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+            for i in range(ivf.nlist)
+            if invlists.list_size(i)
+        ]
+        return (
+            np.sort(np.concatenate(parts).astype(np.int64))
+            if parts
+            else np.zeros(0, dtype=np.int64)
+        )
 
     def _apply_search_params(self) -> None:
         if self.kind == "hnsw":
@@ -271,16 +292,20 @@ class ItemIndex:
             banned = _as_rows(sorted(exclude)) if exclude else np.zeros(0, dtype=np.int64)
         if len(banned) == 0:
             return None
-        sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(banned,
-                                                                              np.int64)))
+        sel = faiss.IDSelectorNot(faiss.IDSelectorBatch(np.ascontiguousarray(banned, np.int64)))
         if self.kind == "hnsw":
             return _faiss.SearchParametersHNSW(efSearch=int(self.params["efSearch"]), sel=sel)
         if self.kind == "ivfpq":
             return _faiss.SearchParametersIVF(nprobe=int(self.params["nprobe"]), sel=sel)
         return _faiss.SearchParameters(sel=sel)
 
-    def search(self, user_vectors: np.ndarray, k: int, *, exclude: set[int] | None = None,
-               ) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self,
+        user_vectors: np.ndarray,
+        k: int,
+        *,
+        exclude: set[int] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for each query (B, D) → (scores (B, k) float32, rows (B, k) int64).
 
         ``exclude`` is a set of catalog rows never to return (seen items). Missing results
@@ -291,8 +316,10 @@ class ItemIndex:
             raise ConfigError(f"query dim {q.shape[1]} ≠ index dim {self.dim}")
         k = int(k)
         if k <= 0 or self.ntotal == 0:
-            return (np.full((len(q), max(k, 0)), -np.inf, dtype=np.float32),
-                    np.full((len(q), max(k, 0)), -1, dtype=np.int64))
+            return (
+                np.full((len(q), max(k, 0)), -np.inf, dtype=np.float32),
+                np.full((len(q), max(k, 0)), -1, dtype=np.int64),
+            )
         params = self._search_parameters(exclude)
         kk = min(k, self.ntotal)
         if self.mips:
@@ -313,8 +340,9 @@ class ItemIndex:
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
         return scores, rows
 
-    def search_excluding(self, user_vectors: np.ndarray, k: int,
-                         excludes: Sequence[set[int]]) -> tuple[np.ndarray, np.ndarray]:
+    def search_excluding(
+        self, user_vectors: np.ndarray, k: int, excludes: Sequence[set[int]]
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Like :meth:`search`, with its own set of excluded rows for each query.
 
         Small flat indexes score densely with one matmul and mask the excluded rows; the
@@ -327,15 +355,15 @@ class ItemIndex:
             # numpy's OpenBLAS would wake (and spin) one thread per core for a tiny matmul
             xb, ids, pos = self._flat_arrays()
             sizes = [len(ex) for ex in excludes]
-            flat = np.fromiter((r for ex in excludes for r in ex), dtype=np.int64,
-                               count=sum(sizes))
+            flat = np.fromiter((r for ex in excludes for r in ex), dtype=np.int64, count=sum(sizes))
             at = np.repeat(np.arange(len(q), dtype=np.int64), sizes)
             ok = (flat >= 0) & (flat < len(pos))
             col = pos[flat[ok]]
             at, col = at[ok][col >= 0], col[col >= 0]
             kk = min(k, len(ids))
-            top_t, at_t = _dense_topk()(torch.from_numpy(q), xb, torch.from_numpy(at),
-                                        torch.from_numpy(col), kk)  # sorted, descending
+            top_t, at_t = _dense_topk()(
+                torch.from_numpy(q), xb, torch.from_numpy(at), torch.from_numpy(col), kk
+            )  # sorted, descending
             top_s = top_t.numpy()
             top_r = np.where(np.isfinite(top_s), ids[at_t.numpy()], -1)
             top_s = np.where(top_r >= 0, top_s, -np.inf).astype(np.float32)
@@ -376,11 +404,17 @@ class ItemIndex:
         if self._xb is None or len(self._xb) != n:
             storage: Any = faiss.downcast_index(self.index.storage)
             self._xb = faiss.rev_swig_ptr(storage.get_xb(), n * int(self.index.d)).reshape(
-                n, int(self.index.d))
+                n, int(self.index.d)
+            )
         return self._xb
 
-    def _search_mips(self, q: np.ndarray, kk: int, params: Any, exclude: set[int] | None,
-                     ) -> tuple[np.ndarray, np.ndarray]:
+    def _search_mips(
+        self,
+        q: np.ndarray,
+        kk: int,
+        params: Any,
+        exclude: set[int] | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Search the augmented L2 graph; rescore exactly; merge the overflow items in."""
         qa = np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1), np.float32)]))
         if params is None:
@@ -398,7 +432,7 @@ class ItemIndex:
         if len(over):  # scanned exactly below; drop them where the graph returned them too
             labels = np.where(np.isin(labels, over), -1, labels)
             labels = np.concatenate([labels, np.broadcast_to(over, (len(q), len(over)))], 1)
-        scores = np.einsum("bd,bkd->bk", q, xb[np.maximum(labels, 0), :self.dim])
+        scores = np.einsum("bd,bkd->bk", q, xb[np.maximum(labels, 0), : self.dim])
         scores = np.where(labels >= 0, scores, -np.inf).astype(np.float32)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :kk]
         return np.take_along_axis(scores, top, 1), np.take_along_axis(labels, top, 1)
@@ -424,8 +458,7 @@ class ItemIndex:
             if self.mips:
                 x, above = _augment(x, float(self.params["radius"]))
                 if above.any():
-                    self._overflow = np.concatenate([self._overflow,
-                                                     start + np.flatnonzero(above)])
+                    self._overflow = np.concatenate([self._overflow, start + np.flatnonzero(above)])
             self.index.add(x)
             self._xb = None
             self._label_rows = np.concatenate([self._label_rows, r])
@@ -467,9 +500,15 @@ class ItemIndex:
         if self.kind == "hnsw":
             np.save(directory / f_rows, self._label_rows)
             names.append(f_rows)
-        meta = {"format": META_FORMAT, "kind": self.kind, "params": self.params,
-                "dim": self.dim, "n_vectors": self.ntotal, "tombstones": self.tombstones,
-                "removed_rows": sorted(self.removed)}
+        meta = {
+            "format": META_FORMAT,
+            "kind": self.kind,
+            "params": self.params,
+            "dim": self.dim,
+            "n_vectors": self.ntotal,
+            "tombstones": self.tombstones,
+            "removed_rows": sorted(self.removed),
+        }
         if self.mips:
             meta["overflow_labels"] = self._overflow.tolist()
         (directory / f_meta).write_text(json.dumps(meta, indent=1))
@@ -477,9 +516,15 @@ class ItemIndex:
         return {name: sha256_file(directory / name) for name in names}
 
     @classmethod
-    def load(cls, directory: Path, section: dict[str, Any] | None, *,
-             dim: int | None = None, n_items: int | None = None,
-             prefix: str = "") -> ItemIndex:
+    def load(
+        cls,
+        directory: Path,
+        section: dict[str, Any] | None,
+        *,
+        dim: int | None = None,
+        n_items: int | None = None,
+        prefix: str = "",
+    ) -> ItemIndex:
         """Read an index back and check it against the manifest's ``index`` section.
 
         ``dim``/``n_items``: the model's vector dimension and catalog size, when known.
@@ -489,30 +534,39 @@ class ItemIndex:
         f_index, f_meta, f_rows = _names(prefix)
         if not section:
             raise BundleIntegrityError(
-                f"{directory}: the manifest has no index section; run `fusionrec index` first")
+                f"{directory}: the manifest has no index section; run `fusionrec index` first"
+            )
         files: dict[str, str] = section.get("files", {})
         if f_index not in files or f_meta not in files:
             raise BundleIntegrityError(
-                f"{directory}: the manifest's index section lists no {f_index}/{f_meta}")
+                f"{directory}: the manifest's index section lists no {f_index}/{f_meta}"
+            )
         verify_files(directory, files)
         try:
             meta = json.loads((directory / f_meta).read_text())
             index = faiss.read_index(str(directory / f_index))
-            label_rows = (np.load(directory / f_rows) if f_rows in files else None)
+            label_rows = np.load(directory / f_rows) if f_rows in files else None
         except (RuntimeError, ValueError, OSError) as exc:
             raise BundleIntegrityError(f"{directory}: cannot read the index: {exc}") from exc
         kind = section.get("kind")
         if kind not in ("flat", "hnsw", "ivfpq") or meta.get("kind") != kind:
             raise BundleIntegrityError(
-                f"{directory}: index kind {meta.get('kind')!r} ≠ manifest {kind!r}")
+                f"{directory}: index kind {meta.get('kind')!r} ≠ manifest {kind!r}"
+            )
         if kind == "hnsw" and label_rows is None:
             raise BundleIntegrityError(f"{directory}: hnsw index without {f_rows}")
-        item_index = cls(index, kind, meta.get("params", section.get("params", {})),
-                         label_rows=label_rows, removed=set(meta.get("removed_rows", [])),
-                         overflow=meta.get("overflow_labels", []))
+        item_index = cls(
+            index,
+            kind,
+            meta.get("params", section.get("params", {})),
+            label_rows=label_rows,
+            removed=set(meta.get("removed_rows", [])),
+            overflow=meta.get("overflow_labels", []),
+        )
         checks: list[tuple[str, int, Any]] = [
             ("dimension", item_index.dim, section.get("dim")),
-            ("vector count", item_index.ntotal, section.get("n_vectors"))]
+            ("vector count", item_index.ntotal, section.get("n_vectors")),
+        ]
         if dim is not None:
             checks.append(("dimension (model)", item_index.dim, dim))
         for what, got, expected in checks:
@@ -520,23 +574,32 @@ class ItemIndex:
                 raise BundleIntegrityError(
                     f"{directory}: index {what} is {got}, the manifest/model says "
                     f"{expected}; the index does not belong to this bundle — rebuild it with "
-                    "`fusionrec index`")
+                    "`fusionrec index`"
+                )
         if kind == "hnsw" and label_rows is not None and len(label_rows) != index.ntotal:
             raise BundleIntegrityError(
-                f"{directory}: {f_rows} has {len(label_rows)} labels, index {index.ntotal}")
+                f"{directory}: {f_rows} has {len(label_rows)} labels, index {index.ntotal}"
+            )
         if n_items is not None and item_index.ntotal:
             rows = item_index.rows()
             if rows[0] < 0 or rows[-1] >= n_items:
                 raise BundleIntegrityError(
                     f"{directory}: index holds row {int(rows[-1])} but the catalog has "
-                    f"{n_items} items; the index does not belong to this bundle")
+                    f"{n_items} items; the index does not belong to this bundle"
+                )
         return item_index
 
 
 # ---- building ---------------------------------------------------------------------------------
 
-def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: IndexKind = "auto",
-                params: IndexParams | None = None) -> ItemIndex:
+
+def build_index(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    *,
+    kind: IndexKind = "auto",
+    params: IndexParams | None = None,
+) -> ItemIndex:
     """Build an inner-product index of ``vectors`` (N, D) under catalog rows ``ids`` (N,)."""
     p = params or IndexParams()
     x = _as_f32(vectors)
@@ -557,9 +620,17 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: IndexKind = "auto
         hnsw = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
         hnsw.hnsw.efConstruction = p.ef_construction
         hnsw.add(x)
-        return ItemIndex(hnsw, "hnsw", {"M": p.hnsw_m, "efConstruction": p.ef_construction,
-                                        "efSearch": p.ef_search, "metric": "ip"},
-                         label_rows=rows.copy())
+        return ItemIndex(
+            hnsw,
+            "hnsw",
+            {
+                "M": p.hnsw_m,
+                "efConstruction": p.ef_construction,
+                "efSearch": p.ef_search,
+                "metric": "ip",
+            },
+            label_rows=rows.copy(),
+        )
     if built == "hnsw":
         if p.hnsw_metric != "l2_mips":
             raise ConfigError(f"hnsw_metric {p.hnsw_metric!r}; valid: l2_mips, ip")
@@ -568,9 +639,18 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: IndexKind = "auto
         hnsw = faiss.IndexHNSWFlat(d + 1, p.hnsw_m, faiss.METRIC_L2)
         hnsw.hnsw.efConstruction = p.ef_construction
         hnsw.add(_augment(x, radius)[0])
-        return ItemIndex(hnsw, "hnsw", {"M": p.hnsw_m, "efConstruction": p.ef_construction,
-                                        "efSearch": p.ef_search, "metric": "l2_mips",
-                                        "radius": radius}, label_rows=rows.copy())
+        return ItemIndex(
+            hnsw,
+            "hnsw",
+            {
+                "M": p.hnsw_m,
+                "efConstruction": p.ef_construction,
+                "efSearch": p.ef_search,
+                "metric": "l2_mips",
+                "radius": radius,
+            },
+            label_rows=rows.copy(),
+        )
     nlist = p.nlist or int(np.clip(round(2 * np.sqrt(n)), 1, 65_536))
     nlist = max(1, min(nlist, n // 39 or 1))
     m = _pq_m(d, p.pq_m)
@@ -586,12 +666,18 @@ def build_index(vectors: np.ndarray, ids: np.ndarray, *, kind: IndexKind = "auto
     sample = np.random.default_rng(p.seed).choice(n, size=n_train, replace=False)
     ivf.train(x[np.sort(sample)])
     ivf.add_with_ids(x, rows)
-    return ItemIndex(ivf, "ivfpq", {"nlist": nlist, "nprobe": min(p.nprobe, nlist),
-                                    "pq_m": m, "pq_nbits": nbits})
+    return ItemIndex(
+        ivf, "ivfpq", {"nlist": nlist, "nprobe": min(p.nprobe, nlist), "pq_m": m, "pq_nbits": nbits}
+    )
 
 
-def recall_at(index: ItemIndex, vectors: np.ndarray, rows: np.ndarray, queries: np.ndarray,
-              ks: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
+def recall_at(
+    index: ItemIndex,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    queries: np.ndarray,
+    ks: tuple[int, ...] = RECALL_KS,
+) -> dict[str, float]:
     """recall@k of ``index`` against exact inner-product search over ``vectors``/``rows``.
 
     Tie-aware: a returned item counts as a hit when its exact score reaches the k-th exact
@@ -615,22 +701,33 @@ def recall_at(index: ItemIndex, vectors: np.ndarray, rows: np.ndarray, queries: 
         idx = pos[np.where(valid, got, 0)]
         valid &= idx >= 0
         true = np.einsum("bd,bkd->bk", q, x[np.where(valid, idx, 0)])
-        thresh = ex_scores[:, kk - 1:kk]
+        thresh = ex_scores[:, kk - 1 : kk]
         tol = 1e-4 * np.maximum(1.0, np.abs(thresh))
         hits = (valid & (true >= thresh - tol)).sum(1)
         out[f"recall@{k}"] = float(np.mean(np.minimum(hits, kk) / kk))
     return out
 
 
-def measure_recall(index: ItemIndex, vectors: np.ndarray, rows: np.ndarray,
-                   queries: np.ndarray, k: tuple[int, ...] = RECALL_KS) -> dict[str, float]:
+def measure_recall(
+    index: ItemIndex,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    queries: np.ndarray,
+    k: tuple[int, ...] = RECALL_KS,
+) -> dict[str, float]:
     """Recall of the index against exact search (faiss.IndexFlatIP) on ``queries``."""
     return recall_at(index, vectors, rows, queries, k)
 
 
-def tune_to_floor(index: ItemIndex, vectors: np.ndarray, rows: np.ndarray,
-                  queries: np.ndarray, *, floor: float = 0.95,
-                  params: IndexParams | None = None) -> dict[str, float]:
+def tune_to_floor(
+    index: ItemIndex,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    queries: np.ndarray,
+    *,
+    floor: float = 0.95,
+    params: IndexParams | None = None,
+) -> dict[str, float]:
     """Raise efSearch/nprobe until recall@100 ≥ ``floor``; IndexBuildError if it never does."""
     p = params or IndexParams()
     recall = measure_recall(index, vectors, rows, queries)
@@ -652,12 +749,15 @@ def tune_to_floor(index: ItemIndex, vectors: np.ndarray, rows: np.ndarray,
         tried.append((dict(index.params), recall["recall@100"]))
     if recall["recall@100"] < floor:
         steps = "; ".join(f"{t} → {r:.4f}" for t, r in tried)
-        hint = {"hnsw": "raise --hnsw-m / --ef-construction or use --kind flat",
-                "ivfpq": "raise the PQ code size (--pq-m) or use --kind hnsw/flat",
-                "flat": "exact search below the floor means ties or NaN vectors"}[index.kind]
+        hint = {
+            "hnsw": "raise --hnsw-m / --ef-construction or use --kind flat",
+            "ivfpq": "raise the PQ code size (--pq-m) or use --kind hnsw/flat",
+            "flat": "exact search below the floor means ties or NaN vectors",
+        }[index.kind]
         raise IndexBuildError(
             f"{index.kind} index reaches recall@100 = {recall['recall@100']:.4f} < floor "
-            f"{floor}; tried {steps}; {hint}. Not published.")
+            f"{floor}; tried {steps}; {hint}. Not published."
+        )
     return recall
 
 
@@ -668,9 +768,15 @@ class TunedIndex(NamedTuple):
     rebuilds: int  # HNSW builds refused before it
 
 
-def build_tuned(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, *,
-                kind: IndexKind = "auto", params: IndexParams | None = None,
-                floor: float = 0.95) -> TunedIndex:
+def build_tuned(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    queries: np.ndarray,
+    *,
+    kind: IndexKind = "auto",
+    params: IndexParams | None = None,
+    floor: float = 0.95,
+) -> TunedIndex:
     """Build and tune to the recall floor.
 
     An HNSW graph whose recall stops below the floor at ``max_ef_search`` is rebuilt with M
@@ -692,8 +798,9 @@ def build_tuned(vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, *,
         return TunedIndex(index, recall, build_s, len(failures))
 
 
-def timed_build(vectors: np.ndarray, ids: np.ndarray, *, kind: IndexKind,
-                params: IndexParams) -> tuple[ItemIndex, float]:
+def timed_build(
+    vectors: np.ndarray, ids: np.ndarray, *, kind: IndexKind, params: IndexParams
+) -> tuple[ItemIndex, float]:
     t0 = time.perf_counter()
     index = build_index(vectors, ids, kind=kind, params=params)
     return index, time.perf_counter() - t0

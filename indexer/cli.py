@@ -26,8 +26,9 @@ from model_store.errors import ConfigError, FusionrecError
 console = Console(stderr=True)
 out = Console()
 
-index_app = typer.Typer(help="Build the FAISS index of a bundle, or add/remove items.",
-                        invoke_without_command=True)
+index_app = typer.Typer(
+    help="Build the FAISS index of a bundle, or add/remove items.", invoke_without_command=True
+)
 
 
 def fail(exc: FusionrecError) -> typer.Exit:
@@ -45,8 +46,15 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def encode_progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         task = bar.add_task(label, total=None)
 
         def advance(n: int, total: int) -> None:
@@ -81,22 +89,30 @@ def index_cmd(
     kind: Annotated[str, typer.Option(help="auto, flat, hnsw or ivfpq")] = "auto",
     batch_size: Annotated[int, typer.Option(min=1, help="items per encode batch")] = 8192,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    recall_floor: Annotated[float, typer.Option(min=0.0, max=1.0,
-                                                help="refuse below this recall@100")] = 0.95,
+    recall_floor: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="refuse below this recall@100")
+    ] = 0.95,
     flat_max_items: Annotated[int, typer.Option(help="auto: exact search up to this")] = 200_000,
-    text_index_min_items: Annotated[int, typer.Option(
-        help="build a search index over text embeddings above this many items")] = 200_000,
-    memory_budget_gb: Annotated[float, typer.Option(
-        help="auto: IVF-PQ when float vectors exceed this")] = 4.0,
-    threads: Annotated[int | None, typer.Option(
-        help="FAISS OpenMP threads (default FUSIONREC_FAISS_THREADS or all cores)")] = None,
+    text_index_min_items: Annotated[
+        int, typer.Option(help="build a search index over text embeddings above this many items")
+    ] = 200_000,
+    memory_budget_gb: Annotated[
+        float, typer.Option(help="auto: IVF-PQ when float vectors exceed this")
+    ] = 4.0,
+    threads: Annotated[
+        int | None,
+        typer.Option(help="FAISS OpenMP threads (default FUSIONREC_FAISS_THREADS or all cores)"),
+    ] = None,
     hnsw_m: Annotated[int, typer.Option(min=4, help="hnsw: links per node (M)")] = 32,
-    ef_construction: Annotated[int, typer.Option(
-        min=8, help="hnsw: build-time candidate list (efConstruction)")] = 200,
-    hnsw_metric: Annotated[str, typer.Option(
-        help="hnsw: l2_mips (graph in L2 over norm-augmented vectors) or ip")] = "l2_mips",
-    pq_m: Annotated[int, typer.Option(
-        min=0, help="ivfpq: sub-quantizers (0 = one per dimension)")] = 0,
+    ef_construction: Annotated[
+        int, typer.Option(min=8, help="hnsw: build-time candidate list (efConstruction)")
+    ] = 200,
+    hnsw_metric: Annotated[
+        str, typer.Option(help="hnsw: l2_mips (graph in L2 over norm-augmented vectors) or ip")
+    ] = "l2_mips",
+    pq_m: Annotated[
+        int, typer.Option(min=0, help="ivfpq: sub-quantizers (0 = one per dimension)")
+    ] = 0,
 ) -> None:
     """Encode the catalog, build and tune the index, publish it as a new bundle version."""
     if ctx.invoked_subcommand is not None:
@@ -105,31 +121,48 @@ def index_cmd(
         raise fail(ConfigError("--store is required: the bundle store root to index"))
     from indexer.publish import index_bundle
 
-    params = IndexParams(flat_max_items=flat_max_items, text_index_min_items=text_index_min_items,
-                         memory_budget_bytes=int(memory_budget_gb * (1 << 30)),
-                         hnsw_m=hnsw_m, ef_construction=ef_construction, pq_m=pq_m,
-                         hnsw_metric=_metric(hnsw_metric))
+    params = IndexParams(
+        flat_max_items=flat_max_items,
+        text_index_min_items=text_index_min_items,
+        memory_budget_bytes=int(memory_budget_gb * (1 << 30)),
+        hnsw_m=hnsw_m,
+        ef_construction=ef_construction,
+        pq_m=pq_m,
+        hnsw_metric=_metric(hnsw_metric),
+    )
     try:
         with encode_progress("encoding items") as progress:
-            path = index_bundle(store, version=version, kind=_kind(kind), params=params,
-                                batch_size=batch_size, device=_device(device),
-                                recall_floor=recall_floor, threads=threads,
-                                progress=progress)
+            path = index_bundle(
+                store,
+                version=version,
+                kind=_kind(kind),
+                params=params,
+                batch_size=batch_size,
+                device=_device(device),
+                recall_floor=recall_floor,
+                threads=threads,
+                progress=progress,
+            )
     except FusionrecError as exc:
         raise fail(exc) from exc
     from model_store.bundle import read_manifest
 
     s = read_manifest(path)["index"]
-    out.print(f"published {path}: {s['kind']} index of {s['n_vectors']} vectors "
-              f"(dim {s['dim']}, params {s['params']}), recall@10 {s['recall@10']:.4f}, "
-              f"recall@100 {s['recall@100']:.4f}, built in {s['build_seconds']:.2f}s, "
-              f"{s['memory_bytes'] / 1e6:.1f} MB", highlight=False)
+    out.print(
+        f"published {path}: {s['kind']} index of {s['n_vectors']} vectors "
+        f"(dim {s['dim']}, params {s['params']}), recall@10 {s['recall@10']:.4f}, "
+        f"recall@100 {s['recall@100']:.4f}, built in {s['build_seconds']:.2f}s, "
+        f"{s['memory_bytes'] / 1e6:.1f} MB",
+        highlight=False,
+    )
     t = read_manifest(path).get("text_index")
     if t:
-        out.print(f"search index over text embeddings: {t['kind']} of {t['n_vectors']} "
-                  f"(params {t['params']}), recall@100 {t['recall@100']:.4f}, built in "
-                  f"{t['build_seconds']:.2f}s, {t['memory_bytes'] / 1e6:.1f} MB",
-                  highlight=False)
+        out.print(
+            f"search index over text embeddings: {t['kind']} of {t['n_vectors']} "
+            f"(params {t['params']}), recall@100 {t['recall@100']:.4f}, built in "
+            f"{t['build_seconds']:.2f}s, {t['memory_bytes'] / 1e6:.1f} MB",
+            highlight=False,
+        )
 
 
 @index_app.command("add")

@@ -33,9 +33,14 @@ def _model_device(bundle: Bundle, device: str | None) -> torch.device:
     return dev
 
 
-def encode_catalog(bundle: Bundle, *, batch_size: int = 8192, device: str | None = None,
-                   rows: np.ndarray | None = None,
-                   progress: Callable[[int], None] | None = None) -> np.ndarray:
+def encode_catalog(
+    bundle: Bundle,
+    *,
+    batch_size: int = 8192,
+    device: str | None = None,
+    rows: np.ndarray | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """Retrieval vectors of catalog ``rows`` (default all) → (N, D) float32.
 
     ``device``: "auto"/"cpu"/"cuda" moves the model there; None leaves it where it is.
@@ -45,28 +50,39 @@ def encode_catalog(bundle: Bundle, *, batch_size: int = 8192, device: str | None
     model = bundle.model
     dev = _model_device(bundle, device)
     model.eval()
-    idx_all = (np.arange(model.n_items, dtype=np.int64) if rows is None
-               else np.asarray(rows, dtype=np.int64)) + 1
+    idx_all = (
+        np.arange(model.n_items, dtype=np.int64)
+        if rows is None
+        else np.asarray(rows, dtype=np.int64)
+    ) + 1
     out = np.empty((len(idx_all), model.out_dim), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(idx_all), batch_size):
-            idx = torch.from_numpy(idx_all[start:start + batch_size]).to(dev)
-            out[start:start + len(idx)] = model.item_vectors(idx).float().cpu().numpy()
+            idx = torch.from_numpy(idx_all[start : start + batch_size]).to(dev)
+            out[start : start + len(idx)] = model.item_vectors(idx).float().cpu().numpy()
             if progress is not None:
                 progress(len(idx))
     return out
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_encoder(model: str, max_length: int, device: str,
-                    adapter: tuple[str, str] | None, precision: str) -> TextEncoder:
+def _cached_encoder(
+    model: str, max_length: int, device: str, adapter: tuple[str, str] | None, precision: str
+) -> TextEncoder:
     adapter_dir = Path(adapter[0]) if adapter else None
-    return TextEncoder(model, max_length=max_length, device=device, adapter_dir=adapter_dir,
-                       precision=precision)
+    return TextEncoder(
+        model, max_length=max_length, device=device, adapter_dir=adapter_dir, precision=precision
+    )
 
 
-def text_encoder(model: str, max_length: int, device: str, *,
-                 bundle: Bundle | None = None, precision: str = "auto") -> TextEncoder:
+def text_encoder(
+    model: str,
+    max_length: int,
+    device: str,
+    *,
+    bundle: Bundle | None = None,
+    precision: str = "auto",
+) -> TextEncoder:
     """The LM text encoder, loaded once per process (≈90 MB for MiniLM).
 
     For a bundle trained with ``text.mode = lora`` the encoder carries that bundle's tuned
@@ -92,25 +108,33 @@ def item_texts(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str]
     return [format_item_text(row, text_columns) for row in rows]
 
 
-def encode_new_items(bundle: Bundle, rows: Sequence[Mapping[str, object]], *,
-                     device: str = "auto", batch_size: int | None = None,
-                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+def encode_new_items(
+    bundle: Bundle,
+    rows: Sequence[Mapping[str, object]],
+    *,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """LM text embeddings (M, T) of new or edited items, formatted like the training text."""
     cfg = bundle.config.text
     texts = item_texts(rows, bundle.text_columns)
     dev = pick_device(device)
-    encoder = text_encoder(cfg.model, cfg.max_length, str(dev), bundle=bundle,
-                           precision=bundle_precision(bundle, dev))
+    encoder = text_encoder(
+        cfg.model, cfg.max_length, str(dev), bundle=bundle, precision=bundle_precision(bundle, dev)
+    )
     emb = encoder.encode(texts, batch_size=batch_size or cfg.batch_size, progress=progress)
     if emb.shape[1] != bundle.model.text_emb.shape[1]:
         raise ConfigError(
             f"text model {cfg.model!r} gives {emb.shape[1]}-dim embeddings, the bundle holds "
-            f"{bundle.model.text_emb.shape[1]}-dim ones")
+            f"{bundle.model.text_emb.shape[1]}-dim ones"
+        )
     return emb
 
 
-def query_vectors(bundle: Bundle, *, max_users: int = 1000, seed: int = 0,
-                  device: str | None = None) -> np.ndarray:
+def query_vectors(
+    bundle: Bundle, *, max_users: int = 1000, seed: int = 0, device: str | None = None
+) -> np.ndarray:
     """Up to ``max_users`` real user vectors from the bundle's training histories (Q, D).
 
     With no histories: sampled item vectors plus Gaussian noise of the same scale.
@@ -129,7 +153,7 @@ def query_vectors(bundle: Bundle, *, max_users: int = 1000, seed: int = 0,
         out = []
         with torch.inference_mode():
             for start in range(0, len(hists), 256):
-                hist = left_pad(hists[start:start + 256], model.cfg.max_len).to(dev)
+                hist = left_pad(hists[start : start + 256], model.cfg.max_len).to(dev)
                 out.append(model.user_vectors(hist).float().cpu().numpy())
         return np.concatenate(out).astype(np.float32)
     n = model.n_items

@@ -65,9 +65,11 @@ def load_index(bundle: Bundle) -> ItemIndex:
     if not section:
         raise BundleError(
             f"bundle {bundle.version} has no index; run `fusionrec index --store "
-            f"{bundle.path.parent}` first")
-    return ItemIndex.load(bundle.path, section, dim=bundle.model.out_dim,
-                          n_items=len(bundle.item_ids))
+            f"{bundle.path.parent}` first"
+        )
+    return ItemIndex.load(
+        bundle.path, section, dim=bundle.model.out_dim, n_items=len(bundle.item_ids)
+    )
 
 
 def load_text_index(bundle: Bundle) -> ItemIndex | None:
@@ -75,8 +77,13 @@ def load_text_index(bundle: Bundle) -> ItemIndex | None:
     section = bundle.manifest.get("text_index")
     if not section:
         return None
-    return ItemIndex.load(bundle.path, section, dim=int(bundle.model.text_emb.shape[1]),
-                          n_items=len(bundle.item_ids), prefix=TEXT_PREFIX)
+    return ItemIndex.load(
+        bundle.path,
+        section,
+        dim=int(bundle.model.text_emb.shape[1]),
+        n_items=len(bundle.item_ids),
+        prefix=TEXT_PREFIX,
+    )
 
 
 def text_rows(bundle: Bundle, rows: np.ndarray | Sequence[int]) -> np.ndarray:
@@ -85,9 +92,14 @@ def text_rows(bundle: Bundle, rows: np.ndarray | Sequence[int]) -> np.ndarray:
     return bundle.model.text_emb[idx.to(bundle.model.text_emb.device)].float().cpu().numpy()
 
 
-def build_text_index(bundle: Bundle, rows: np.ndarray, *, params: IndexParams,
-                     recall_floor: float, max_queries: int = 1000,
-                     ) -> tuple[ItemIndex, dict[str, Any]]:
+def build_text_index(
+    bundle: Bundle,
+    rows: np.ndarray,
+    *,
+    params: IndexParams,
+    recall_floor: float,
+    max_queries: int = 1000,
+) -> tuple[ItemIndex, dict[str, Any]]:
     """IVF-PQ over the text embeddings of ``rows``, tuned to the floor → (index, stats).
 
     Recall is measured against exact cosine search with sampled item texts as queries (the
@@ -97,13 +109,17 @@ def build_text_index(bundle: Bundle, rows: np.ndarray, *, params: IndexParams,
     rng = np.random.default_rng(params.seed)
     queries = text[rng.choice(len(rows), size=min(max_queries, len(rows)), replace=False)]
     p = replace(params, pq_m=0, nprobe=max(params.nprobe, 32))
-    index, recall, build_s, _ = build_tuned(text, rows, queries, kind="ivfpq", params=p,
-                                            floor=recall_floor)
-    return index, {"build_seconds": round(build_s, 3),
-                   "recall@10": round(recall["recall@10"], 5),
-                   "recall@100": round(recall["recall@100"], 5),
-                   "recall_floor": recall_floor, "recall_queries": len(queries),
-                   "recall_query_source": "sampled_item_texts"}
+    index, recall, build_s, _ = build_tuned(
+        text, rows, queries, kind="ivfpq", params=p, floor=recall_floor
+    )
+    return index, {
+        "build_seconds": round(build_s, 3),
+        "recall@10": round(recall["recall@10"], 5),
+        "recall@100": round(recall["recall@100"], 5),
+        "recall_floor": recall_floor,
+        "recall_queries": len(queries),
+        "recall_query_source": "sampled_item_texts",
+    }
 
 
 def _removed_rows(bundle: Bundle) -> set[int]:
@@ -119,15 +135,25 @@ def _removed_rows(bundle: Bundle) -> set[int]:
 
 def _child_manifest(bundle: Bundle, version: str) -> dict[str, Any]:
     manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
-    manifest.update({"version": version,
-                     "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                     "parent_version": bundle.version,
-                     "libraries": bundle_mod.library_versions()})
+    manifest.update(
+        {
+            "version": version,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "parent_version": bundle.version,
+            "libraries": bundle_mod.library_versions(),
+        }
+    )
     return manifest
 
 
-def _publish_child(store: Path, bundle: Bundle, *, rewrite: Sequence[str],
-                   write: Callable[[Path], dict[str, Any]], expect_current: bool) -> Path:
+def _publish_child(
+    store: Path,
+    bundle: Bundle,
+    *,
+    rewrite: Sequence[str],
+    write: Callable[[Path], dict[str, Any]],
+    expect_current: bool,
+) -> Path:
     """Stage a child of ``bundle``: link unchanged files, ``write`` the rest, publish.
 
     ``write(staged)`` writes the new files and returns the manifest updates.
@@ -144,21 +170,30 @@ def _publish_child(store: Path, bundle: Bundle, *, rewrite: Sequence[str],
             if now != bundle.version:
                 raise BundleError(
                     f"CURRENT moved from {bundle.version} to {now} while this update ran; "
-                    "nothing was published — retry on the new version")
+                    "nothing was published — retry on the new version"
+                )
         return bundle_mod.publish(store, staged, manifest)
 
 
-def _index_section(index: ItemIndex, staged: Path, files: dict[str, str],
-                   base: dict[str, Any]) -> dict[str, Any]:
-    return {**base, "kind": index.kind, "params": dict(index.params),
-            "n_vectors": index.ntotal, "dim": index.dim, "tombstones": index.tombstones,
-            "removed": len(index.removed),
-            "memory_bytes": int(sum((staged / f).stat().st_size for f in files)),
-            "files": files}
+def _index_section(
+    index: ItemIndex, staged: Path, files: dict[str, str], base: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        **base,
+        "kind": index.kind,
+        "params": dict(index.params),
+        "n_vectors": index.ntotal,
+        "dim": index.dim,
+        "tombstones": index.tombstones,
+        "removed": len(index.removed),
+        "memory_bytes": int(sum((staged / f).stat().st_size for f in files)),
+        "files": files,
+    }
 
 
-def _text_index_section(text_index: ItemIndex | None, staged: Path,
-                        base: dict[str, Any]) -> dict[str, Any] | None:
+def _text_index_section(
+    text_index: ItemIndex | None, staged: Path, base: dict[str, Any]
+) -> dict[str, Any] | None:
     if text_index is None:
         return None
     files = text_index.save(staged, prefix=TEXT_PREFIX)
@@ -167,17 +202,24 @@ def _text_index_section(text_index: ItemIndex | None, staged: Path,
 
 # ---- full build ---------------------------------------------------------------------------
 
+
 @dataclass
 class IndexResult:
     path: Path
     section: dict[str, Any]
 
 
-def build_for_bundle(bundle: Bundle, *, kind: IndexKind = "auto",
-                     params: IndexParams | None = None, batch_size: int = 8192,
-                     device: str = "auto", recall_floor: float = 0.95,
-                     max_queries: int = 1000,
-                     progress: Progress | None = None) -> tuple[ItemIndex, dict[str, Any]]:
+def build_for_bundle(
+    bundle: Bundle,
+    *,
+    kind: IndexKind = "auto",
+    params: IndexParams | None = None,
+    batch_size: int = 8192,
+    device: str = "auto",
+    recall_floor: float = 0.95,
+    max_queries: int = 1000,
+    progress: Progress | None = None,
+) -> tuple[ItemIndex, dict[str, Any]]:
     """Encode the bundle's live catalog, build, tune to the recall floor → (index, stats)."""
     p = params or IndexParams()
     removed = _removed_rows(bundle)
@@ -185,55 +227,80 @@ def build_for_bundle(bundle: Bundle, *, kind: IndexKind = "auto",
     rows = np.array([r for r in range(n) if r not in removed], dtype=np.int64)
     t0 = time.perf_counter()
     tick = None if progress is None else (lambda k: progress(k, len(rows)))
-    vectors = encode_catalog(bundle, batch_size=batch_size, device=device, rows=rows,
-                             progress=tick)
+    vectors = encode_catalog(bundle, batch_size=batch_size, device=device, rows=rows, progress=tick)
     encode_s = time.perf_counter() - t0
     queries = query_vectors(bundle, max_users=max_queries, device=device)
     source = "user_histories" if bundle.histories else "sampled_items_plus_noise"
     t1 = time.perf_counter()
-    index, recall, build_s, rebuilds = build_tuned(vectors, rows, queries, kind=kind,
-                                                   params=p, floor=recall_floor)
+    index, recall, build_s, rebuilds = build_tuned(
+        vectors, rows, queries, kind=kind, params=p, floor=recall_floor
+    )
     index.removed = removed
     bundle.model.cpu()
-    stats = {"build_seconds": round(build_s, 3), "encode_seconds": round(encode_s, 3),
-             "build_and_tune_seconds": round(time.perf_counter() - t1, 3),
-             "rebuilds": rebuilds,
-             "recall@10": round(recall["recall@10"], 5),
-             "recall@100": round(recall["recall@100"], 5), "recall_floor": recall_floor,
-             "recall_queries": len(queries), "recall_query_source": source,
-             "built_from_version": bundle.version, "requested_kind": kind,
-             "updates_since_build": 0}
+    stats = {
+        "build_seconds": round(build_s, 3),
+        "encode_seconds": round(encode_s, 3),
+        "build_and_tune_seconds": round(time.perf_counter() - t1, 3),
+        "rebuilds": rebuilds,
+        "recall@10": round(recall["recall@10"], 5),
+        "recall@100": round(recall["recall@100"], 5),
+        "recall_floor": recall_floor,
+        "recall_queries": len(queries),
+        "recall_query_source": source,
+        "built_from_version": bundle.version,
+        "requested_kind": kind,
+        "updates_since_build": 0,
+    }
     return index, stats
 
 
-def index_bundle(store: Path, *, version: str | None = None, kind: IndexKind = "auto",
-                 params: IndexParams | None = None, batch_size: int = 8192,
-                 device: str = "auto", recall_floor: float = 0.95, max_queries: int = 1000,
-                 threads: int | None = None, progress: Progress | None = None) -> Path:
+def index_bundle(
+    store: Path,
+    *,
+    version: str | None = None,
+    kind: IndexKind = "auto",
+    params: IndexParams | None = None,
+    batch_size: int = 8192,
+    device: str = "auto",
+    recall_floor: float = 0.95,
+    max_queries: int = 1000,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> Path:
     """Index a bundle (default CURRENT) and publish the result as a new version; its path."""
     set_faiss_threads(threads)
     p = params or IndexParams()
     bundle = load_bundle(store, version)
-    index, stats = build_for_bundle(bundle, kind=kind, params=p, batch_size=batch_size,
-                                    device=device, recall_floor=recall_floor,
-                                    max_queries=max_queries, progress=progress)
+    index, stats = build_for_bundle(
+        bundle,
+        kind=kind,
+        params=p,
+        batch_size=batch_size,
+        device=device,
+        recall_floor=recall_floor,
+        max_queries=max_queries,
+        progress=progress,
+    )
     text_index: ItemIndex | None = None
     text_stats: dict[str, Any] = {}
     if index.ntotal > p.text_index_min_items:
-        text_index, text_stats = build_text_index(bundle, index.rows(), params=p,
-                                                  recall_floor=recall_floor,
-                                                  max_queries=max_queries)
+        text_index, text_stats = build_text_index(
+            bundle, index.rows(), params=p, recall_floor=recall_floor, max_queries=max_queries
+        )
         text_index.removed = set(index.removed)
 
     def write(staged: Path) -> dict[str, Any]:
         files = index.save(staged)
-        return {"index": _index_section(index, staged, files, stats),
-                "text_index": _text_index_section(text_index, staged, text_stats)}
+        return {
+            "index": _index_section(index, staged, files, stats),
+            "text_index": _text_index_section(text_index, staged, text_stats),
+        }
 
     return _publish_child(store, bundle, rewrite=(), write=write, expect_current=False)
 
 
 # ---- incremental updates ------------------------------------------------------------------
+
 
 @dataclass
 class UpsertResult:
@@ -242,8 +309,10 @@ class UpsertResult:
     rows: list[int] = field(default_factory=list)  # catalog row of each input row
 
 
-def _clean_rows(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str],
-                ) -> list[dict[str, object]]:
+def _clean_rows(
+    rows: Sequence[Mapping[str, object]],
+    text_columns: Sequence[str],
+) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     seen: set[str] = set()
     for i, row in enumerate(rows):
@@ -263,9 +332,14 @@ def _clean_rows(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str
     return out
 
 
-def upsert_in_memory(bundle: Bundle, index: ItemIndex, rows: Sequence[Mapping[str, object]],
-                     *, device: str = "auto", text_index: ItemIndex | None = None,
-                     ) -> UpsertResult:
+def upsert_in_memory(
+    bundle: Bundle,
+    index: ItemIndex,
+    rows: Sequence[Mapping[str, object]],
+    *,
+    device: str = "auto",
+    text_index: ItemIndex | None = None,
+) -> UpsertResult:
     """Add new items (text path only) and re-encode edited ones, in ``bundle`` and ``index``.
 
     Each row has ``item_id`` and text columns; columns a row leaves out keep their old value
@@ -282,13 +356,15 @@ def upsert_in_memory(bundle: Bundle, index: ItemIndex, rows: Sequence[Mapping[st
     merged: list[dict[str, object]] = []
     for row in clean:
         k = index_of.get(str(row["item_id"]))
-        base: dict[str, object] = ({c: items.at[k - 1, c] for c in cols} if k is not None
-                                   else {c: "" for c in cols})
+        base: dict[str, object] = (
+            {c: items.at[k - 1, c] for c in cols} if k is not None else {c: "" for c in cols}
+        )
         full = {**base, **row}
         if k is None and not any(str(full[c]).strip() for c in cols):
             raise DataError(
                 f"new item {row['item_id']!r} has no text in any of the columns {cols}; "
-                "a new item is encoded from its text alone")
+                "a new item is encoded from its text alone"
+            )
         merged.append(full)
     text = torch.from_numpy(encode_new_items(bundle, merged, device=device))
     result = UpsertResult()
@@ -306,8 +382,7 @@ def upsert_in_memory(bundle: Bundle, index: ItemIndex, rows: Sequence[Mapping[st
     if new_pos:
         start = len(bundle.item_ids)
         model.extend_catalog(text[new_pos])
-        new_frame = pd.DataFrame([{c: merged[i][c] for c in ["item_id", *cols]}
-                                  for i in new_pos])
+        new_frame = pd.DataFrame([{c: merged[i][c] for c in ["item_id", *cols]} for i in new_pos])
         bundle.items = pd.concat([items, new_frame], ignore_index=True)
         for j, i in enumerate(new_pos):
             bundle.item_ids.append(str(merged[i]["item_id"]))
@@ -322,8 +397,9 @@ def upsert_in_memory(bundle: Bundle, index: ItemIndex, rows: Sequence[Mapping[st
     return result
 
 
-def remove_in_memory(bundle: Bundle, index: ItemIndex, ids: Sequence[str], *,
-                     text_index: ItemIndex | None = None) -> list[int]:
+def remove_in_memory(
+    bundle: Bundle, index: ItemIndex, ids: Sequence[str], *, text_index: ItemIndex | None = None
+) -> list[int]:
     """Remove items from the index and mark them removed; their catalog rows stay.
 
     Unknown ids raise NotFoundError (naming them) and nothing changes. Returns the rows.
@@ -339,16 +415,24 @@ def remove_in_memory(bundle: Bundle, index: ItemIndex, ids: Sequence[str], *,
     return rows
 
 
-def persist_update(store: Path, bundle: Bundle, index: ItemIndex, *, note: dict[str, Any],
-                   expect_current: bool = True, text_index: ItemIndex | None = None) -> Path:
+def persist_update(
+    store: Path,
+    bundle: Bundle,
+    index: ItemIndex,
+    *,
+    note: dict[str, Any],
+    expect_current: bool = True,
+    text_index: ItemIndex | None = None,
+) -> Path:
     """Publish ``bundle`` + ``index`` (+ ``text_index``) after in-memory updates as a child.
 
     A bundle with a search index must be given it (``load_text_index``) so that it follows
     the catalog; leaving it out drops it from the child (search then scans exactly).
     """
     parent_section = dict(bundle.manifest.get("index", {}))
-    parent_text = {k: v for k, v in (bundle.manifest.get("text_index") or {}).items()
-                   if k != "files"}
+    parent_text = {
+        k: v for k, v in (bundle.manifest.get("text_index") or {}).items() if k != "files"
+    }
     history = list(parent_section.get("update_log", []))[-19:]
     history.append({"version_parent": bundle.version, **note})
 
@@ -359,31 +443,48 @@ def persist_update(store: Path, bundle: Bundle, index: ItemIndex, *, note: dict[
         base = {k: v for k, v in parent_section.items() if k not in ("files", "update_log")}
         base["updates_since_build"] = int(base.get("updates_since_build", 0)) + 1
         base["update_log"] = history
-        return {"index": _index_section(index, staged, files, base),
-                "text_index": _text_index_section(text_index, staged, parent_text),
-                "item_vocab_hash": bundle_mod.vocab_hash(bundle.item_ids),
-                "catalog": {"n_items": len(bundle.item_ids),
-                            "n_removed": len(index.removed),
-                            "n_added_after_training": len(bundle.item_ids) - int(
-                                bundle.manifest.get("data", {}).get("n_items", 0)),
-                            "n_text_only": int((~bundle.model.has_id[1:]).sum())}}
+        return {
+            "index": _index_section(index, staged, files, base),
+            "text_index": _text_index_section(text_index, staged, parent_text),
+            "item_vocab_hash": bundle_mod.vocab_hash(bundle.item_ids),
+            "catalog": {
+                "n_items": len(bundle.item_ids),
+                "n_removed": len(index.removed),
+                "n_added_after_training": len(bundle.item_ids)
+                - int(bundle.manifest.get("data", {}).get("n_items", 0)),
+                "n_text_only": int((~bundle.model.has_id[1:]).sum()),
+            },
+        }
 
-    return _publish_child(store, bundle,
-                          rewrite=(bundle_mod.CATALOG_FILE, bundle_mod.ITEMS_FILE),
-                          write=write, expect_current=expect_current)
+    return _publish_child(
+        store,
+        bundle,
+        rewrite=(bundle_mod.CATALOG_FILE, bundle_mod.ITEMS_FILE),
+        write=write,
+        expect_current=expect_current,
+    )
 
 
-def add_items(store: Path, rows: Sequence[Mapping[str, object]], *,
-              version: str | None = None, device: str = "auto") -> Path:
+def add_items(
+    store: Path,
+    rows: Sequence[Mapping[str, object]],
+    *,
+    version: str | None = None,
+    device: str = "auto",
+) -> Path:
     """Upsert items into a bundle's catalog and index; publish a new version."""
     bundle = load_bundle(store, version)
     index = load_index(bundle)
     text_index = load_text_index(bundle)
     result = upsert_in_memory(bundle, index, rows, device=device, text_index=text_index)
-    return persist_update(store, bundle, index,
-                          note={"op": "upsert", "added": len(result.added),
-                                "updated": len(result.updated)},
-                          expect_current=version is None, text_index=text_index)
+    return persist_update(
+        store,
+        bundle,
+        index,
+        note={"op": "upsert", "added": len(result.added), "updated": len(result.updated)},
+        expect_current=version is None,
+        text_index=text_index,
+    )
 
 
 def remove_items(store: Path, ids: Sequence[str], *, version: str | None = None) -> Path:
@@ -392,8 +493,14 @@ def remove_items(store: Path, ids: Sequence[str], *, version: str | None = None)
     index = load_index(bundle)
     text_index = load_text_index(bundle)
     rows = remove_in_memory(bundle, index, ids, text_index=text_index)
-    return persist_update(store, bundle, index, note={"op": "remove", "removed": len(rows)},
-                          expect_current=version is None, text_index=text_index)
+    return persist_update(
+        store,
+        bundle,
+        index,
+        note={"op": "remove", "removed": len(rows)},
+        expect_current=version is None,
+        text_index=text_index,
+    )
 
 
 def read_items_file(path: Path) -> list[dict[str, object]]:

@@ -217,12 +217,14 @@ def verify_files(directory: Path, files: dict[str, str]) -> None:
         f = directory / name
         if not f.is_file():
             raise BundleIntegrityError(
-                f"{directory}: file {name} listed in the manifest is missing")
+                f"{directory}: file {name} listed in the manifest is missing"
+            )
         actual = sha256_file(f)
         if actual != digest:
             raise BundleIntegrityError(
                 f"{f}: sha256 {actual[:12]}… does not match the manifest's {digest[:12]}…; "
-                "the file was changed or corrupted — refusing to load")
+                "the file was changed or corrupted — refusing to load"
+            )
 
 
 def verify(path: Path, manifest: dict[str, Any]) -> None:

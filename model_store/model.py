@@ -204,8 +204,9 @@ class FusedModel(nn.Module):
         self._text_part_cache: tuple[torch.Tensor, tuple[int, ...], torch.Tensor] | None = None
         # bumped by every catalog change; (key, encoder) of serving_encoder
         self._catalog_version = 0
-        self._encoder_cache: tuple[tuple[object, ...], Callable[[torch.Tensor],
-                                                                 torch.Tensor]] | None = None
+        self._encoder_cache: (
+            tuple[tuple[object, ...], Callable[[torch.Tensor], torch.Tensor]] | None
+        ) = None
 
     text_emb: torch.Tensor
     has_id: torch.Tensor
@@ -311,11 +312,18 @@ class FusedModel(nn.Module):
         ``_catalog_version`` are its key); training mode, a failed trace or check, or a
         torch without ``torch.jit`` (deprecated in recent torch) fall back to eager.
         """
-        key = (self.training, self._catalog_version, self.text_emb, self.has_id,
-               self.items.id_emb.weight)
+        key = (
+            self.training,
+            self._catalog_version,
+            self.text_emb,
+            self.has_id,
+            self.items.id_emb.weight,
+        )
         cached = self._encoder_cache
-        if cached is not None and all(a is b if isinstance(a, torch.Tensor) else a == b
-                                      for a, b in zip(cached[0], key, strict=True)):
+        if cached is not None and all(
+            a is b if isinstance(a, torch.Tensor) else a == b
+            for a, b in zip(cached[0], key, strict=True)
+        ):
             return cached[1]
         encoder = self.user_vectors if self.training else self._trace_user_vectors()
         self._encoder_cache = (key, encoder)
@@ -337,8 +345,7 @@ class FusedModel(nn.Module):
                 # not traced: a traced computation would project the catalog per call)
                 self.text_part_table()
                 traced = torch.jit.trace(_UserVectors(self), (example,), check_trace=False)
-                same = torch.allclose(traced(probe), self.user_vectors(probe),
-                                      rtol=1e-4, atol=1e-5)
+                same = torch.allclose(traced(probe), self.user_vectors(probe), rtol=1e-4, atol=1e-5)
         except Exception as exc:  # any failure means: serve eager
             log.warning("user encoder not traced (%s); serving it eagerly", exc)
             return self.user_vectors
@@ -361,8 +368,7 @@ class FusedModel(nn.Module):
         if self.training or self.cfg.fusion != "joint":
             return None
         try:
-            key = (self.text_emb._version,
-                   *(p._version for p in self.items.text_proj.parameters()))
+            key = (self.text_emb._version, *(p._version for p in self.items.text_proj.parameters()))
         except RuntimeError:  # inference tensors carry no version counter
             return None
         cached = self._text_part_cache

@@ -158,8 +158,13 @@ class TextEncoder(nn.Module):
         self.eval()
         # Tokenise once, unpadded; sort by true token length and pad each batch only to its
         # own longest text (no second tokenisation pass).
-        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")
         pad_id = int(self.tokenizer.pad_token_id or 0)
@@ -172,10 +177,13 @@ class TextEncoder(nn.Module):
             for row, i in enumerate(idx):
                 input_ids[row, : lengths[i]] = ids[i]
                 mask[row, : lengths[i]] = 1
-            with torch.autocast(self.device_.type, dtype=dtype or torch.float32,
-                                enabled=dtype is not None):
-                emb = self(torch.from_numpy(input_ids).to(self.device_),
-                           torch.from_numpy(mask).to(self.device_))
+            with torch.autocast(
+                self.device_.type, dtype=dtype or torch.float32, enabled=dtype is not None
+            ):
+                emb = self(
+                    torch.from_numpy(input_ids).to(self.device_),
+                    torch.from_numpy(mask).to(self.device_),
+                )
             out[idx] = emb.float().cpu().numpy()
             if progress is not None:
                 progress(len(idx))

@@ -123,8 +123,12 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
     )
 
 
-def windows(seqs: list[np.ndarray], weights: list[np.ndarray], max_len: int,
-            rng: np.random.Generator | None = None) -> Batch:
+def windows(
+    seqs: list[np.ndarray],
+    weights: list[np.ndarray],
+    max_len: int,
+    rng: np.random.Generator | None = None,
+) -> Batch:
     """Cut each sequence into next-item windows of ``max_len`` covering every target.
 
     The most recent window always ends at the last item. Without ``rng`` the windows do
@@ -180,8 +184,9 @@ def text_embeddings(
     path = cache_dir / "text" / f"{h.hexdigest()[:32]}.npy" if cache_dir else None
     if path is not None and path.exists():
         return np.load(path)
-    encoder = TextEncoder(cfg.text.model, max_length=cfg.text.max_length, device=device,
-                          precision=precision)
+    encoder = TextEncoder(
+        cfg.text.model, max_length=cfg.text.max_length, device=device, precision=precision
+    )
     emb = encoder.encode(texts, batch_size=cfg.text.batch_size, progress=progress)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -534,8 +539,11 @@ def train_and_publish(
     texts = dataset.item_texts()
     # the LM arithmetic the catalog's text embeddings were made with (manifest: text_model);
     # new items are later encoded the same way. LoRA's tuned embeddings are made in fp32.
-    precision_used = ("fp32" if cfg.text.mode == "lora" else
-                      resolve_precision(cfg.text.precision, pick_device(cfg.train.device)))
+    precision_used = (
+        "fp32"
+        if cfg.text.mode == "lora"
+        else resolve_precision(cfg.text.precision, pick_device(cfg.train.device))
+    )
     text = text_embeddings(
         texts, cfg, cache_dir=cache_dir, device=cfg.train.device, progress=text_progress
     )

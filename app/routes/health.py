@@ -21,12 +21,19 @@ async def healthz() -> Health:
 async def readyz(rec: RecommenderDep) -> Ready:
     snap = rec.ready()  # 503 not_ready while no bundle is loaded
     gateway = rec.cache.redis
-    return Ready(status="ready", model_version=snap.version,
-                 index=f"{snap.index.kind} ({snap.index_source})",
-                 index_items=snap.index.ntotal, catalog_items=snap.n_items,
-                 search_index=("exact scan" if snap.text_index is None else
-                               f"{snap.text_index.kind} ({snap.text_index.ntotal} items)"),
-                 redis="disabled" if gateway is None else gateway.breaker.state)
+    return Ready(
+        status="ready",
+        model_version=snap.version,
+        index=f"{snap.index.kind} ({snap.index_source})",
+        index_items=snap.index.ntotal,
+        catalog_items=snap.n_items,
+        search_index=(
+            "exact scan"
+            if snap.text_index is None
+            else f"{snap.text_index.kind} ({snap.text_index.ntotal} items)"
+        ),
+        redis="disabled" if gateway is None else gateway.breaker.state,
+    )
 
 
 @router.get("/metrics", response_class=Response)

@@ -20,5 +20,6 @@ async def get_item(item_id: str, rec: RecommenderDep) -> ItemOut:
 async def upsert_items(body: ItemsUpsert, rec: RecommenderDep) -> UpsertResponse:
     """Add or edit up to 1,000 items; live at once and persisted as a new bundle version."""
     result = await rec.upsert_items(items=[i.model_dump() for i in body.items])
-    return UpsertResponse(model_version=result.model_version, added=result.added,
-                          updated=result.updated)
+    return UpsertResponse(
+        model_version=result.model_version, added=result.added, updated=result.updated
+    )

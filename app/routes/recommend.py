@@ -24,21 +24,33 @@ def _response(answer: Answer) -> Response:
         if s.explanation is not None:
             item["explanation"] = s.explanation
         items.append(item)
-    body = {"model_version": answer.model_version, "strategy": answer.strategy,
-            "items": items, "unknown_items": answer.unknown_items}
+    body = {
+        "model_version": answer.model_version,
+        "strategy": answer.strategy,
+        "items": items,
+        "unknown_items": answer.unknown_items,
+    }
     return Response(orjson.dumps(body), media_type="application/json")
 
 
 @router.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
 async def recommend(body: RecommendRequest, rec: RecommenderDep) -> Response:
     """Next items for a user (stored history) or an explicit history; cold start when empty."""
-    return _response(await rec.recommend(
-        user_id=body.user_id, history=body.history, k=body.k, exclude=body.exclude,
-        exclude_history=body.exclude_history, explain=body.explain))
+    return _response(
+        await rec.recommend(
+            user_id=body.user_id,
+            history=body.history,
+            k=body.k,
+            exclude=body.exclude,
+            exclude_history=body.exclude_history,
+            explain=body.explain,
+        )
+    )
 
 
 @router.post("/search", response_model=RecommendResponse, response_model_exclude_none=True)
 async def search(body: SearchRequest, rec: RecommenderDep) -> Response:
     """Items matching a text query, reordered for the user when a user or history is given."""
-    return _response(await rec.search(query=body.query, user_id=body.user_id,
-                                      history=body.history, k=body.k))
+    return _response(
+        await rec.search(query=body.query, user_id=body.user_id, history=body.history, k=body.k)
+    )

@@ -13,8 +13,7 @@ router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard])
 @router.post("/events", response_model=EventOut)
 async def add_event(body: EventIn, rec: RecommenderDep) -> EventOut:
     """Append an interaction to the user's history; the user's cached vector is dropped."""
-    n = await rec.add_event(user_id=body.user_id, item_id=body.item_id,
-                            timestamp=body.timestamp)
+    n = await rec.add_event(user_id=body.user_id, item_id=body.item_id, timestamp=body.timestamp)
     return EventOut(history_length=n)
 
 
