@@ -29,7 +29,9 @@ set, the user reorders within it.
 
 **Micro-batching.** Model work runs on two worker threads (user encode + retrieval +
 rerank; query encode + text search) under ``torch.inference_mode``; concurrent requests
-are batched (``FUSIONREC_BATCH_MAX_SIZE``, ``FUSIONREC_BATCH_MAX_WAIT_MS``).
+are batched (``FUSIONREC_BATCH_MAX_SIZE``, ``FUSIONREC_BATCH_MAX_WAIT_MS``). The user
+encoder runs as one traced call (``FusedModel.serving_encoder``) so the worker does not
+queue for the GIL after every small op while the event loop holds it.
 
 **Upsert.** New items are encoded through the text path (``indexer.encode.encode_new_items``,
 the training text format → ``FusedModel.extend_catalog``/``replace_text`` →
