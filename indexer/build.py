@@ -74,9 +74,13 @@ def _names(prefix: str) -> tuple[str, str, str]:
 class IndexParams:
     """Build and search parameters; the tuned values are recorded in the manifest."""
 
-    flat_max_items: int = 200_000
-    # catalogs above this also get an ANN index over the text embeddings (POST /v1/search)
-    text_index_min_items: int = 200_000
+    # exact search up to the size the service scores with one dense matmul per batch; above
+    # it an exact FAISS scan per query costs more than HNSW at the recall floor (200k items:
+    # 652 vs 1,591 cache-hit req/s, docs/BENCHMARKS.md)
+    flat_max_items: int = DENSE_MAX_ITEMS
+    # catalogs above this also get an ANN index over the text embeddings (POST /v1/search;
+    # 200k items: 130 vs 195 req/s)
+    text_index_min_items: int = DENSE_MAX_ITEMS
     memory_budget_bytes: int = 4 << 30  # float vectors above this → ivfpq
     hnsw_m: int = 32
     hnsw_metric: Literal["l2_mips", "ip"] = "l2_mips"  # see the module docstring

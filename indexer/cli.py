@@ -20,7 +20,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from indexer.build import KINDS, IndexKind, IndexParams
+from indexer.build import DENSE_MAX_ITEMS, KINDS, IndexKind, IndexParams
 from model_store.errors import ConfigError, FusionrecError
 
 console = Console(stderr=True)
@@ -92,10 +92,12 @@ def index_cmd(
     recall_floor: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="refuse below this recall@100")
     ] = 0.95,
-    flat_max_items: Annotated[int, typer.Option(help="auto: exact search up to this")] = 200_000,
+    flat_max_items: Annotated[
+        int, typer.Option(help="auto: exact search up to this")
+    ] = DENSE_MAX_ITEMS,
     text_index_min_items: Annotated[
         int, typer.Option(help="build a search index over text embeddings above this many items")
-    ] = 200_000,
+    ] = DENSE_MAX_ITEMS,
     memory_budget_gb: Annotated[
         float, typer.Option(help="auto: IVF-PQ when float vectors exceed this")
     ] = 4.0,

@@ -12,7 +12,7 @@ loaded ``Bundle`` + ``ItemIndex``; the service calls them for ``POST /v1/items``
 ``persist_update`` to publish.
 
 **Search index.** For a catalog above ``IndexParams.text_index_min_items`` (default: the
-same 200k as exact item search) the build also writes ``text_index.faiss`` — an IVF-PQ index
+same 65,536 items as exact item search) the build also writes ``text_index.faiss`` — an IVF-PQ index
 over the LM text embeddings with one 8-bit code per dimension, tuned to the same recall floor
 on sampled item texts — so ``POST /v1/search`` need not scan every embedding per query; the
 service rescores its candidates exactly. It is updated with the item index on every upsert
