@@ -620,41 +620,26 @@ def build_index(
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
         index.add_with_ids(x, rows)
         return ItemIndex(index, "flat", {})
-    if built == "hnsw" and p.hnsw_metric == "ip":
-        hnsw = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = p.ef_construction
-        hnsw.add(x)
-        return ItemIndex(
-            hnsw,
-            "hnsw",
-            {
-                "M": p.hnsw_m,
-                "efConstruction": p.ef_construction,
-                "efSearch": p.ef_search,
-                "metric": "ip",
-            },
-            label_rows=rows.copy(),
-        )
     if built == "hnsw":
-        if p.hnsw_metric != "l2_mips":
+        meta: dict[str, Any] = {
+            "M": p.hnsw_m,
+            "efConstruction": p.ef_construction,
+            "efSearch": p.ef_search,
+            "metric": p.hnsw_metric,
+        }
+        if p.hnsw_metric == "ip":
+            hnsw = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            stored = x
+        elif p.hnsw_metric == "l2_mips":
+            radius = float(np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64).max()))
+            meta["radius"] = radius = max(radius, 1e-12)
+            hnsw = faiss.IndexHNSWFlat(d + 1, p.hnsw_m, faiss.METRIC_L2)
+            stored = _augment(x, radius)[0]
+        else:
             raise ConfigError(f"hnsw_metric {p.hnsw_metric!r}; valid: l2_mips, ip")
-        radius = float(np.sqrt(np.einsum("nd,nd->n", x, x, dtype=np.float64).max()))
-        radius = max(radius, 1e-12)
-        hnsw = faiss.IndexHNSWFlat(d + 1, p.hnsw_m, faiss.METRIC_L2)
         hnsw.hnsw.efConstruction = p.ef_construction
-        hnsw.add(_augment(x, radius)[0])
-        return ItemIndex(
-            hnsw,
-            "hnsw",
-            {
-                "M": p.hnsw_m,
-                "efConstruction": p.ef_construction,
-                "efSearch": p.ef_search,
-                "metric": "l2_mips",
-                "radius": radius,
-            },
-            label_rows=rows.copy(),
-        )
+        hnsw.add(stored)
+        return ItemIndex(hnsw, "hnsw", meta, label_rows=rows.copy())
     nlist = p.nlist or int(np.clip(round(2 * np.sqrt(n)), 1, 65_536))
     nlist = max(1, min(nlist, n // 39 or 1))
     m = _pq_m(d, p.pq_m)

@@ -20,6 +20,16 @@ def joint_model(n: int = 40, text_dim: int = 12) -> FusedModel:
     return FusedModel(cfg, text, has_id, torch.rand(n + 1)).eval()
 
 
+def fused_model(fusion: str) -> FusedModel:
+    """A small untrained model of the given fusion, 40 items with trained IDs."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(fusion=fusion, dim=16, max_len=8, n_layers=2, n_heads=2,
+                      text_history=5)  # type: ignore[arg-type]
+    text = F.normalize(torch.randn(41, 12), dim=-1)
+    text[0] = 0
+    return FusedModel(cfg, text, torch.ones(41, dtype=torch.bool), torch.rand(41)).eval()
+
+
 def test_user_vector_equals_last_position_of_the_full_sequence() -> None:
     model = joint_model()
     hist = left_pad([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [39], [36, 2, 36]], 8)
@@ -69,12 +79,7 @@ def test_leading_padding_changes_nothing() -> None:
     """Positions count from the end and padding is masked, so a batch can be padded to its
     longest history instead of max_len (the service does): same user vectors and scores."""
     for fusion in ("joint", "late", "id"):
-        torch.manual_seed(0)
-        cfg = ModelConfig(fusion=fusion, dim=16, max_len=8, n_layers=2, n_heads=2,
-                          text_history=5)  # type: ignore[arg-type]
-        text = F.normalize(torch.randn(41, 12), dim=-1)
-        text[0] = 0
-        model = FusedModel(cfg, text, torch.ones(41, dtype=torch.bool), torch.rand(41)).eval()
+        model = fused_model(fusion)
         model.use_head = True
         hists = [[1, 2, 3], [9, 10], [39]]
         full, short = left_pad(hists, 8), left_pad(hists, 3)
@@ -92,12 +97,7 @@ def test_serving_encoder_matches_eager_and_follows_the_catalog() -> None:
     """The traced encoder the service uses gives eager's numbers for every batch shape and
     every fusion, and is rebuilt when the catalog changes (new items, edited texts)."""
     for fusion in ("joint", "late", "id", "text"):
-        torch.manual_seed(0)
-        cfg = ModelConfig(fusion=fusion, dim=16, max_len=8, n_layers=2, n_heads=2,
-                          text_history=5)  # type: ignore[arg-type]
-        text = F.normalize(torch.randn(41, 12), dim=-1)
-        text[0] = 0
-        model = FusedModel(cfg, text, torch.ones(41, dtype=torch.bool), torch.rand(41)).eval()
+        model = fused_model(fusion)
         with torch.inference_mode():
             encode = model.serving_encoder()
             assert isinstance(encode, torch.jit.ScriptModule), fusion  # traced, not eager
