@@ -33,9 +33,16 @@ class Batch:
     inputs: torch.Tensor  # (B, L) item indices, 0 = padding, most recent at L-1
     targets: torch.Tensor  # (B, L) next item index at each position, 0 = no target
     weights: torch.Tensor  # (B, L) float weight of each target
+    # (B, L, K-1) the items 2..K steps ahead of each position, 0 = none (multi-target loss)
+    future: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.inputs.to(device), self.targets.to(device), self.weights.to(device))
+        return Batch(
+            self.inputs.to(device),
+            self.targets.to(device),
+            self.weights.to(device),
+            None if self.future is None else self.future.to(device),
+        )
 
 
 class ItemTower(nn.Module):

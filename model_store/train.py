@@ -62,6 +62,8 @@ class Prepared:
     valid: EvalSet | None
     valid_users: list[str]
     counts: np.ndarray  # (N + 1,) training interactions per item index
+    # per user, the timestamp of each training interaction (same order as ``sequences``)
+    times: list[np.ndarray] = field(default_factory=list)
     text_emb: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
 
     @property
@@ -96,6 +98,11 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
     else:
         train, valid = inter, inter.iloc[0:0]
     users, seqs, weights = split_by_user(train, items)
+    times = (
+        np.split(train["timestamp"].to_numpy(), np.cumsum([len(s) for s in seqs])[:-1])
+        if seqs
+        else []
+    )
     counts = np.bincount(
         np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64), minlength=len(items) + 1
     ).astype(np.float32)
@@ -120,7 +127,27 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
         valid=valid_set,
         valid_users=valid_users,
         counts=counts,
+        times=list(times),
     )
+
+
+def shuffle_ties(
+    seqs: list[np.ndarray],
+    weights: list[np.ndarray],
+    times: list[np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Randomly reorder each user's interactions that share a timestamp.
+
+    Ties are frequent (MovieLens: 44 % of users' last two items share a second); their
+    order in the file is arbitrary, so training on one fixed order teaches a spurious one.
+    """
+    out_s, out_w = [], []
+    for seq, w, ts in zip(seqs, weights, times, strict=True):
+        order = np.lexsort((rng.random(len(ts)), ts))
+        out_s.append(seq[order])
+        out_w.append(w[order])
+    return out_s, out_w
 
 
 def windows(
@@ -128,6 +155,7 @@ def windows(
     weights: list[np.ndarray],
     max_len: int,
     rng: np.random.Generator | None = None,
+    future: int = 1,
 ) -> Batch:
     """Cut each sequence into next-item windows of ``max_len`` covering every target.
 
@@ -136,9 +164,10 @@ def windows(
     items, so from epoch to epoch a target is seen with different amounts of context
     instead of always sitting at the start of a window with almost none.
     """
-    inputs, targets, ws = [], [], []
+    inputs, targets, ws, fut = [], [], [], []
     for seq, w in zip(seqs, weights, strict=True):
         n = len(seq)
+        ahead = np.concatenate([seq, np.zeros(future, dtype=np.int64)])
         end = n - 1  # targets are seq[1:]
         while end > 0:
             start = max(0, end - max_len)
@@ -149,6 +178,11 @@ def windows(
             x[max_len - m :] = seq[start:end]
             y[max_len - m :] = seq[start + 1 : end + 1]
             ww[max_len - m :] = w[start + 1 : end + 1]
+            if future > 1:
+                f = np.zeros((max_len, future - 1), dtype=np.int64)
+                for j in range(2, future + 1):
+                    f[max_len - m :, j - 2] = ahead[start + j : end + j]
+                fut.append(f)
             inputs.append(x)
             targets.append(y)
             ws.append(ww)
@@ -161,6 +195,7 @@ def windows(
         torch.from_numpy(np.stack(inputs)),
         torch.from_numpy(np.stack(targets)),
         torch.from_numpy(np.stack(ws)),
+        torch.from_numpy(np.stack(fut)) if fut else None,
     )
 
 
@@ -202,7 +237,12 @@ def text_embeddings(
 def rs_loss(
     model: FusedModel, batch: Batch, cfg: Config, sampler_logq: torch.Tensor | None
 ) -> torch.Tensor:
-    """Next-item cross-entropy at every non-padding position."""
+    """Next-item cross-entropy at every non-padding position.
+
+    With ``train.future_targets`` K > 1 each position also predicts the items 2..K steps
+    ahead (a multi-target softmax, the extra targets down-weighted): an order that is
+    partly arbitrary (same-second ratings) is then not learnt as if it were exact.
+    """
     states = model.sequence_states(batch.inputs)  # (B, L, D)
     mask = batch.targets > 0
     h = states[mask]  # (M, D)
@@ -211,10 +251,25 @@ def rs_loss(
     if sampler_logq is None:
         vectors = model.item_vectors()  # (N, D) for indices 1..N
         logits = h @ vectors.T
-        if cfg.train.mask_history:
-            logits = logits.masked_fill(seen_mask(batch, mask, y, model.n_items), -torch.inf)
-        loss = F.cross_entropy(logits, y - 1, reduction="none")
-        return (loss * w).sum() / w.sum()
+        seen = seen_pairs(batch, mask, y) if cfg.train.mask_history else None
+        if seen is not None:
+            logits = logits.index_put(seen, torch.tensor(MASKED, dtype=logits.dtype))
+        future = batch.future[mask] if batch.future is not None else None
+        if future is None or cfg.train.future_weight <= 0:
+            loss = F.cross_entropy(logits, y - 1, reduction="none")
+            return (loss * w).sum() / w.sum()
+        rows = torch.arange(len(y), device=y.device)
+        soft = torch.zeros_like(logits)
+        for j in range(future.shape[1]):
+            f = future[:, j]
+            ok = f > 0
+            wj = cfg.train.future_weight * cfg.train.future_decay**j
+            soft.index_put_((rows[ok], f[ok] - 1), w[ok] * wj, accumulate=True)
+        if seen is not None:  # a future item already in the history is not a target
+            soft.index_put_(seen, torch.zeros((), dtype=soft.dtype))
+        soft.index_put_((rows, y - 1), w, accumulate=True)
+        loss = -(soft * logits.log_softmax(-1)).sum()
+        return loss / soft.sum()
     # sampled softmax: in-batch targets + uniform negatives, logQ-corrected
     n = model.n_items
     k = cfg.train.num_negatives
@@ -226,21 +281,29 @@ def rs_loss(
     return (F.cross_entropy(logits, pos, reduction="none") * w).sum() / w.sum()
 
 
-def seen_mask(batch: Batch, mask: torch.Tensor, y: torch.Tensor, n_items: int) -> torch.Tensor:
-    """(M, N) True where an item already occurred in the window up to that position.
+# logit of an item left out of the softmax: finite, so a zero target weight times its
+# log-probability stays 0 (−inf would give NaN), and far below any real logit
+MASKED = -1e9
 
-    Serving and evaluation exclude the user's history, so the softmax is taken over the
-    items the user has not interacted with yet (the target itself always stays).
+
+def seen_pairs(
+    batch: Batch, mask: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) of every item already in the window up to each target position.
+
+    Rows index the M target positions (``mask``), columns the items (index − 1). Serving
+    and evaluation exclude the user's history, so the softmax is taken over the items the
+    user has not interacted with yet; the target itself always stays. A sparse list of
+    ≤ M·L pairs rather than an (M, N) mask: the catalog can be much wider than a window.
     """
     b, l = batch.inputs.shape
-    pos = torch.arange(l, device=y.device).expand(b, l)
-    first = torch.full((b, n_items + 1), l, dtype=torch.long, device=y.device)
-    first.scatter_reduce_(1, batch.inputs, pos, reduce="amin")
-    first[:, 0] = l  # padding never masks
-    rows = torch.arange(b, device=y.device)[:, None].expand(b, l)[mask]  # (M,)
-    cols = pos[mask]  # (M,)
-    seen = first[rows, 1:] <= cols[:, None]  # (M, N)
-    return seen & (torch.arange(1, n_items + 1, device=y.device)[None, :] != y[:, None])
+    pos = torch.arange(l, device=y.device)
+    rows_b = torch.arange(b, device=y.device)[:, None].expand(b, l)[mask]  # (M,)
+    cols_t = pos.expand(b, l)[mask]  # (M,)
+    hist = batch.inputs[rows_b]  # (M, L)
+    keep = (pos[None, :] <= cols_t[:, None]) & (hist > 0) & (hist != y[:, None])
+    r = torch.arange(len(y), device=y.device)[:, None].expand_as(hist)[keep]
+    return r, hist[keep] - 1
 
 
 def align_loss(model: FusedModel, batch: Batch, temperature: float) -> torch.Tensor:
@@ -254,6 +317,19 @@ def align_loss(model: FusedModel, batch: Batch, temperature: float) -> torch.Ten
     logits = z_id @ z_text.T / temperature
     labels = torch.arange(len(idx), device=idx.device)
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def swap_in(
+    params: list[torch.nn.Parameter], values: list[torch.Tensor] | None
+) -> list[torch.Tensor] | None:
+    """Load ``values`` into ``params`` (no-op for None); returns the values they held."""
+    if values is None:
+        return None
+    held = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, v in zip(params, values, strict=True):
+            p.copy_(v)
+    return held
 
 
 # ---- the training loop ----------------------------------------------------------------------
@@ -315,8 +391,10 @@ def fit(
             {"enabled": False, "reason": "text fusion is zero-shot"},
         )
 
-    data = windows(prep.sequences, prep.weights, cfg.model.max_len)
     sampler_logq = None
+    # the multi-target loss is a full-softmax one; a sampled softmax predicts the next item
+    future = tr.future_targets if prep.n_items <= tr.full_softmax_max_items else 1
+    data = windows(prep.sequences, prep.weights, cfg.model.max_len, future=future)
     if prep.n_items > tr.full_softmax_max_items:
         # each candidate appears in the batch with probability ≈ in-batch share + K/N
         freq = torch.from_numpy(prep.counts / max(prep.counts.sum(), 1.0))
@@ -334,7 +412,17 @@ def fit(
         )
     else:
         opt = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+    scheduler = (
+        torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="max", factor=tr.lr_decay_factor, patience=tr.lr_decay_patience
+        )
+        if tr.lr_decay_patience > 0
+        else None
+    )
     use_align = cfg.model.fusion == "joint" and tr.alpha > 0 and lora is None
+    # exponential moving average of the weights, validated and kept instead of the raw ones
+    ema = [p.detach().clone() for p in params] if tr.ema_decay > 0 else None
+    ema_steps = 0
 
     def snapshot() -> dict[str, Any]:
         snap = {"model": copy.deepcopy(model.state_dict())}
@@ -354,14 +442,23 @@ def fit(
     jitter = np.random.default_rng(tr.seed)
     for epoch in range(1, n_epochs + 1):
         model.train()
-        if tr.window_jitter and epoch > 1:
-            data = windows(prep.sequences, prep.weights, cfg.model.max_len, jitter)
+        if tr.shuffle_ties and prep.times:
+            seqs, ws = shuffle_ties(prep.sequences, prep.weights, prep.times, jitter)
+            overlap = jitter if tr.window_jitter else None
+            data = windows(seqs, ws, cfg.model.max_len, overlap, future=future)
+        elif tr.window_jitter and epoch > 1:
+            data = windows(prep.sequences, prep.weights, cfg.model.max_len, jitter, future=future)
         perm = torch.randperm(len(data.inputs), generator=gen)
         sums = {"loss_rs": 0.0, "loss_lm": 0.0}
         steps = 0
         for s in range(0, len(perm), tr.batch_size):
             sel = perm[s : s + tr.batch_size]
-            batch = Batch(data.inputs[sel], data.targets[sel], data.weights[sel]).to(device)
+            batch = Batch(
+                data.inputs[sel],
+                data.targets[sel],
+                data.weights[sel],
+                None if data.future is None else data.future[sel],
+            ).to(device)
             l_lm_lora = None
             if lora is not None:
                 # re-encode this batch's target items with gradients; others use the cache
@@ -383,6 +480,13 @@ def fit(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            if ema is not None:
+                # warm-up: early averages do not drag the random initial weights along
+                decay = min(tr.ema_decay, (1 + ema_steps) / (10 + ema_steps))
+                ema_steps += 1
+                with torch.no_grad():
+                    for e, p in zip(ema, params, strict=True):
+                        e.lerp_(p, 1.0 - decay)
             if lora is not None:
                 model.text_emb = model.text_emb.detach()
             sums["loss_rs"] += float(l_rs.detach())
@@ -391,6 +495,7 @@ def fit(
             "epoch": float(epoch),
             **{k: v / max(steps, 1) for k, v in sums.items()},
         }
+        live = swap_in(params, ema)  # validate and keep the averaged weights
         if valid is not None:
             ranks, top10 = rank_targets(model, valid, use_head=False)
             m = metrics_from_ranks(ranks, top10, prep.n_items)
@@ -402,8 +507,13 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if score > best[0]:
+        if scheduler is not None and valid is not None:
+            scheduler.step(score)
+        improved = score > best[0]
+        if improved:
             best = (score, epoch, snapshot(), row, row["seconds"])
+        swap_in(params, live)
+        if improved:
             bad = 0
         else:
             bad += 1

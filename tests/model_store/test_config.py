@@ -24,6 +24,10 @@ def test_round_trip() -> None:
         ({"model": {"dim": 30, "n_heads": 4}}, "divisible"),
         ({"train": {"alpha": -1}}, "train.alpha"),
         ({"text": {"mode": "full"}}, "valid: frozen, lora"),
+        ({"train": {"future_targets": 0}}, "train.future_targets=0"),
+        ({"train": {"future_decay": 0}}, "train.future_decay=0"),
+        ({"train": {"ema_decay": 1.0}}, "train.ema_decay=1.0"),
+        ({"train": {"lr_decay_factor": 2}}, "train.lr_decay_factor=2"),
     ],
 )
 def test_invalid_values_are_named(raw: dict, needle: str) -> None:

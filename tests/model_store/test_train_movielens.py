@@ -10,7 +10,7 @@ import pytest
 from model_store import movielens
 from model_store.config import Config
 from model_store.data import load_dataset
-from model_store.evaluate import metrics_from_ranks
+from model_store.evaluate import evaluate, metrics_from_ranks
 from model_store.train import fit, prepare, text_embeddings
 
 
@@ -40,3 +40,6 @@ def test_short_training_beats_popularity(data_movielens_raw: Path, tmp_path: Pat
     assert 0.01 < pop < 0.06  # the peers measured 0.029 on the test items
     assert result.valid_metrics["ndcg@10"] > 1.5 * pop, (result.valid_metrics, pop)
     assert prep.valid is not None and len(prep.valid) == 943
+    # the weights kept are the ones validated (with EMA on: the averaged ones)
+    again = evaluate(result.model, prep.valid, use_head=False)["all"]["ndcg@10"]
+    assert again == pytest.approx(result.valid_metrics["ndcg@10"], abs=1e-9)

@@ -7,7 +7,7 @@ import torch
 
 from model_store.config import Config
 from model_store.model import Batch, FusedModel
-from model_store.train import rs_loss, seen_mask, windows
+from model_store.train import rs_loss, seen_pairs, shuffle_ties, windows
 
 
 def test_windows_cover_every_target_and_keep_the_latest_context() -> None:
@@ -27,12 +27,14 @@ def test_windows_cover_every_target_and_keep_the_latest_context() -> None:
                 assert c == a + 1
 
 
-def test_seen_mask_is_causal_and_spares_the_target() -> None:
+def test_seen_pairs_are_causal_and_spare_the_target() -> None:
     inputs = torch.tensor([[0, 3, 1, 2]])
     targets = torch.tensor([[0, 1, 2, 3]])  # target 3 re-consumed at the last position
     batch = Batch(inputs, targets, torch.ones(1, 4))
     mask = targets > 0
-    seen = seen_mask(batch, mask, targets[mask], n_items=4)
+    rows, cols = seen_pairs(batch, mask, targets[mask])
+    seen = torch.zeros(3, 4, dtype=torch.bool)
+    seen[rows, cols] = True
     # rows: positions 1, 2, 3; columns: items 1..4
     assert seen.tolist() == [
         [False, False, True, False],  # saw {3}; target 1
@@ -57,3 +59,48 @@ def test_sampled_softmax_matches_full_softmax_scale() -> None:
     assert torch.isfinite(full) and torch.isfinite(sampled)
     sampled.backward()
     assert model.items.id_emb.weight.grad is not None
+
+
+def test_windows_carry_the_items_further_ahead_for_the_multi_target_loss() -> None:
+    seq = np.arange(1, 13)
+    b = windows([seq], [np.ones(12, np.float32)], 4, future=3)
+    assert b.future is not None and b.future.shape == (len(b.inputs), 4, 2)
+    for x, f in zip(b.inputs, b.future, strict=True):
+        for a, ahead in zip(x.tolist(), f.tolist(), strict=True):
+            if a > 0:  # items 2 and 3 steps ahead, 0 past the end of the sequence
+                assert ahead == [a + 2 if a + 2 <= 12 else 0, a + 3 if a + 3 <= 12 else 0]
+    assert windows([seq], [np.ones(12, np.float32)], 4).future is None
+
+
+def test_multi_target_loss_reduces_to_next_item_loss_and_rewards_the_future() -> None:
+    torch.manual_seed(0)
+    n = 30
+    cfg = Config()
+    cfg.model.dim, cfg.model.max_len, cfg.model.fusion = 16, 6, "id"
+    model = FusedModel(cfg.model, torch.randn(n + 1, 8), torch.ones(n + 1, dtype=torch.bool),
+                       torch.zeros(n + 1))
+    model.eval()
+    seqs = [np.random.default_rng(s).permutation(n)[:10] + 1 for s in range(3)]
+    ones = [np.ones(10, np.float32) for _ in seqs]
+    plain = windows(seqs, ones, 6)
+    multi = windows(seqs, ones, 6, future=3)
+    base = rs_loss(model, plain, cfg, None)
+    cfg.train.future_weight = 0.0
+    assert torch.allclose(rs_loss(model, multi, cfg, None), base)
+    cfg.train.future_weight = 0.5
+    with_future = rs_loss(model, multi, cfg, None)
+    assert torch.isfinite(with_future) and not torch.allclose(with_future, base)
+
+
+def test_shuffle_ties_only_reorders_items_sharing_a_timestamp() -> None:
+    seq = np.arange(1, 9)
+    ts = np.array([5, 5, 5, 7, 8, 8, 9, 9])
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(30):
+        (s,), (w,) = shuffle_ties([seq], [seq.astype(np.float32)], [ts], rng)
+        assert sorted(s[:3].tolist()) == [1, 2, 3] and s[3] == 4
+        assert sorted(s[4:6].tolist()) == [5, 6] and sorted(s[6:].tolist()) == [7, 8]
+        assert w.tolist() == s.astype(np.float32).tolist()  # weights move with their items
+        seen.add(tuple(s.tolist()))
+    assert len(seen) > 1
