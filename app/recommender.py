@@ -17,7 +17,7 @@ No usable history → cold start: items by ``log_pop`` (training popularity), fl
 **Search.** The query is encoded by the bundle's own text model (the ``TextEncoder`` that
 produced ``text_emb``); ``c_i = cos(q, t_i)`` is an exact matmul against ``text_emb`` and
 the top ``N`` candidates by ``c`` are kept. A bundle with a search index (catalogs above
-200k items, see ``indexer.publish``) takes its candidates from that IVF-PQ index instead of
+65,536 items, see ``indexer.publish``) takes its candidates from that IVF-PQ index instead of
 the full scan, then rescores them exactly against ``text_emb``. Without a user the score is
 ``c_i``. With a user vector ``u`` the retrieval score ``r_i = <u, v_i>`` is blended after
 standardising both over the N candidates::
