@@ -89,10 +89,6 @@ class TrainConfig:
     alpha: float = 0.1
     align_temperature: float = 0.1
     patience: int = 10
-    # halve the learning rate when validation NDCG@10 has not improved for this many epochs
-    # (0 = constant learning rate)
-    lr_decay_patience: int = 0
-    lr_decay_factor: float = 0.5
     # exponential moving average of the weights (per step); validated, kept and published
     # instead of the raw weights (0 = off)
     ema_decay: float = 0.98
@@ -106,8 +102,6 @@ class TrainConfig:
     # multi-target loss: each position also predicts the items 2..K steps ahead, the j-th
     # extra one weighted future_weight · future_decay^(j-1) (K = 1: next item only)
     future_targets: int = 5
-    # reorder same-timestamp interactions at random every epoch
-    shuffle_ties: bool = False
     future_weight: float = 0.5
     future_decay: float = 0.7
     num_negatives: int = 2048
@@ -187,11 +181,6 @@ class Config:
             )
         if not 0.0 <= tr.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay={tr.ema_decay} must be in [0, 1)")
-        if tr.lr_decay_patience < 0 or not 0.0 < tr.lr_decay_factor < 1.0:
-            raise ConfigError(
-                f"train.lr_decay_patience={tr.lr_decay_patience} must be >= 0 and "
-                f"train.lr_decay_factor={tr.lr_decay_factor} in (0, 1)"
-            )
         return self
 
 

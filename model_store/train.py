@@ -62,8 +62,6 @@ class Prepared:
     valid: EvalSet | None
     valid_users: list[str]
     counts: np.ndarray  # (N + 1,) training interactions per item index
-    # per user, the timestamp of each training interaction (same order as ``sequences``)
-    times: list[np.ndarray] = field(default_factory=list)
     text_emb: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
 
     @property
@@ -98,11 +96,6 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
     else:
         train, valid = inter, inter.iloc[0:0]
     users, seqs, weights = split_by_user(train, items)
-    times = (
-        np.split(train["timestamp"].to_numpy(), np.cumsum([len(s) for s in seqs])[:-1])
-        if seqs
-        else []
-    )
     counts = np.bincount(
         np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64), minlength=len(items) + 1
     ).astype(np.float32)
@@ -127,27 +120,7 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
         valid=valid_set,
         valid_users=valid_users,
         counts=counts,
-        times=list(times),
     )
-
-
-def shuffle_ties(
-    seqs: list[np.ndarray],
-    weights: list[np.ndarray],
-    times: list[np.ndarray],
-    rng: np.random.Generator,
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Randomly reorder each user's interactions that share a timestamp.
-
-    Ties are frequent (MovieLens: 44 % of users' last two items share a second); their
-    order in the file is arbitrary, so training on one fixed order teaches a spurious one.
-    """
-    out_s, out_w = [], []
-    for seq, w, ts in zip(seqs, weights, times, strict=True):
-        order = np.lexsort((rng.random(len(ts)), ts))
-        out_s.append(seq[order])
-        out_w.append(w[order])
-    return out_s, out_w
 
 
 def windows(
@@ -253,7 +226,7 @@ def rs_loss(
         logits = h @ vectors.T
         seen = seen_pairs(batch, mask, y) if cfg.train.mask_history else None
         if seen is not None:
-            logits = logits.index_put(seen, torch.tensor(MASKED, dtype=logits.dtype))
+            logits = logits.index_put(seen, logits.new_tensor(MASKED))
         future = batch.future[mask] if batch.future is not None else None
         if future is None or cfg.train.future_weight <= 0:
             loss = F.cross_entropy(logits, y - 1, reduction="none")
@@ -266,7 +239,7 @@ def rs_loss(
             wj = cfg.train.future_weight * cfg.train.future_decay**j
             soft.index_put_((rows[ok], f[ok] - 1), w[ok] * wj, accumulate=True)
         if seen is not None:  # a future item already in the history is not a target
-            soft.index_put_(seen, torch.zeros((), dtype=soft.dtype))
+            soft.index_put_(seen, soft.new_zeros(()))
         soft.index_put_((rows, y - 1), w, accumulate=True)
         loss = -(soft * logits.log_softmax(-1)).sum()
         return loss / soft.sum()
@@ -412,13 +385,6 @@ def fit(
         )
     else:
         opt = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
-    scheduler = (
-        torch.optim.lr_scheduler.ReduceLROnPlateau(
-            opt, mode="max", factor=tr.lr_decay_factor, patience=tr.lr_decay_patience
-        )
-        if tr.lr_decay_patience > 0
-        else None
-    )
     use_align = cfg.model.fusion == "joint" and tr.alpha > 0 and lora is None
     # exponential moving average of the weights, validated and kept instead of the raw ones
     ema = [p.detach().clone() for p in params] if tr.ema_decay > 0 else None
@@ -442,11 +408,7 @@ def fit(
     jitter = np.random.default_rng(tr.seed)
     for epoch in range(1, n_epochs + 1):
         model.train()
-        if tr.shuffle_ties and prep.times:
-            seqs, ws = shuffle_ties(prep.sequences, prep.weights, prep.times, jitter)
-            overlap = jitter if tr.window_jitter else None
-            data = windows(seqs, ws, cfg.model.max_len, overlap, future=future)
-        elif tr.window_jitter and epoch > 1:
+        if tr.window_jitter and epoch > 1:
             data = windows(prep.sequences, prep.weights, cfg.model.max_len, jitter, future=future)
         perm = torch.randperm(len(data.inputs), generator=gen)
         sums = {"loss_rs": 0.0, "loss_lm": 0.0}
@@ -507,8 +469,6 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        if scheduler is not None and valid is not None:
-            scheduler.step(score)
         improved = score > best[0]
         if improved:
             best = (score, epoch, snapshot(), row, row["seconds"])

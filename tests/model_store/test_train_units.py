@@ -7,7 +7,7 @@ import torch
 
 from model_store.config import Config
 from model_store.model import Batch, FusedModel
-from model_store.train import rs_loss, seen_pairs, shuffle_ties, windows
+from model_store.train import rs_loss, seen_pairs, windows
 
 
 def test_windows_cover_every_target_and_keep_the_latest_context() -> None:
@@ -90,17 +90,3 @@ def test_multi_target_loss_reduces_to_next_item_loss_and_rewards_the_future() ->
     cfg.train.future_weight = 0.5
     with_future = rs_loss(model, multi, cfg, None)
     assert torch.isfinite(with_future) and not torch.allclose(with_future, base)
-
-
-def test_shuffle_ties_only_reorders_items_sharing_a_timestamp() -> None:
-    seq = np.arange(1, 9)
-    ts = np.array([5, 5, 5, 7, 8, 8, 9, 9])
-    rng = np.random.default_rng(0)
-    seen = set()
-    for _ in range(30):
-        (s,), (w,) = shuffle_ties([seq], [seq.astype(np.float32)], [ts], rng)
-        assert sorted(s[:3].tolist()) == [1, 2, 3] and s[3] == 4
-        assert sorted(s[4:6].tolist()) == [5, 6] and sorted(s[6:].tolist()) == [7, 8]
-        assert w.tolist() == s.astype(np.float32).tolist()  # weights move with their items
-        seen.add(tuple(s.tolist()))
-    assert len(seen) > 1
