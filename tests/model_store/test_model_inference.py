@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from model_store import model as model_mod
 from model_store.config import ModelConfig
 from model_store.model import FusedModel, left_pad
 
@@ -133,3 +134,29 @@ def test_serving_encoder_falls_back_to_eager(monkeypatch: pytest.MonkeyPatch) ->
         assert model.serving_encoder() == model.user_vectors  # the bound eager method
     model.train()
     assert model.serving_encoder() == model.user_vectors  # training never traces
+
+
+def test_training_path_with_dropout_off_matches_inference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The written-out attention of training (CPU) is the fused attention of inference."""
+    model = joint_model()
+    hist = left_pad([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11], [12]], 8)
+    want = model.sequence_states(hist)
+    monkeypatch.setattr(model_mod, "dropout", lambda x, p, training: x)
+    model.train()
+    got = model.sequence_states(hist)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_cpu_dropout_drops_p_and_keeps_the_mean() -> None:
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    y = model_mod.dropout(x, 0.2, True)
+    assert abs(float((y == 0).float().mean()) - 0.2) < 0.005
+    assert abs(float(y.mean()) - 1.0) < 0.01
+    assert model_mod.dropout(x, 0.2, False) is x
+    torch.manual_seed(1)
+    a = model_mod.dropout(x, 0.5, True)
+    torch.manual_seed(1)
+    assert torch.equal(a, model_mod.dropout(x, 0.5, True))  # seeded like torch's own

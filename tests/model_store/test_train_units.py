@@ -90,3 +90,41 @@ def test_multi_target_loss_reduces_to_next_item_loss_and_rewards_the_future() ->
     cfg.train.future_weight = 0.5
     with_future = rs_loss(model, multi, cfg, None)
     assert torch.isfinite(with_future) and not torch.allclose(with_future, base)
+
+
+def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
+    """The gathered form equals −Σ soft·log_softmax over the masked logits, written out."""
+    torch.manual_seed(0)
+    n = 25
+    cfg = Config()
+    cfg.model.dim, cfg.model.max_len, cfg.model.fusion = 16, 5, "id"
+    model = FusedModel(
+        cfg.model, torch.randn(n + 1, 8), torch.ones(n + 1, dtype=torch.bool), torch.zeros(n + 1)
+    )
+    model.eval()
+    rng = np.random.default_rng(3)
+    seqs = [rng.integers(1, n + 1, size=12) for _ in range(4)]  # repeats on purpose
+    ws = [rng.random(12).astype(np.float32) + 0.5 for _ in seqs]
+    batch = windows(seqs, ws, 5, future=4)
+    got = rs_loss(model, batch, cfg, None)
+
+    mask = batch.targets > 0
+    h = model.sequence_states(batch.inputs)[mask]
+    logits = h @ model.item_vectors().T
+    y, w = batch.targets[mask], batch.weights[mask]
+    assert batch.future is not None
+    fut = batch.future[mask]
+    rows_b, cols_t = torch.nonzero(mask, as_tuple=True)
+    soft = torch.zeros_like(logits)
+    for r in range(len(y)):
+        seen = {int(i) for i in batch.inputs[rows_b[r], : cols_t[r] + 1] if i > 0} - {int(y[r])}
+        for i in seen:
+            logits[r, i - 1] = -1e9
+        soft[r, y[r] - 1] += w[r]
+        for j in range(fut.shape[1]):
+            f = int(fut[r, j])
+            if f > 0 and f not in seen:
+                wj = cfg.train.future_weight * cfg.train.future_decay**j
+                soft[r, f - 1] += w[r] * wj
+    want = -(soft * logits.log_softmax(-1)).sum() / soft.sum()
+    assert torch.allclose(got, want, rtol=1e-5)
