@@ -104,10 +104,6 @@ class TrainConfig:
     future_targets: int = 5
     future_weight: float = 0.5
     future_decay: float = 0.7
-    # an item 2..K ahead within tie_seconds of the next item gets at least tie_weight
-    # (0 = off): same-second ratings come in an arbitrary order
-    tie_weight: float = 0.0
-    tie_seconds: int = 0
     num_negatives: int = 2048
     holdout: bool = True
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -182,11 +178,6 @@ class Config:
             raise ConfigError(
                 f"train.future_weight={tr.future_weight} must be >= 0 and "
                 f"train.future_decay={tr.future_decay} in (0, 1]"
-            )
-        if tr.tie_weight < 0 or tr.tie_seconds < 0:
-            raise ConfigError(
-                f"train.tie_weight={tr.tie_weight} and train.tie_seconds={tr.tie_seconds} "
-                "must be >= 0"
             )
         if not 0.0 <= tr.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay={tr.ema_decay} must be in [0, 1)")

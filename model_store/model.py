@@ -35,8 +35,6 @@ class Batch:
     weights: torch.Tensor  # (B, L) float weight of each target
     # (B, L, K-1) the items 2..K steps ahead of each position, 0 = none (multi-target loss)
     future: torch.Tensor | None = None
-    # (B, L, K-1) whether each of those items is tied in time with the next item
-    future_tied: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
@@ -44,7 +42,6 @@ class Batch:
             self.targets.to(device),
             self.weights.to(device),
             None if self.future is None else self.future.to(device),
-            None if self.future_tied is None else self.future_tied.to(device),
         )
 
 

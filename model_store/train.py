@@ -62,8 +62,6 @@ class Prepared:
     valid: EvalSet | None
     valid_users: list[str]
     counts: np.ndarray  # (N + 1,) training interactions per item index
-    # timestamp of each training interaction, aligned with ``sequences`` (empty: unknown)
-    times: list[np.ndarray] = field(default_factory=list)
     text_emb: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0, 0)))
 
     @property
@@ -114,8 +112,6 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
                 targets.append(int(t))
                 valid_users.append(u)
         valid_set = EvalSet(hists, targets)
-    bounds = np.cumsum([len(q) for q in seqs])[:-1]
-    times = np.split(train["timestamp"].to_numpy(dtype=np.int64), bounds) if seqs else []
     return Prepared(
         item_ids=items.tolist(),
         users=users,
@@ -124,7 +120,6 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
         valid=valid_set,
         valid_users=valid_users,
         counts=counts,
-        times=times,
     )
 
 
@@ -134,8 +129,6 @@ def windows(
     max_len: int,
     rng: np.random.Generator | None = None,
     future: int = 1,
-    times: list[np.ndarray] | None = None,
-    tie_seconds: int = 0,
 ) -> Batch:
     """Cut each sequence into next-item windows of ``max_len`` covering every target.
 
@@ -143,18 +136,11 @@ def windows(
     not overlap; with it, each earlier window overlaps the next by a random 0..max_len/2
     items, so from epoch to epoch a target is seen with different amounts of context
     instead of always sitting at the start of a window with almost none.
-
-    With ``future`` K > 1 the batch also carries the items 2..K steps ahead of each position
-    and, given ``times``, whether each of them lies within ``tie_seconds`` of the next item
-    (``Batch.future_tied``): such an item could as well have been the next one.
     """
-    inputs, targets, ws, fut, tied = [], [], [], [], []
-    for u, (seq, w) in enumerate(zip(seqs, weights, strict=True)):
+    inputs, targets, ws, fut = [], [], [], []
+    for seq, w in zip(seqs, weights, strict=True):
         n = len(seq)
         ahead = np.concatenate([seq, np.zeros(future, dtype=np.int64)])
-        if times is not None:
-            t = times[u]
-            t_ahead = np.concatenate([t, np.full(future, np.iinfo(np.int64).max // 2)])
         end = n - 1  # targets are seq[1:]
         while end > 0:
             start = max(0, end - max_len)
@@ -170,12 +156,6 @@ def windows(
                 for j in range(2, future + 1):
                     f[max_len - m :, j - 2] = ahead[start + j : end + j]
                 fut.append(f)
-                if times is not None:
-                    g = np.zeros((max_len, future - 1), dtype=bool)
-                    nxt = t_ahead[start + 1 : end + 1]
-                    for j in range(2, future + 1):
-                        g[max_len - m :, j - 2] = t_ahead[start + j : end + j] - nxt <= tie_seconds
-                    tied.append(g)
             inputs.append(x)
             targets.append(y)
             ws.append(ww)
@@ -189,7 +169,6 @@ def windows(
         torch.from_numpy(np.stack(targets)),
         torch.from_numpy(np.stack(ws)),
         torch.from_numpy(np.stack(fut)) if fut else None,
-        torch.from_numpy(np.stack(tied)) if tied else None,
     )
 
 
@@ -263,12 +242,8 @@ def rs_loss(
                 keep = f > 0
                 if hist is not None:  # a future item already in the history is not a target
                     keep &= ~(f[:, None] == hist).any(-1)
-                wj = w * (cfg.train.future_weight * cfg.train.future_decay**j)
-                if batch.future_tied is not None:
-                    tied = batch.future_tied[mask][:, j]
-                    wj = torch.where(tied, torch.maximum(wj, w * cfg.train.tie_weight), wj)
                 cols.append(f)
-                wts.append(wj * keep)
+                wts.append(w * keep * (cfg.train.future_weight * cfg.train.future_decay**j))
         targets = torch.stack(cols, 1)  # (M, K)
         weights = torch.stack(wts, 1)
         # (log_softmax's fused backward is ~2x cheaper on the CPU than logsumexp's)
@@ -409,15 +384,7 @@ def fit(
     sampler_logq = None
     # the multi-target loss is a full-softmax one; a sampled softmax predicts the next item
     future = tr.future_targets if prep.n_items <= tr.full_softmax_max_items else 1
-    times = prep.times if (tr.tie_weight > 0 and prep.times) else None
-    data = windows(
-        prep.sequences,
-        prep.weights,
-        cfg.model.max_len,
-        future=future,
-        times=times,
-        tie_seconds=tr.tie_seconds,
-    )
+    data = windows(prep.sequences, prep.weights, cfg.model.max_len, future=future)
     if prep.n_items > tr.full_softmax_max_items:
         # each candidate appears in the batch with probability ≈ in-batch share + K/N
         freq = torch.from_numpy(prep.counts / max(prep.counts.sum(), 1.0))
@@ -459,15 +426,7 @@ def fit(
     for epoch in range(1, n_epochs + 1):
         model.train()
         if tr.window_jitter and epoch > 1:
-            data = windows(
-                prep.sequences,
-                prep.weights,
-                cfg.model.max_len,
-                jitter,
-                future=future,
-                times=times,
-                tie_seconds=tr.tie_seconds,
-            )
+            data = windows(prep.sequences, prep.weights, cfg.model.max_len, jitter, future=future)
         perm = torch.randperm(len(data.inputs), generator=gen)
         sums = {"loss_rs": 0.0, "loss_lm": 0.0}
         steps = 0
@@ -478,7 +437,6 @@ def fit(
                 data.targets[sel],
                 data.weights[sel],
                 None if data.future is None else data.future[sel],
-                None if data.future_tied is None else data.future_tied[sel],
             ).to(device)
             l_lm_lora = None
             if lora is not None:

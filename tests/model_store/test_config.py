@@ -27,8 +27,6 @@ def test_round_trip() -> None:
         ({"train": {"future_targets": 0}}, "train.future_targets=0"),
         ({"train": {"future_decay": 0}}, "train.future_decay=0"),
         ({"train": {"ema_decay": 1.0}}, "train.ema_decay=1.0"),
-        ({"train": {"tie_weight": -1}}, "train.tie_weight=-1"),
-        ({"train": {"tie_seconds": -5}}, "train.tie_seconds=-5"),
     ],
 )
 def test_invalid_values_are_named(raw: dict, needle: str) -> None:

@@ -92,34 +92,12 @@ def test_multi_target_loss_reduces_to_next_item_loss_and_rewards_the_future() ->
     assert torch.isfinite(with_future) and not torch.allclose(with_future, base)
 
 
-def test_windows_flag_the_future_items_tied_in_time_with_the_next_item() -> None:
-    seq = np.arange(1, 9)
-    t = np.array([0, 10, 10, 10, 20, 50, 50, 90])
-    b = windows([seq], [np.ones(8, np.float32)], 8, future=3, times=[t])
-    assert b.future is not None and b.future_tied is not None
-    x, f, g = b.inputs[0].tolist(), b.future[0].tolist(), b.future_tied[0].tolist()
-    rows = {a: (ahead, tie) for a, ahead, tie in zip(x, f, g, strict=True) if a > 0}
-    # position of item 1: next item 2 at t=10; items 3, 4 also at t=10
-    assert rows[1] == ([3, 4], [True, True])
-    # item 3: next item 4 at t=10; item 5 (t=20) is not tied, item 6 (t=50) neither
-    assert rows[3] == ([5, 6], [False, False])
-    # item 5: next item 6 at t=50, item 7 at t=50 tied, item 8 at t=90 not
-    assert rows[5] == ([7, 8], [True, False])
-    loose = windows([seq], [np.ones(8, np.float32)], 8, future=3, times=[t], tie_seconds=10)
-    assert loose.future_tied is not None and loose.future_tied[0][x.index(3)].tolist() == [
-        True,
-        False,
-    ]
-    assert windows([seq], [np.ones(8, np.float32)], 8, future=3).future_tied is None
-
-
 def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
     """The gathered form equals −Σ soft·log_softmax over the masked logits, written out."""
     torch.manual_seed(0)
     n = 25
     cfg = Config()
     cfg.model.dim, cfg.model.max_len, cfg.model.fusion = 16, 5, "id"
-    cfg.train.tie_weight = 0.9
     model = FusedModel(
         cfg.model, torch.randn(n + 1, 8), torch.ones(n + 1, dtype=torch.bool), torch.zeros(n + 1)
     )
@@ -127,16 +105,15 @@ def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
     rng = np.random.default_rng(3)
     seqs = [rng.integers(1, n + 1, size=12) for _ in range(4)]  # repeats on purpose
     ws = [rng.random(12).astype(np.float32) + 0.5 for _ in seqs]
-    times = [np.sort(rng.integers(0, 4, size=12)) for _ in seqs]
-    batch = windows(seqs, ws, 5, future=4, times=times)
+    batch = windows(seqs, ws, 5, future=4)
     got = rs_loss(model, batch, cfg, None)
 
     mask = batch.targets > 0
     h = model.sequence_states(batch.inputs)[mask]
     logits = h @ model.item_vectors().T
     y, w = batch.targets[mask], batch.weights[mask]
-    assert batch.future is not None and batch.future_tied is not None
-    fut, tied = batch.future[mask], batch.future_tied[mask]
+    assert batch.future is not None
+    fut = batch.future[mask]
     rows_b, cols_t = torch.nonzero(mask, as_tuple=True)
     soft = torch.zeros_like(logits)
     for r in range(len(y)):
@@ -148,6 +125,6 @@ def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
             f = int(fut[r, j])
             if f > 0 and f not in seen:
                 wj = cfg.train.future_weight * cfg.train.future_decay**j
-                soft[r, f - 1] += w[r] * (max(wj, cfg.train.tie_weight) if tied[r, j] else wj)
+                soft[r, f - 1] += w[r] * wj
     want = -(soft * logits.log_softmax(-1)).sum() / soft.sum()
     assert torch.allclose(got, want, rtol=1e-5)
