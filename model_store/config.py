@@ -82,7 +82,10 @@ class TrainConfig:
     """Optimisation and early stopping."""
 
     epochs: int = 200
-    batch_size: int = 128
+    # history windows per step; 0 = auto: the largest power of two in [16, 128] that still
+    # gives >= 128 optimizer steps per epoch (small datasets learn better from many small
+    # steps, large ones keep big batches; MovieLens-100k → 16)
+    batch_size: int = 0
     lr: float = 2e-3
     weight_decay: float = 0.0
     # α of L = L_RS + α·L_LM (InfoNCE ID↔text alignment in frozen mode, masked LM in lora mode)
@@ -91,7 +94,7 @@ class TrainConfig:
     patience: int = 10
     # exponential moving average of the weights (per step); validated, kept and published
     # instead of the raw weights (0 = off)
-    ema_decay: float = 0.98
+    ema_decay: float = 0.9975
     seed: int = 0
     # catalogs up to this size use the full softmax; larger ones sampled softmax (logQ corrected)
     full_softmax_max_items: int = 50_000
@@ -164,12 +167,13 @@ class Config:
             raise ConfigError(f"train.alpha={tr.alpha} must be >= 0")
         for name, value in (
             ("model.max_len", m.max_len),
-            ("train.batch_size", tr.batch_size),
             ("model.dim", m.dim),
             ("train.epochs", tr.epochs + 1),
         ):
             if value <= 0:
                 raise ConfigError(f"{name}={value} must be positive")
+        if tr.batch_size < 0:
+            raise ConfigError(f"train.batch_size={tr.batch_size} must be >= 0 (0 = auto)")
         if tr.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"train.device={tr.device!r}; valid: auto, cpu, cuda")
         if tr.future_targets < 1:

@@ -335,6 +335,24 @@ class TrainResult:
     seconds: float
     seconds_to_best: float
     rerank: dict[str, Any]
+    batch_size: int = 0
+
+
+AUTO_MIN_STEPS = 128
+
+
+def batch_size_for(requested: int, n_windows: int, *, lm_in_loop: bool = False) -> int:
+    """``train.batch_size``, or for 0 (auto) the largest power of two in [16, 128] that
+    leaves at least ``AUTO_MIN_STEPS`` optimizer steps per epoch; 128 when every step runs
+    the language model (``lora`` mode), whose forward pass then dominates a step."""
+    if requested > 0:
+        return requested
+    if lm_in_loop:
+        return 128
+    size = 16
+    while size < 128 and n_windows // (2 * size) >= AUTO_MIN_STEPS:
+        size *= 2
+    return size
 
 
 def build_model(cfg: Config, prep: Prepared, device: torch.device) -> FusedModel:
@@ -385,10 +403,11 @@ def fit(
     # the multi-target loss is a full-softmax one; a sampled softmax predicts the next item
     future = tr.future_targets if prep.n_items <= tr.full_softmax_max_items else 1
     data = windows(prep.sequences, prep.weights, cfg.model.max_len, future=future)
+    batch_size = batch_size_for(tr.batch_size, len(data.inputs), lm_in_loop=lora is not None)
     if prep.n_items > tr.full_softmax_max_items:
         # each candidate appears in the batch with probability ≈ in-batch share + K/N
         freq = torch.from_numpy(prep.counts / max(prep.counts.sum(), 1.0))
-        tokens = float((data.targets > 0).sum()) / len(data.targets) * tr.batch_size
+        tokens = float((data.targets > 0).sum()) / len(data.targets) * batch_size
         q = (1 - (1 - freq) ** tokens) + tr.num_negatives / prep.n_items
         sampler_logq = torch.log(q.clamp(min=1e-12, max=1.0)).float().to(device)
     params = list(model.parameters())
@@ -430,8 +449,8 @@ def fit(
         perm = torch.randperm(len(data.inputs), generator=gen)
         sums = {"loss_rs": 0.0, "loss_lm": 0.0}
         steps = 0
-        for s in range(0, len(perm), tr.batch_size):
-            sel = perm[s : s + tr.batch_size]
+        for s in range(0, len(perm), batch_size):
+            sel = perm[s : s + batch_size]
             batch = Batch(
                 data.inputs[sel],
                 data.targets[sel],
@@ -521,6 +540,7 @@ def fit(
         time.perf_counter() - t0,
         best[4],
         rerank,
+        batch_size,
     )
 
 
@@ -671,6 +691,7 @@ def train_and_publish(
                 "valid": result.valid_metrics,
                 "best_epoch": result.best_epoch,
                 "epochs_run": result.epochs_run,
+                "batch_size": result.batch_size,
                 "train_seconds": result.seconds,
                 "seconds_to_best": result.seconds_to_best,
                 "seconds_per_epoch": (

@@ -27,6 +27,7 @@ def test_round_trip() -> None:
         ({"train": {"future_targets": 0}}, "train.future_targets=0"),
         ({"train": {"future_decay": 0}}, "train.future_decay=0"),
         ({"train": {"ema_decay": 1.0}}, "train.ema_decay=1.0"),
+        ({"train": {"batch_size": -1}}, "train.batch_size=-1"),
     ],
 )
 def test_invalid_values_are_named(raw: dict, needle: str) -> None:

@@ -7,7 +7,7 @@ import torch
 
 from model_store.config import Config
 from model_store.model import Batch, FusedModel
-from model_store.train import rs_loss, seen_pairs, windows
+from model_store.train import batch_size_for, rs_loss, seen_pairs, windows
 
 
 def test_windows_cover_every_target_and_keep_the_latest_context() -> None:
@@ -128,3 +128,13 @@ def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
                 soft[r, f - 1] += w[r] * wj
     want = -(soft * logits.log_softmax(-1)).sum() / soft.sum()
     assert torch.allclose(got, want, rtol=1e-5)
+
+
+def test_auto_batch_size_keeps_enough_steps_per_epoch() -> None:
+    assert batch_size_for(64, 10) == 64  # an explicit size is kept
+    assert batch_size_for(0, 100) == 16  # tiny data: the smallest batch
+    assert batch_size_for(0, 2_412) == 16  # MovieLens-100k windows
+    assert batch_size_for(0, 128 * 32) == 32  # exactly 128 steps of 32
+    assert batch_size_for(0, 128 * 32 - 1) == 16
+    assert batch_size_for(0, 1_000_000) == 128  # large data keep big batches
+    assert batch_size_for(0, 100, lm_in_loop=True) == 128  # lora: the LM forward dominates
