@@ -1,0 +1,95 @@
+"""Training-step benchmark (not a test): seconds per epoch of MovieLens-100k training steps.
+
+    python bench/train_step.py [--data data/movielens-100k] [--batch-sizes 128,64,32,16]
+                               [--repeats 3] [--threads 2]
+
+Times what one epoch of ``fusionrec train`` spends in optimisation, without validation:
+the default joint model over the peers' training windows (each user's last two items held
+out, as in ``bench/quality.py``), multi-target L_RS + α·InfoNCE, backward, gradient clipping,
+AdamW. Each batch size runs ``--repeats`` epochs after one warm-up epoch; the table gives
+the median. Run it on two checkouts to compare code versions (same machine, one after the
+other, nothing else running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from model_store.ablate import split_for_test
+from model_store.config import Config
+from model_store.data import load_dataset
+from model_store.model import Batch
+from model_store.movielens import default_cache_dir
+from model_store.train import align_loss, build_model, prepare, rs_loss, text_embeddings, windows
+
+
+def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float], int]:
+    cfg = Config()
+    cfg.train.batch_size = batch_size
+    dataset = load_dataset(data)
+    train_ds, _ = split_for_test(dataset)
+    prep = prepare(train_ds, holdout=True)
+    prep.text_emb = text_embeddings(dataset.item_texts(), cfg, cache_dir=default_cache_dir())
+    torch.manual_seed(0)
+    model = build_model(cfg, prep, torch.device("cpu"))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    rng = np.random.default_rng(0)
+    times, steps = [], 0
+    for _ in range(repeats + 1):
+        batch_all = windows(prep.sequences, prep.weights, cfg.model.max_len, rng, future=5)
+        steps = -(-len(batch_all.inputs) // batch_size)
+        t0 = time.perf_counter()
+        for s in range(0, len(batch_all.inputs), batch_size):
+            sel = slice(s, s + batch_size)
+            assert batch_all.future is not None
+            b = Batch(
+                batch_all.inputs[sel],
+                batch_all.targets[sel],
+                batch_all.weights[sel],
+                batch_all.future[sel],
+            )
+            loss = rs_loss(model, b, cfg, None) + cfg.train.alpha * align_loss(
+                model, b, cfg.train.align_temperature
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+        times.append(time.perf_counter() - t0)
+    return times[1:], steps  # the first epoch warms up the allocator and kernels
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", type=Path, default=Path("data/movielens-100k"))
+    ap.add_argument("--batch-sizes", default="128,64,32,16")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, "
+        f"torch {torch.__version__}, {a.threads} threads, median of {a.repeats} epochs\n"
+    )
+    print("| batch size | steps per epoch | s per epoch (median) | all epochs (s) |")
+    print("|---|---|---|---|")
+    for bs in (int(x) for x in a.batch_sizes.split(",")):
+        secs, steps = epoch_seconds(a.data, bs, a.repeats)
+        print(
+            f"| {bs} | {steps} | {statistics.median(secs):.2f} | "
+            + ", ".join(f"{x:.2f}" for x in secs)
+            + " |"
+        )
+
+
+if __name__ == "__main__":
+    main()
