@@ -172,7 +172,12 @@ def test_api_command_serves_and_drains_on_sigterm(job_store: Path, tmp_path: Pat
     outcomes = load.outcomes
     assert not [o for o in outcomes if o.status >= 300], "no 5xx (nor any other error status)"
     in_flight = [o for o in outcomes if o.sent < t_term < o.done]
-    assert in_flight and all(o.status == 200 for o in in_flight)
+    # requests being served at SIGTERM complete; one whose bytes were still unread in the
+    # socket when the drain began is closed by uvicorn (connection reset, never a status):
+    # seen once in a full-suite run, for a request sent ~3 ms before the signal
+    assert any(o.status == 200 for o in in_flight), in_flight
+    assert all(o.status == 200 or (o.status == 0 and "ReadError" in o.error)
+               for o in in_flight), in_flight
     # sent well before SIGTERM: received and answered, never dropped
     assert all(o.status == 200 for o in outcomes if o.sent < t_term - 0.1)
     after = [o for o in outcomes if o.sent > t_exit]
