@@ -33,7 +33,6 @@ from model_store.train import align_loss, build_model, prepare, rs_loss, text_em
 
 def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float], int]:
     cfg = Config()
-    cfg.train.batch_size = batch_size
     dataset = load_dataset(data)
     train_ds, _ = split_for_test(dataset)
     prep = prepare(train_ds, holdout=True)
@@ -45,7 +44,9 @@ def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float
     rng = np.random.default_rng(0)
     times, steps = [], 0
     for _ in range(repeats + 1):
-        batch_all = windows(prep.sequences, prep.weights, cfg.model.max_len, rng, future=5)
+        batch_all = windows(
+            prep.sequences, prep.weights, cfg.model.max_len, rng, future=cfg.train.future_targets
+        )
         steps = -(-len(batch_all.inputs) // batch_size)
         t0 = time.perf_counter()
         for s in range(0, len(batch_all.inputs), batch_size):

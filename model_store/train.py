@@ -289,13 +289,6 @@ def pairs(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return rows, hist[keep] - 1
 
 
-def seen_pairs(
-    batch: Batch, mask: torch.Tensor, y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, column) pairs of :func:`seen_items`."""
-    return pairs(seen_items(batch, mask, y))
-
-
 def align_loss(model: FusedModel, batch: Batch, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE between ID embeddings and projected text of the batch's items."""
     idx = torch.unique(batch.targets[batch.targets > 0])

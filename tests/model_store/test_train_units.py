@@ -7,7 +7,7 @@ import torch
 
 from model_store.config import Config
 from model_store.model import Batch, FusedModel
-from model_store.train import batch_size_for, rs_loss, seen_pairs, windows
+from model_store.train import batch_size_for, pairs, rs_loss, seen_items, windows
 
 
 def test_windows_cover_every_target_and_keep_the_latest_context() -> None:
@@ -32,7 +32,7 @@ def test_seen_pairs_are_causal_and_spare_the_target() -> None:
     targets = torch.tensor([[0, 1, 2, 3]])  # target 3 re-consumed at the last position
     batch = Batch(inputs, targets, torch.ones(1, 4))
     mask = targets > 0
-    rows, cols = seen_pairs(batch, mask, targets[mask])
+    rows, cols = pairs(seen_items(batch, mask, targets[mask]))
     seen = torch.zeros(3, 4, dtype=torch.bool)
     seen[rows, cols] = True
     # rows: positions 1, 2, 3; columns: items 1..4
