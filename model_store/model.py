@@ -312,13 +312,18 @@ class FusedModel(nn.Module):
             return torch.cat([self._fused_items(idx), self.text_emb[idx]], dim=-1)
         return self._fused_items(idx)
 
-    def item_table(self) -> torch.Tensor:
-        """Fused vectors of every index 0..N (row 0 = padding) in one pass → (N + 1, D).
+    def item_table(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """The trained item vectors, the user encoder's inputs: of ``idx``, or of every index
+        0..N (row 0 = padding) in one pass → (N + 1, D).
 
-        Training needs all of them at each step (the full softmax), and then indexes the
-        history windows into the same table instead of fusing their items a second time.
+        Training scores with these (``late`` serves them concatenated with the raw text
+        embedding, which is not trained). The full softmax needs all of them at each step,
+        and then indexes the history windows into the same table instead of fusing their
+        items a second time.
         """
-        return self._fused_items(torch.arange(self.n_items + 1, device=self.text_emb.device))
+        if idx is None:
+            idx = torch.arange(self.n_items + 1, device=self.text_emb.device)
+        return self._fused_items(idx)
 
     def sequence_states(self, hist: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         """hist (B, L) left-padded indices → (B, L, D) user state after each position

@@ -219,16 +219,11 @@ def rs_loss(
     mask = batch.targets > 0
     y = batch.targets[mask]  # (M,)
     w = batch.weights[mask]
-    if sampler_logq is None and model.cfg.fusion in ("id", "joint"):
+    if sampler_logq is None:
         # every item vector is needed for the softmax: fuse them once, index the windows
         table = model.item_table()  # (N + 1, D)
         h = model.users(table[batch.inputs], batch.inputs == 0)[mask]  # (M, D)
-        vectors: torch.Tensor | None = table[1:]
-    else:
-        h = model.sequence_states(batch.inputs)[mask]
-        vectors = None
-    if sampler_logq is None:
-        logits = h @ (model.item_vectors() if vectors is None else vectors).T  # (M, N)
+        logits = h @ table[1:].T  # (M, N)
         hist = seen_items(batch, mask, y) if cfg.train.mask_history else None
         if hist is not None:  # in place: the product's backward does not need its output
             logits.index_put_(pairs(hist), logits.new_tensor(MASKED))
@@ -250,12 +245,10 @@ def rs_loss(
         logp = logits.log_softmax(-1).gather(1, (targets - 1).clamp(min=0))
         return -(weights * logp).sum() / weights.sum()
     # sampled softmax: in-batch targets + uniform negatives, logQ-corrected
-    n = model.n_items
-    k = cfg.train.num_negatives
-    neg = torch.randint(1, n + 1, (k,), device=h.device)
+    h = model.sequence_states(batch.inputs)[mask]
+    neg = torch.randint(1, model.n_items + 1, (cfg.train.num_negatives,), device=h.device)
     cand = torch.unique(torch.cat([y, neg]))  # (C,)
-    vec = model.item_vectors(cand)  # (C, D)
-    logits = h @ vec.T - sampler_logq[cand]
+    logits = h @ model.item_table(cand).T - sampler_logq[cand]  # (M, C)
     pos = torch.searchsorted(cand, y)  # column of each target
     return (F.cross_entropy(logits, pos, reduction="none") * w).sum() / w.sum()
 

@@ -1,4 +1,4 @@
-"""Training building blocks: history windows, the seen-item mask, the sampled softmax."""
+"""Training building blocks: history windows, the seen-item mask, the softmax losses."""
 
 from __future__ import annotations
 
@@ -59,6 +59,33 @@ def test_sampled_softmax_matches_full_softmax_scale() -> None:
     assert torch.isfinite(full) and torch.isfinite(sampled)
     sampled.backward()
     assert model.items.id_emb.weight.grad is not None
+
+
+def test_late_fusion_trains_its_id_retriever_on_both_softmax_paths() -> None:
+    # late serves [ID vector, raw text embedding]; only the ID part is trained, and its loss
+    # is the id model's with the same weights (it crashed on the shape mismatch before)
+    torch.manual_seed(0)
+    n = 40
+    text, pop = torch.randn(n + 1, 8), torch.zeros(n + 1)
+    has_id = torch.ones(n + 1, dtype=torch.bool)
+    losses = {}
+    for fusion in ("id", "late"):
+        cfg = Config()
+        cfg.model.dim, cfg.model.max_len, cfg.train.num_negatives = 16, 6, 10
+        cfg.model.fusion = fusion  # type: ignore[assignment]
+        torch.manual_seed(1)
+        model = FusedModel(cfg.model, text, has_id, pop)
+        model.train(False)  # no dropout: the two losses are comparable
+        torch.manual_seed(2)
+        inputs = torch.randint(1, n + 1, (3, 6))
+        batch = Batch(inputs, torch.randint(1, n + 1, (3, 6)), torch.ones(3, 6))
+        logq = torch.full((n + 1,), float(np.log(0.5)))
+        torch.manual_seed(3)
+        losses[fusion] = (rs_loss(model, batch, cfg, None), rs_loss(model, batch, cfg, logq))
+        sum(losses[fusion]).backward()
+        assert model.items.id_emb.weight.grad is not None
+    assert torch.allclose(losses["late"][0], losses["id"][0])
+    assert torch.allclose(losses["late"][1], losses["id"][1])
 
 
 def test_windows_carry_the_items_further_ahead_for_the_multi_target_loss() -> None:
