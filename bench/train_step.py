@@ -5,10 +5,10 @@
 
 Times what one epoch of ``fusionrec train`` spends in optimisation, without validation:
 the default joint model over the peers' training windows (each user's last two items held
-out, as in ``bench/quality.py``), multi-target L_RS + α·InfoNCE, backward, gradient clipping,
-AdamW. Each batch size runs ``--repeats`` epochs after one warm-up epoch; the table gives
-the median. Run it on two checkouts to compare code versions (same machine, one after the
-other, nothing else running).
+out, as in ``bench/quality.py``), multi-target L_RS with the user's whole history masked,
++ α·InfoNCE, backward, gradient clipping, AdamW. Each batch size runs ``--repeats`` epochs
+after one warm-up epoch; the table gives the median. Run it on two checkouts to compare
+code versions (same machine, one after the other, nothing else running).
 """
 
 from __future__ import annotations
@@ -26,9 +26,16 @@ import torch
 from model_store.ablate import split_for_test
 from model_store.config import Config
 from model_store.data import load_dataset
-from model_store.model import Batch
 from model_store.movielens import default_cache_dir
-from model_store.train import align_loss, build_model, prepare, rs_loss, text_embeddings, windows
+from model_store.train import (
+    align_loss,
+    build_model,
+    prepare,
+    rs_loss,
+    text_embeddings,
+    windows,
+    with_earlier,
+)
 
 
 def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float], int]:
@@ -47,17 +54,13 @@ def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float
         batch_all = windows(
             prep.sequences, prep.weights, cfg.model.max_len, rng, future=cfg.train.future_targets
         )
-        steps = -(-len(batch_all.inputs) // batch_size)
+        n_windows = len(batch_all.inputs)
+        steps = -(-n_windows // batch_size)
         t0 = time.perf_counter()
-        for s in range(0, len(batch_all.inputs), batch_size):
-            sel = slice(s, s + batch_size)
-            assert batch_all.future is not None
-            b = Batch(
-                batch_all.inputs[sel],
-                batch_all.targets[sel],
-                batch_all.weights[sel],
-                batch_all.future[sel],
-            )
+        for s in range(0, n_windows, batch_size):
+            # as fit builds it: the window's items and the user's items before it (masked)
+            b = with_earlier(batch_all.take(torch.arange(s, min(s + batch_size, n_windows))),
+                             prep.sequences)
             loss = rs_loss(model, b, cfg, None) + cfg.train.alpha * align_loss(
                 model, b, cfg.train.align_temperature
             )

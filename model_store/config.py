@@ -92,6 +92,9 @@ class TrainConfig:
     alpha: float = 0.1
     align_temperature: float = 0.1
     patience: int = 10
+    # the best epoch is the one whose validation NDCG@10, averaged over this many epochs
+    # centred on it, is highest (1 = its own figure only); patience counts the same way
+    select_window: int = 3
     # exponential moving average of the weights (per step); validated, kept and published
     # instead of the raw weights (0 = off)
     ema_decay: float = 0.9975
@@ -100,6 +103,8 @@ class TrainConfig:
     full_softmax_max_items: int = 50_000
     # leave items already in the window out of the softmax (serving excludes the history)
     mask_history: bool = True
+    # ... and the user's items before the window too (the whole history, as evaluation does)
+    mask_earlier: bool = True
     # overlap history windows by a random amount each epoch (see train.windows)
     window_jitter: bool = True
     # multi-target loss: each position also predicts the items 2..K steps ahead, the j-th
@@ -183,6 +188,8 @@ class Config:
                 f"train.future_weight={tr.future_weight} must be >= 0 and "
                 f"train.future_decay={tr.future_decay} in (0, 1]"
             )
+        if tr.select_window < 1 or tr.select_window % 2 == 0:
+            raise ConfigError(f"train.select_window={tr.select_window} must be odd and >= 1")
         if not 0.0 <= tr.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay={tr.ema_decay} must be in [0, 1)")
         return self

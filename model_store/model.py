@@ -11,6 +11,7 @@ One encode path: the trainer, the evaluator, the indexer and the service all cal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable
@@ -35,14 +36,26 @@ class Batch:
     weights: torch.Tensor  # (B, L) float weight of each target
     # (B, L, K-1) the items 2..K steps ahead of each position, 0 = none (multi-target loss)
     future: torch.Tensor | None = None
+    # (B, P) the user's items before the window, 0-padded: masked out of the softmax too,
+    # as evaluation and serving exclude the user's whole history, not just the last L items
+    earlier: torch.Tensor | None = None
+    # (B,) which sequence each window was cut from, and where the window starts in it
+    owner: torch.Tensor | None = None
+    start: torch.Tensor | None = None
+
+    def take(self, sel: torch.Tensor) -> Batch:
+        """The windows ``sel`` (all optional fields indexed alike)."""
+        return Batch(
+            *(None if t is None else t[sel] for t in self._fields())  # type: ignore[arg-type]
+        )
 
     def to(self, device: torch.device) -> Batch:
         return Batch(
-            self.inputs.to(device),
-            self.targets.to(device),
-            self.weights.to(device),
-            None if self.future is None else self.future.to(device),
+            *(None if t is None else t.to(device) for t in self._fields())  # type: ignore[arg-type]
         )
+
+    def _fields(self) -> list[torch.Tensor | None]:
+        return [getattr(self, f.name) for f in dataclasses.fields(self)]
 
 
 class ItemTower(nn.Module):

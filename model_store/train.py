@@ -3,6 +3,8 @@
 * L_RS — next-item prediction at every position of each history window (causal), full
   softmax over the catalog when it has at most ``full_softmax_max_items`` items, otherwise a
   sampled softmax over in-batch targets plus uniformly sampled negatives with logQ correction.
+  The full softmax leaves out every item the user had before the position (not just those
+  in the window): evaluation and serving exclude the whole history, so training does too.
 * L_LM — in ``frozen`` text mode: symmetric InfoNCE aligning each batch item's ID embedding
   with its projected text embedding, so that the text path alone (new items) lands near
   where a trained ID would be.
@@ -12,7 +14,9 @@
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
 import hashlib
 import logging
 import math
@@ -137,8 +141,8 @@ def windows(
     items, so from epoch to epoch a target is seen with different amounts of context
     instead of always sitting at the start of a window with almost none.
     """
-    inputs, targets, ws, fut = [], [], [], []
-    for seq, w in zip(seqs, weights, strict=True):
+    inputs, targets, ws, fut, owner, first = [], [], [], [], [], []
+    for row, (seq, w) in enumerate(zip(seqs, weights, strict=True)):
         n = len(seq)
         ahead = np.concatenate([seq, np.zeros(future, dtype=np.int64)])
         end = n - 1  # targets are seq[1:]
@@ -159,6 +163,8 @@ def windows(
             inputs.append(x)
             targets.append(y)
             ws.append(ww)
+            owner.append(row)
+            first.append(start)
             if start == 0:
                 break
             end = start + (int(rng.integers(0, max_len // 2 + 1)) if rng is not None else 0)
@@ -169,7 +175,20 @@ def windows(
         torch.from_numpy(np.stack(targets)),
         torch.from_numpy(np.stack(ws)),
         torch.from_numpy(np.stack(fut)) if fut else None,
+        owner=torch.tensor(owner, dtype=torch.int64),
+        start=torch.tensor(first, dtype=torch.int64),
     )
+
+
+def with_earlier(batch: Batch, seqs: list[np.ndarray]) -> Batch:
+    """``batch`` with ``earlier``: each window's items before its start, left-aligned and
+    0-padded → (B, P), P the longest such prefix in the batch (at least 1)."""
+    assert batch.owner is not None and batch.start is not None
+    starts = batch.start.tolist()
+    out = np.zeros((len(starts), max(1, *starts)), dtype=np.int64)
+    for r, (o, st) in enumerate(zip(batch.owner.tolist(), starts, strict=True)):
+        out[r, :st] = seqs[o][:st]
+    return dataclasses.replace(batch, earlier=torch.from_numpy(out))
 
 
 # ---- text embeddings (cached across runs) -------------------------------------------------------
@@ -259,20 +278,25 @@ MASKED = -1e9
 
 
 def seen_items(batch: Batch, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(M, L) the items already in the window up to each target position, 0 elsewhere.
+    """(M, P + L) the items the user has had up to each target position, 0 elsewhere: the
+    window's items up to the position, after the ``batch.earlier`` items before the window
+    (P = 0 without them).
 
     Rows are the M target positions (``mask``). Serving and evaluation exclude the user's
-    history, so the softmax is taken over the items the user has not interacted with yet;
-    the target itself always stays. At most L items per row rather than an (M, N) mask: the
-    catalog can be much wider than a window.
+    whole history, so the softmax is taken over the items the user has not interacted with
+    yet; the target itself always stays. A list of items per row rather than an (M, N) mask:
+    the catalog can be much wider than a history.
     """
     b, l = batch.inputs.shape
     pos = torch.arange(l, device=y.device)
     rows_b = torch.arange(b, device=y.device)[:, None].expand(b, l)[mask]  # (M,)
     cols_t = pos.expand(b, l)[mask]  # (M,)
     hist = batch.inputs[rows_b]  # (M, L)
-    keep = (pos[None, :] <= cols_t[:, None]) & (hist != y[:, None])
-    return hist * keep
+    keep = pos[None, :] <= cols_t[:, None]
+    if batch.earlier is not None:  # the user's items before the window: seen as well
+        hist = torch.cat([batch.earlier[rows_b], hist], dim=1)  # (M, P + L)
+        keep = torch.cat([torch.ones_like(batch.earlier[rows_b], dtype=torch.bool), keep], 1)
+    return hist * (keep & (hist != y[:, None]))
 
 
 def pairs(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -426,6 +450,20 @@ def fit(
         0.0,
     )
     bad = 0
+    # epochs whose smoothed score awaits later epochs' figures: (epoch, snapshot, row)
+    half = tr.select_window // 2 if valid is not None else 0
+    recent: collections.deque[tuple[int, dict[str, Any], dict[str, float]]] = collections.deque()
+    scores: list[float] = []
+
+    def consider(epoch: int, snap: dict[str, Any], row: dict[str, float]) -> bool:
+        nonlocal best
+        near = scores[max(0, epoch - 1 - half) : epoch + half]
+        smoothed = sum(near) / len(near)
+        if smoothed > best[0]:
+            best = (smoothed, epoch, snap, row, row["seconds"])
+            return True
+        return False
+
     gen = torch.Generator().manual_seed(tr.seed)
     jitter = np.random.default_rng(tr.seed)
     for epoch in range(1, n_epochs + 1):
@@ -437,12 +475,10 @@ def fit(
         steps = 0
         for s in range(0, len(perm), batch_size):
             sel = perm[s : s + batch_size]
-            batch = Batch(
-                data.inputs[sel],
-                data.targets[sel],
-                data.weights[sel],
-                None if data.future is None else data.future[sel],
-            ).to(device)
+            batch = data.take(sel)
+            if tr.mask_history and tr.mask_earlier and sampler_logq is None:
+                batch = with_earlier(batch, prep.sequences)
+            batch = batch.to(device)
             l_lm_lora = None
             if lora is not None:
                 # re-encode this batch's target items with gradients; others use the cache
@@ -491,16 +527,20 @@ def fit(
         history.append(row)
         if on_epoch is not None:
             on_epoch(row)
-        improved = score > best[0]
-        if improved:
-            best = (score, epoch, snapshot(), row, row["seconds"])
+        scores.append(score)
+        recent.append((epoch, snapshot(), row))
         swap_in(params, live)
-        if improved:
-            bad = 0
-        else:
-            bad += 1
-            if valid is not None and bad >= tr.patience:
-                break
+        # the candidate is the epoch `half` back, judged by its validation NDCG@10 averaged
+        # with its neighbours' (one epoch's figure over ~1,000 users is noisy)
+        if len(recent) > half:
+            if consider(*recent.popleft()):
+                bad = 0
+            else:
+                bad += 1
+                if valid is not None and bad >= tr.patience:
+                    break
+    while recent:  # the last epochs, judged by the neighbours they have
+        consider(*recent.popleft())
     model.load_state_dict(best[2]["model"])
     if lora is not None:
         lora.load_state_dict(best[2]["lora"])

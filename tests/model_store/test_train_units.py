@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from model_store.config import Config
+from model_store.data import load_dataset
 from model_store.model import Batch, FusedModel
-from model_store.train import batch_size_for, pairs, rs_loss, seen_items, windows
+from model_store.train import (
+    batch_size_for,
+    fit,
+    pairs,
+    prepare,
+    rs_loss,
+    seen_items,
+    windows,
+    with_earlier,
+)
 
 
 def test_windows_cover_every_target_and_keep_the_latest_context() -> None:
@@ -132,7 +144,10 @@ def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
     rng = np.random.default_rng(3)
     seqs = [rng.integers(1, n + 1, size=12) for _ in range(4)]  # repeats on purpose
     ws = [rng.random(12).astype(np.float32) + 0.5 for _ in seqs]
-    batch = windows(seqs, ws, 5, future=4)
+    # the user's items before each window are masked too (evaluation excludes them all)
+    batch = with_earlier(windows(seqs, ws, 5, future=4), seqs)
+    # the latest window holds items 6..10 as inputs: 6 come before it
+    assert batch.earlier is not None and batch.earlier.shape[1] == 6
     got = rs_loss(model, batch, cfg, None)
 
     mask = batch.targets > 0
@@ -144,7 +159,10 @@ def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
     rows_b, cols_t = torch.nonzero(mask, as_tuple=True)
     soft = torch.zeros_like(logits)
     for r in range(len(y)):
-        seen = {int(i) for i in batch.inputs[rows_b[r], : cols_t[r] + 1] if i > 0} - {int(y[r])}
+        b = int(rows_b[r])
+        owner, start = int(batch.owner[b]), int(batch.start[b])  # type: ignore[index]
+        window = {int(i) for i in batch.inputs[b, : cols_t[r] + 1] if i > 0}
+        seen = (window | {int(i) for i in seqs[owner][:start]}) - {int(y[r])}
         for i in seen:
             logits[r, i - 1] = -1e9
         soft[r, y[r] - 1] += w[r]
@@ -157,6 +175,20 @@ def test_multi_target_loss_is_the_soft_target_cross_entropy() -> None:
     assert torch.allclose(got, want, rtol=1e-5)
 
 
+def test_windows_know_their_sequence_and_start_and_the_items_before_them() -> None:
+    seqs = [np.arange(1, 13), np.arange(20, 23)]
+    b = with_earlier(windows(seqs, [np.ones(len(s), np.float32) for s in seqs], 4), seqs)
+    assert b.owner is not None and b.start is not None and b.earlier is not None
+    for x, owner, start, before in zip(b.inputs, b.owner, b.start, b.earlier, strict=True):
+        seq = seqs[int(owner)]
+        kept = [int(i) for i in x if i > 0]
+        assert kept == seq[int(start) : int(start) + len(kept)].tolist()
+        assert [int(i) for i in before if i > 0] == seq[: int(start)].tolist()
+    # a batch of windows that all start at 0 still has one (empty) column
+    first = b.take(b.start == 0)
+    assert with_earlier(first, seqs).earlier.tolist() == [[0]] * len(first.inputs)  # type: ignore[union-attr]
+
+
 def test_auto_batch_size_keeps_enough_steps_per_epoch() -> None:
     assert batch_size_for(64, 10) == 64  # an explicit size is kept
     assert batch_size_for(0, 100) == 16  # tiny data: the smallest batch
@@ -165,3 +197,24 @@ def test_auto_batch_size_keeps_enough_steps_per_epoch() -> None:
     assert batch_size_for(0, 128 * 32 - 1) == 16
     assert batch_size_for(0, 1_000_000) == 128  # large data keep big batches
     assert batch_size_for(0, 100, lm_in_loop=True) == 128  # lora: the LM forward dominates
+
+
+def test_best_epoch_is_chosen_on_the_validation_score_averaged_with_its_neighbours(
+    tiny_dataset: Path,
+) -> None:
+    prep = prepare(load_dataset(tiny_dataset), holdout=True)
+    prep.text_emb = np.random.default_rng(0).normal(size=(prep.n_items, 8)).astype(np.float32)
+    for window in (1, 3):
+        cfg = Config()
+        cfg.model.fusion, cfg.model.dim, cfg.model.max_len = "id", 16, 10
+        cfg.train.epochs, cfg.train.patience, cfg.train.rerank = 6, 100, False
+        cfg.train.select_window = window
+        result = fit(cfg, prep)
+        v = [row["valid_ndcg@10"] for row in result.history]
+        smoothed = [
+            float(np.mean(v[max(0, e - window // 2) : e + window // 2 + 1])) for e in range(len(v))
+        ]
+        assert len(result.history) == 6
+        assert result.best_epoch == int(np.argmax(smoothed)) + 1, (v, result.best_epoch)
+        # the metrics reported are the chosen epoch's own
+        assert result.valid_metrics["ndcg@10"] == v[result.best_epoch - 1]
