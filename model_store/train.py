@@ -246,6 +246,9 @@ def rs_loss(
         hist = seen_items(batch, mask, y) if cfg.train.mask_history else None
         if hist is not None:  # in place: the product's backward does not need its output
             logits.index_put_(pairs(hist), logits.new_tensor(MASKED))
+        before = earlier_items(batch, mask, y, model.n_items) if cfg.train.mask_history else None
+        if before is not None:
+            logits.masked_fill_(before[:, 1:], MASKED)
         # −Σ over targets of weight · log-probability: the cross-entropy against a soft
         # target row, without ever building the (M, N) target matrix
         cols, wts = [y], [w]
@@ -256,6 +259,8 @@ def rs_loss(
                 keep = f > 0
                 if hist is not None:  # a future item already in the history is not a target
                     keep &= ~(f[:, None] == hist).any(-1)
+                if before is not None:
+                    keep &= ~before.gather(1, f[:, None]).squeeze(1)
                 cols.append(f)
                 wts.append(w * keep * (cfg.train.future_weight * cfg.train.future_decay**j))
         targets = torch.stack(cols, 1)  # (M, K)
@@ -278,25 +283,42 @@ MASKED = -1e9
 
 
 def seen_items(batch: Batch, mask: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(M, P + L) the items the user has had up to each target position, 0 elsewhere: the
-    window's items up to the position, after the ``batch.earlier`` items before the window
-    (P = 0 without them).
+    """(M, L) the items already in the window up to each target position, 0 elsewhere.
 
     Rows are the M target positions (``mask``). Serving and evaluation exclude the user's
-    whole history, so the softmax is taken over the items the user has not interacted with
-    yet; the target itself always stays. A list of items per row rather than an (M, N) mask:
-    the catalog can be much wider than a history.
+    history, so the softmax is taken over the items the user has not interacted with yet;
+    the target itself always stays. At most L items per row rather than an (M, N) mask: the
+    catalog can be much wider than a window. The items before the window: ``earlier_items``.
     """
     b, l = batch.inputs.shape
     pos = torch.arange(l, device=y.device)
     rows_b = torch.arange(b, device=y.device)[:, None].expand(b, l)[mask]  # (M,)
     cols_t = pos.expand(b, l)[mask]  # (M,)
     hist = batch.inputs[rows_b]  # (M, L)
-    keep = pos[None, :] <= cols_t[:, None]
-    if batch.earlier is not None:  # the user's items before the window: seen as well
-        hist = torch.cat([batch.earlier[rows_b], hist], dim=1)  # (M, P + L)
-        keep = torch.cat([torch.ones_like(batch.earlier[rows_b], dtype=torch.bool), keep], 1)
-    return hist * (keep & (hist != y[:, None]))
+    keep = (pos[None, :] <= cols_t[:, None]) & (hist != y[:, None])
+    return hist * keep
+
+
+def earlier_items(
+    batch: Batch, mask: torch.Tensor, y: torch.Tensor, n_items: int
+) -> torch.Tensor | None:
+    """(M, N + 1) bool, True where the item (column = item index) came before the target
+    position's window (``batch.earlier``); the target itself and column 0 stay False.
+
+    Evaluation and serving exclude the user's whole history, while a window holds only its
+    last L items. One row per window is built and repeated for its positions: a dense mask,
+    as a user's earlier items can be many more than L.
+    """
+    if batch.earlier is None:
+        return None
+    b, l = batch.inputs.shape
+    per_window = torch.zeros(b, n_items + 1, dtype=torch.bool, device=y.device)
+    per_window.scatter_(1, batch.earlier, True)
+    per_window[:, 0] = False  # padding
+    rows_b = torch.arange(b, device=y.device)[:, None].expand(b, l)[mask]  # (M,)
+    before = per_window[rows_b]
+    before[torch.arange(len(y), device=y.device), y] = False  # the target always stays
+    return before
 
 
 def pairs(hist: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
