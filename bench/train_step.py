@@ -59,8 +59,7 @@ def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float
         t0 = time.perf_counter()
         for s in range(0, n_windows, batch_size):
             # as fit builds it: the window's items and the user's items before it (masked)
-            b = with_earlier(batch_all.take(torch.arange(s, min(s + batch_size, n_windows))),
-                             prep.sequences)
+            b = with_earlier(batch_all.take(slice(s, s + batch_size)), prep.sequences)
             loss = rs_loss(model, b, cfg, None) + cfg.train.alpha * align_loss(
                 model, b, cfg.train.align_temperature
             )

@@ -43,7 +43,7 @@ class Batch:
     owner: torch.Tensor | None = None
     start: torch.Tensor | None = None
 
-    def take(self, sel: torch.Tensor) -> Batch:
+    def take(self, sel: torch.Tensor | slice) -> Batch:
         """The windows ``sel`` (all optional fields indexed alike)."""
         return Batch(
             *(None if t is None else t[sel] for t in self._fields())  # type: ignore[arg-type]
