@@ -6,9 +6,10 @@
 Times what one epoch of ``fusionrec train`` spends in optimisation, without validation:
 the default joint model over the peers' training windows (each user's last two items held
 out, as in ``bench/quality.py``), multi-target L_RS with the user's whole history masked,
-+ α·InfoNCE, backward, gradient clipping, AdamW. Each batch size runs ``--repeats`` epochs
-after one warm-up epoch; the table gives the median. Run it on two checkouts to compare
-code versions (same machine, one after the other, nothing else running).
++ α·InfoNCE, backward, gradient clipping, fused AdamW and the weight average (EMA). Each
+batch size runs ``--repeats`` epochs after one warm-up epoch; the table gives the median.
+Run it on two checkouts to compare code versions (same machine, one after the other,
+nothing else running).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from model_store.movielens import default_cache_dir
 from model_store.train import (
     align_loss,
     build_model,
+    fused_adam,
     prepare,
     rs_loss,
     text_embeddings,
@@ -47,7 +49,9 @@ def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float
     torch.manual_seed(0)
     model = build_model(cfg, prep, torch.device("cpu"))
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr)
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.train.lr, fused=fused_adam(torch.device("cpu")))
+    ema = [p.detach().clone() for p in params]
     rng = np.random.default_rng(0)
     times, steps = [], 0
     for _ in range(repeats + 1):
@@ -67,6 +71,8 @@ def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            with torch.no_grad():  # fit's weight average
+                torch._foreach_lerp_(ema, params, 1.0 - cfg.train.ema_decay)
         times.append(time.perf_counter() - t0)
     return times[1:], steps  # the first epoch warms up the allocator and kernels
 

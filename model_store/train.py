@@ -387,6 +387,13 @@ def batch_size_for(requested: int, n_windows: int, *, lm_in_loop: bool = False) 
     return size
 
 
+def fused_adam(device: torch.device) -> bool:
+    """AdamW's fused kernel (one call for every parameter) where torch has one: on 2 CPU
+    cores the default per-tensor step took ~2-3 ms of a ~35 ms MovieLens step, the fused
+    one 0.4 ms (docs/BENCHMARKS.md)."""
+    return device.type in ("cpu", "cuda")
+
+
 def build_model(cfg: Config, prep: Prepared, device: torch.device) -> FusedModel:
     text = torch.from_numpy(
         np.concatenate([np.zeros((1, prep.text_emb.shape[1]), np.float32), prep.text_emb])
@@ -450,12 +457,16 @@ def fit(
         opt = torch.optim.AdamW(
             [{"params": params, "lr": tr.lr}, {"params": lora_params, "lr": tr.lr / 4}],
             weight_decay=tr.weight_decay,
+            fused=fused_adam(device),
         )
     else:
-        opt = torch.optim.AdamW(params, lr=tr.lr, weight_decay=tr.weight_decay)
+        opt = torch.optim.AdamW(
+            params, lr=tr.lr, weight_decay=tr.weight_decay, fused=fused_adam(device)
+        )
     use_align = cfg.model.fusion == "joint" and tr.alpha > 0 and lora is None
     # exponential moving average of the weights, validated and kept instead of the raw ones
     ema = [p.detach().clone() for p in params] if tr.ema_decay > 0 else None
+    weights: list[torch.Tensor] = list(params)  # (as foreach ops type them)
     ema_steps = 0
 
     def snapshot() -> dict[str, Any]:
@@ -527,8 +538,7 @@ def fit(
                 decay = min(tr.ema_decay, (1 + ema_steps) / (10 + ema_steps))
                 ema_steps += 1
                 with torch.no_grad():
-                    for e, p in zip(ema, params, strict=True):
-                        e.lerp_(p, 1.0 - decay)
+                    torch._foreach_lerp_(ema, weights, 1.0 - decay)
             if lora is not None:
                 model.text_emb = model.text_emb.detach()
             sums["loss_rs"] += float(l_rs.detach())
