@@ -388,9 +388,9 @@ def batch_size_for(requested: int, n_windows: int, *, lm_in_loop: bool = False) 
 
 
 def fused_adam(device: torch.device) -> bool:
-    """AdamW's fused kernel (one call for every parameter) where torch has one: on 2 CPU
-    cores the default per-tensor step took ~2-3 ms of a ~35 ms MovieLens step, the fused
-    one 0.4 ms (docs/BENCHMARKS.md)."""
+    """AdamW's fused kernel (one call for every parameter) where torch has one: with it and
+    the one-call weight average a MovieLens epoch on 2 CPU cores took 23 % less time
+    (``bench/train_step.py``, docs/BENCHMARKS.md)."""
     return device.type in ("cpu", "cuda")
 
 
