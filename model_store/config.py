@@ -118,6 +118,7 @@ class TrainConfig:
     # train the fusion head after the retriever; kept only if it improves validation NDCG@10
     rerank: bool = True
     rerank_epochs: int = 10
+    rerank_lr: float = 3e-3
     # cap on validation users (0 = all); large synthetic sets are evaluated on a sample
     max_eval_users: int = 20_000
 
