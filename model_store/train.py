@@ -249,6 +249,11 @@ def rs_loss(
         before = earlier_items(batch, mask, y, model.n_items) if cfg.train.mask_history else None
         if before is not None:
             logits.masked_fill_(before[:, 1:], MASKED)
+        untrained = ~model.has_id[1:]
+        if bool(untrained.any()):
+            # an item with no training interaction is never a target: as a permanent
+            # negative it would only teach the text tower to bury every new item's text
+            logits.masked_fill_(untrained, MASKED)
         # −Σ over targets of weight · log-probability: the cross-entropy against a soft
         # target row, without ever building the (M, N) target matrix
         cols, wts = [y], [w]
@@ -273,6 +278,7 @@ def rs_loss(
     neg = torch.randint(1, model.n_items + 1, (cfg.train.num_negatives,), device=h.device)
     cand = torch.unique(torch.cat([y, neg]))  # (C,)
     logits = h @ model.item_table(cand).T - sampler_logq[cand]  # (M, C)
+    logits.masked_fill_(~model.has_id[cand], MASKED)  # untrained items: as above
     pos = torch.searchsorted(cand, y)  # column of each target
     return (F.cross_entropy(logits, pos, reduction="none") * w).sum() / w.sum()
 

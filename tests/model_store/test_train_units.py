@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from model_store.config import Config
@@ -218,3 +219,32 @@ def test_best_epoch_is_chosen_on_the_validation_score_averaged_with_its_neighbou
         assert result.best_epoch == int(np.argmax(smoothed)) + 1, (v, result.best_epoch)
         # the metrics reported are the chosen epoch's own
         assert result.valid_metrics["ndcg@10"] == v[result.best_epoch - 1]
+
+
+def test_items_without_training_interactions_are_left_out_of_the_softmax() -> None:
+    """An untrained item (no ID, text path only) is never a target; as a negative it would
+    teach the text tower to bury every new item. Its text must not move the loss, on the
+    full and the sampled softmax alike, while a trained item's text does."""
+    torch.manual_seed(0)
+    n = 30
+    cfg = Config()
+    cfg.model.dim, cfg.model.max_len, cfg.train.num_negatives = 16, 6, 64
+    has_id = torch.ones(n + 1, dtype=torch.bool)
+    has_id[7] = False  # item 7 has no training interaction
+    text = torch.nn.functional.normalize(torch.randn(n + 1, 8), dim=-1)
+    model = FusedModel(cfg.model, text, has_id, torch.zeros(n + 1)).train(False)
+    trained = torch.tensor([i for i in range(1, n + 1) if i != 7])
+    inputs = trained[torch.randint(0, n - 1, (4, 6))]
+    batch = Batch(inputs, trained[torch.randint(0, n - 1, (4, 6))], torch.ones(4, 6))
+    logq = torch.full((n + 1,), float(np.log(0.5)))
+
+    def losses() -> tuple[float, float]:
+        torch.manual_seed(3)  # the same sampled negatives each time
+        return float(rs_loss(model, batch, cfg, None)), float(rs_loss(model, batch, cfg, logq))
+
+    before = losses()
+    model.text_emb[7] = -model.text_emb[7] * 5
+    assert losses() == pytest.approx(before, abs=1e-6)
+    model.text_emb[trained[0]] = -model.text_emb[trained[0]] * 5
+    after = losses()
+    assert after[0] != pytest.approx(before[0], abs=1e-4)
