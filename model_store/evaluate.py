@@ -56,6 +56,26 @@ def metrics_from_ranks(
     return out
 
 
+def scored_catalog(
+    model: FusedModel, vectors: torch.Tensor, hists: list[list[int]], targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Retrieval scores of every item for each user, as evaluation ranks them: history items
+    at −inf, except the target, which competes even if it was in the history
+    (re-consumption). vectors (N, D) = ``item_vectors()``; targets (B,) item indices.
+    → (left-padded history (B, L), user vectors (B, D), scores (B, N), column j ↔ index j+1).
+    """
+    device = vectors.device
+    hist = left_pad(hists, model.cfg.max_len).to(device)
+    user = model.user_vectors(hist)  # (B, D)
+    scores = user @ vectors.T
+    rows = torch.cat([torch.full((len(h),), r, dtype=torch.long) for r, h in enumerate(hists)])
+    cols = torch.cat([torch.as_tensor(h, dtype=torch.long) for h in hists]) - 1
+    scores[rows.to(device), cols.to(device)] = -torch.inf
+    t_idx = targets - 1
+    scores.scatter_(1, t_idx[:, None], (user * vectors[t_idx]).sum(-1, keepdim=True))
+    return hist, user, scores
+
+
 @torch.inference_mode()
 def rank_targets(
     model: FusedModel, data: EvalSet, *, batch_size: int = 256, use_head: bool | None = None
@@ -72,16 +92,9 @@ def rank_targets(
     for start in range(0, len(data), batch_size):
         hists = data.histories[start : start + batch_size]
         targets = torch.as_tensor(data.targets[start : start + batch_size], device=device)
-        hist = left_pad(hists, model.cfg.max_len).to(device)
-        user = model.user_vectors(hist)  # (B, D)
-        scores = user @ vectors.T  # (B, N), column j ↔ item index j + 1
-        rows = torch.cat([torch.full((len(h),), r, dtype=torch.long) for r, h in enumerate(hists)])
-        cols = torch.cat([torch.as_tensor(h, dtype=torch.long) for h in hists]) - 1
-        scores[rows.to(device), cols.to(device)] = -torch.inf
+        hist, user, scores = scored_catalog(model, vectors, hists, targets)
         t_idx = targets - 1
-        # the target competes even if it was in the history (re-consumption)
-        target_score = (user * vectors[t_idx]).sum(-1)
-        scores.scatter_(1, t_idx[:, None], target_score[:, None])
+        target_score = scores.gather(1, t_idx[:, None]).squeeze(1)
         if head:
             # rank within the reranked candidates; a target outside them ranks below all
             n_cand = min(model.cfg.rerank_candidates, n_items)

@@ -37,9 +37,15 @@ from model_store import bundle as bundle_mod
 from model_store.config import Config
 from model_store.data import Dataset, holdout_last
 from model_store.errors import ConfigError, DataError
-from model_store.evaluate import EvalSet, evaluate, metrics_from_ranks, rank_targets
+from model_store.evaluate import (
+    EvalSet,
+    evaluate,
+    metrics_from_ranks,
+    rank_targets,
+    scored_catalog,
+)
 from model_store.lora import LoraText
-from model_store.model import Batch, FusedModel, FusionHead, left_pad
+from model_store.model import Batch, FusedModel, FusionHead
 from model_store.text_encoder import TextEncoder, pick_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -670,21 +676,14 @@ class HeadExamples:
 def head_examples(
     model: FusedModel, data: EvalSet, n_cand: int, batch_size: int = 512
 ) -> HeadExamples:
-    """Candidates as evaluation ranks them: history excluded, the target always scored."""
+    """Candidates as evaluation ranks them (``scored_catalog``)."""
     device = model.text_emb.device
     model.eval()
     vectors = model.item_vectors()
     parts: list[tuple[torch.Tensor, ...]] = []
     for s in range(0, len(data), batch_size):
-        hists = data.histories[s : s + batch_size]
-        hist = left_pad(hists, model.cfg.max_len).to(device)
         y = torch.as_tensor(data.targets[s : s + batch_size], device=device)
-        user = model.user_vectors(hist)
-        scores = user @ vectors.T
-        rows = torch.cat([torch.full((len(h),), r, dtype=torch.long) for r, h in enumerate(hists)])
-        cols = torch.cat([torch.as_tensor(h, dtype=torch.long) for h in hists]) - 1
-        scores[rows.to(device), cols.to(device)] = -torch.inf
-        scores.scatter_(1, (y - 1)[:, None], (user * vectors[y - 1]).sum(-1, keepdim=True))
+        hist, user, scores = scored_catalog(model, vectors, data.histories[s : s + batch_size], y)
         retrieval, cand = scores.topk(n_cand, dim=1)
         cand = cand + 1
         hit = cand == y[:, None]
