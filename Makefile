@@ -8,6 +8,11 @@ STORE ?= store
 HOST ?= 127.0.0.1
 PORT ?= 8000
 TRAIN_ARGS ?=
+# every cache inside the repository: nothing is written outside it and the virtualenv
+export FUSIONREC_CACHE_DIR ?= $(CURDIR)/.cache/fusionrec
+export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
+export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
+export HF_HOME ?= $(CURDIR)/.cache/huggingface
 
 .PHONY: install install-system run data train index serve test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak clean
 
@@ -17,9 +22,6 @@ $(VENV)/.installed: pyproject.toml
 	# torch first: 2.13.0 is a local CPU build; letting pip choose would pull a CUDA build
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e '.[dev]'
-	# make `docker compose` (v2 CLI plugin) available to the docker client
-	mkdir -p $(HOME)/.docker/cli-plugins
-	ln -sf "$$($(PY) -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" $(HOME)/.docker/cli-plugins/docker-compose
 	touch $@
 
 install: $(VENV)/.installed
@@ -40,7 +42,7 @@ test: install install-system
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check model_store indexer app
+	$(VENV)/bin/ruff format --check .
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -56,7 +58,7 @@ bench-serve: install
 
 bench: bench-quality bench-index bench-serve
 
-# Load, reliability and soak (issue 5); figures in docs/BENCHMARKS_soak.md
+# Load, reliability and soak; figures in docs/BENCHMARKS.md (sections Load and Soak)
 LOADTEST_DURATION ?= 60
 LOADTEST_USERS ?= 20
 SOAK_MINUTES ?= 10

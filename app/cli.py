@@ -21,12 +21,12 @@ def register(app: typer.Typer) -> None:
         import uvicorn
         from pydantic import ValidationError
 
-        from app.main import install_log_redaction
+        from app.middleware import install_log_redaction
         from app.settings import Settings
 
         os.environ["FUSIONREC_STORE"] = str(store.resolve())
         try:
-            settings = Settings()  # type: ignore[call-arg]  # refuse bad settings before forking
+            settings = Settings()  # refuse bad settings before forking
         except ValidationError as exc:
             typer.echo(f"error: invalid settings:\n{exc}", err=True)
             raise typer.Exit(code=2) from exc

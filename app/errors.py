@@ -1,20 +1,26 @@
-"""The service edge: core errors → HTTP statuses and one JSON error shape.
+"""The service edge: the one place where errors become HTTP statuses and one JSON shape.
 
 Every error answer is ``{"error": {"code": ..., "message": ...}}``. Core errors
-(``model_store.errors``) map by type; errors that exist only at the edge (auth, rate
-limit, body size, refused reload) are :class:`ApiError` with their own status.
+(``model_store.errors``, raised by the service core and the packages below it) map by
+type; errors that exist only at the edge (auth, rate limit, body size) are
+:class:`ApiError` with their own status.
 
     FusionrecError
     ├── DataError, ConfigError      400 bad_request
+    ├── InvalidInputError           422 invalid_request
     ├── NotFoundError               404 not_found
+    ├── ReloadRefusedError          409 reload_refused (other ConflictErrors: 409 conflict)
     ├── IndexBuildError             409 index_error
     ├── BundleError (and children)  503 bundle_unavailable
-    └── ApiError                    its own status (401, 403, 409, 413, 422, 429, 503)
+    ├── NotReadyError               503 not_ready, Retry-After
+    ├── DependencyError             503 <dependency>_unavailable, Retry-After
+    └── ApiError                    its own status (401, 403, 413, 429)
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,10 +31,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from model_store.errors import (
     BundleError,
     ConfigError,
+    ConflictError,
     DataError,
+    DependencyError,
     FusionrecError,
     IndexBuildError,
+    InvalidInputError,
     NotFoundError,
+    NotReadyError,
+    ReloadRefusedError,
+    UnavailableError,
 )
 
 log = logging.getLogger("app")
@@ -47,33 +59,17 @@ class ApiError(FusionrecError):
         self.headers = headers or {}
 
 
-class ReloadRefusedError(ApiError):
-    """A newer bundle exists but failed its checks; the old one keeps serving."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(409, "reload_refused", message)
-
-
-class NotReadyError(ApiError):
-    """No bundle is loaded (yet): the store is empty or the bundle was refused at start."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(503, "not_ready", message, headers={"Retry-After": "5"})
-
-
-class InvalidRequestError(ApiError):
-    """The request is well-formed JSON but its content is invalid for this catalog."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(422, "invalid_request", message)
-
-
 _CORE_STATUS: list[tuple[type[FusionrecError], int, str]] = [
     (NotFoundError, 404, "not_found"),
     (DataError, 400, "bad_request"),
     (ConfigError, 400, "bad_request"),
+    (InvalidInputError, 422, "invalid_request"),
+    (ReloadRefusedError, 409, "reload_refused"),
+    (ConflictError, 409, "conflict"),
     (IndexBuildError, 409, "index_error"),
     (BundleError, 503, "bundle_unavailable"),
+    (NotReadyError, 503, "not_ready"),
+    (UnavailableError, 503, "unavailable"),
 ]
 
 
@@ -81,13 +77,19 @@ def error_body(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def status_of(exc: FusionrecError) -> tuple[int, str]:
+def status_of(exc: FusionrecError) -> tuple[int, str, dict[str, str]]:
+    """(HTTP status, error code, extra headers) of an error."""
     if isinstance(exc, ApiError):
-        return exc.status, exc.code
+        return exc.status, exc.code, exc.headers
+    headers: dict[str, str] = {}
+    if isinstance(exc, UnavailableError):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, DependencyError):
+        return 503, f"{exc.dependency}_unavailable", headers
     for kind, status, code in _CORE_STATUS:
         if isinstance(exc, kind):
-            return status, code
-    return 500, "internal"
+            return status, code, headers
+    return 500, "internal", headers
 
 
 def _loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
@@ -131,8 +133,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(FusionrecError)
     async def _core(_: Request, exc: FusionrecError) -> JSONResponse:
-        status, code = status_of(exc)
-        headers = exc.headers if isinstance(exc, ApiError) else None
+        status, code, headers = status_of(exc)
         if status >= 500 and not isinstance(exc, ApiError):
             log.warning("%s: %s", type(exc).__name__, exc)
         return JSONResponse(error_body(code, str(exc)), status_code=status, headers=headers)

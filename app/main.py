@@ -8,34 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
 import torch
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import errors
-from app.cache import (
-    CircuitBreaker,
-    LocalHistory,
-    LocalLRU,
-    RedisGateway,
-    RedisHistory,
-    VectorCache,
-)
 from app.deps import RateLimiter
-from app.metrics import Metrics, MetricsMiddleware
+from app.history import HistoryStore, LocalHistory, RedisHistory
+from app.metrics import Metrics
+from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
 from app.recommender import Recommender
+from app.redis_gateway import CircuitBreaker, RedisGateway
 from app.routes import admin, health, items, recommend, users
 from app.settings import Settings
+from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
 
 log = logging.getLogger("app")
-_USER_PATH = re.compile(r"(/v1/users/)[^/?\s]+")
 
 
 class State(TypedDict):
@@ -45,86 +37,36 @@ class State(TypedDict):
     limiter: RateLimiter
 
 
-class RedactUserIds(logging.Filter):
-    """Access logs show /v1/users/<redacted>: user ids are never logged in clear."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and record.args:
-            record.args = tuple(
-                _USER_PATH.sub(r"\1<redacted>", a) if isinstance(a, str) else a for a in record.args
-            )
-        return True
-
-
-def install_log_redaction() -> None:
-    access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactUserIds) for f in access.filters):
-        access.addFilter(RedactUserIds())
-
-
-class BodyLimitMiddleware:
-    """413 for bodies over ``limit`` bytes: by Content-Length, or, for a body without one
-    (chunked), by counting the streamed bytes before the app sees any."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    def _too_large(self, size: str) -> JSONResponse:
-        return JSONResponse(
-            errors.error_body(
-                "payload_too_large",
-                f"request body is {size} bytes; the limit is {self.limit} "
-                f"bytes (FUSIONREC_MAX_BODY_BYTES)",
-            ),
-            status_code=413,
+def build_recommender(
+    settings: Settings, metrics: Metrics
+) -> tuple[Recommender, RedisGateway | None]:
+    """The service core for ``settings``: Redis (when configured) behind its breaker, the
+    vector cache and history store over it, and the recommender using them."""
+    gateway: RedisGateway | None = None
+    local_history = LocalHistory(settings.history_max_len)
+    history: HistoryStore = local_history
+    if settings.redis_url:
+        gateway = RedisGateway(
+            settings.redis_url,
+            timeout_s=settings.redis_timeout_s,
+            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
         )
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                await JSONResponse(
-                    errors.error_body("bad_request", "Content-Length is not a number"),
-                    status_code=400,
-                )(scope, receive, send)
-                return
-            if int(declared) > self.limit:
-                await self._too_large(declared.decode())(scope, receive, send)
-                return
-            # the HTTP server delivers no more body than Content-Length declares (the rest
-            # would be the next request), so a declared size within the limit needs no
-            # counting: pass the body through unbuffered
-            await self.app(scope, receive, send)
-            return
-        chunks: list[bytes] = []  # chunked transfer: count the bytes as they arrive
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.limit:
-                await self._too_large(f"more than {self.limit}")(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
+        history = RedisHistory(gateway, local_history, settings.history_max_len)
+    cache = VectorCache(
+        LocalLRU(settings.cache_size, settings.cache_ttl_s), gateway, settings.cache_ttl_s
+    )
+    rec = Recommender(
+        store=settings.store,
+        cache=cache,
+        history=history,
+        metrics=metrics,
+        device=settings.device,
+        candidates=settings.candidates,
+        batch_max_size=settings.batch_max_size,
+        batch_max_wait_ms=settings.batch_max_wait_ms,
+        search_user_weight=settings.search_user_weight,
+    )
+    return rec, gateway
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -137,30 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
         set_faiss_threads(settings.faiss_threads)
-        gateway: RedisGateway | None = None
-        local_history = LocalHistory(settings.history_max_len)
-        history: LocalHistory | RedisHistory = local_history
-        if settings.redis_url:
-            gateway = RedisGateway(
-                settings.redis_url,
-                timeout_s=settings.redis_timeout_s,
-                breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
-            )
-            history = RedisHistory(gateway, local_history, settings.history_max_len)
-        cache = VectorCache(
-            LocalLRU(settings.cache_size, settings.cache_ttl_s), gateway, settings.cache_ttl_s
-        )
-        rec = Recommender(
-            store=settings.store,
-            cache=cache,
-            history=history,
-            metrics=metrics,
-            device=settings.device,
-            candidates=settings.candidates,
-            batch_max_size=settings.batch_max_size,
-            batch_max_wait_ms=settings.batch_max_wait_ms,
-            search_user_weight=settings.search_user_weight,
-        )
+        rec, gateway = build_recommender(settings, metrics)
         await asyncio.to_thread(rec.start)
         if gateway is not None and not await gateway.ping():
             log.warning("Redis at the configured URL is not answering; serving without it")
@@ -172,8 +91,8 @@ def create_app(settings: Settings) -> FastAPI:
                 limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
             )
         finally:
-            if isinstance(history, RedisHistory):
-                await history.drain(settings.history_drain_s)
+            if isinstance(rec.history, RedisHistory):
+                await rec.history.drain(settings.history_drain_s)
             await asyncio.to_thread(rec.stop)
             torch.set_num_threads(threads_before)
             if gateway is not None:
@@ -197,4 +116,4 @@ def create_app(settings: Settings) -> FastAPI:
 
 def app_from_env() -> FastAPI:
     """Factory for ``uvicorn --factory``: settings from the environment."""
-    return create_app(Settings())  # type: ignore[call-arg]
+    return create_app(Settings())

@@ -124,12 +124,3 @@ class Ready(BaseModel):
     catalog_items: int
     search_index: str = Field(description="ANN index over text embeddings, or 'exact scan'")
     redis: Literal["disabled", "closed", "open", "half-open"]
-
-
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail

@@ -55,8 +55,11 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=32)
     a = p.parse_args()
-    env = {"FUSIONREC_STORE": str(a.store), "FUSIONREC_RATE_LIMIT_RPS": "0",
-           "FUSIONREC_DEVICE": "cpu"}
+    env = {
+        "FUSIONREC_STORE": str(a.store),
+        "FUSIONREC_RATE_LIMIT_RPS": "0",
+        "FUSIONREC_DEVICE": "cpu",
+    }
     servers = [TreeServer(tree, env) for tree in a.trees]
     try:
         for srv in servers:
@@ -73,8 +76,9 @@ def main() -> None:
                 await serve.saturate(srv.port, path, body[a.case], a.concurrency, 2.0)
             for _ in range(a.rounds):
                 for n, srv in enumerate(servers):
-                    out = await serve.saturate(srv.port, path, body[a.case], a.concurrency,
-                                               a.duration)
+                    out = await serve.saturate(
+                        srv.port, path, body[a.case], a.concurrency, a.duration
+                    )
                     rps[n].append(out["rps"])
 
         asyncio.run(run())
@@ -82,8 +86,10 @@ def main() -> None:
         for srv in servers:
             srv.stop()
     for tree, runs in zip(a.trees, rps, strict=True):
-        print(f"{tree!s:40s} median {statistics.median(runs):7.0f} req/s  "
-              f"rounds {[round(x) for x in runs]}")
+        print(
+            f"{tree!s:40s} median {statistics.median(runs):7.0f} req/s  "
+            f"rounds {[round(x) for x in runs]}"
+        )
 
 
 if __name__ == "__main__":

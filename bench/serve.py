@@ -45,9 +45,12 @@ def bare_app() -> Any:
 
     @app.post("/v1/recommend")
     async def recommend(body: dict[str, Any]) -> dict[str, Any]:
-        return {"model_version": "bare", "strategy": "cold_start",
-                "items": [{"item_id": str(i), "score": 1.0} for i in range(10)],
-                "unknown_items": []}
+        return {
+            "model_version": "bare",
+            "strategy": "cold_start",
+            "items": [{"item_id": str(i), "score": 1.0} for i in range(10)],
+            "unknown_items": [],
+        }
 
     return app
 
@@ -63,16 +66,31 @@ def ensure_bundle(store: Path, data: Path) -> None:
         return
     if not (data / "interactions.csv").exists() and not (data / "interactions.parquet").exists():
         subprocess.run(["fusionrec", "data", "movielens-100k", "--out", str(data)], check=True)
-    subprocess.run(["fusionrec", "train", "--data", str(data), "--store", str(store),
-                    "--epochs", "5"], check=True)
+    subprocess.run(
+        ["fusionrec", "train", "--data", str(data), "--store", str(store), "--epochs", "5"],
+        check=True,
+    )
 
 
 class Server:
     def __init__(self, target: str, env: dict[str, str], app_dir: Path) -> None:
         self.port = free_port()
-        cmd = [sys.executable, "-m", "uvicorn", target, "--factory", "--host", "127.0.0.1",
-               "--port", str(self.port), "--log-level", "warning", "--no-access-log",
-               "--app-dir", str(app_dir)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            target,
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--app-dir",
+            str(app_dir),
+        ]
         self.proc = subprocess.Popen(cmd, env={**os.environ, **env}, cwd=ROOT)
 
     def wait(self, timeout: float = 900) -> None:
@@ -94,6 +112,7 @@ class Server:
 
 # ---- a minimal keep-alive HTTP/1.1 client -------------------------------------------------
 
+
 class Conn:
     def __init__(self, port: int) -> None:
         self.port = port
@@ -104,9 +123,13 @@ class Conn:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
         assert self.reader is not None
-        self.writer.write(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n"
-                          b"Content-Type: application/json\r\nContent-Length: "
-                          + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.writer.write(
+            b"POST " + path.encode() + b" HTTP/1.1\r\nHost: bench\r\n"
+            b"Content-Type: application/json\r\nContent-Length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
         length = 0
@@ -120,8 +143,13 @@ class Conn:
 Body = Callable[[int], bytes]
 
 
-async def fixed_rate(port: int, path: str, body: Body, rate: float, duration: float,
-                     ) -> dict[str, float]:
+async def fixed_rate(
+    port: int,
+    path: str,
+    body: Body,
+    rate: float,
+    duration: float,
+) -> dict[str, float]:
     pool: asyncio.Queue[Conn] = asyncio.Queue()
     for _ in range(64):
         pool.put_nowait(Conn(port))
@@ -147,8 +175,13 @@ async def fixed_rate(port: int, path: str, body: Body, rate: float, duration: fl
     return summarise(lat, elapsed, errors)
 
 
-async def saturate(port: int, path: str, body: Body, concurrency: int, duration: float,
-                   ) -> dict[str, float]:
+async def saturate(
+    port: int,
+    path: str,
+    body: Body,
+    concurrency: int,
+    duration: float,
+) -> dict[str, float]:
     lat: list[float] = []
     errors = 0
     stop = time.perf_counter() + duration
@@ -170,15 +203,20 @@ async def saturate(port: int, path: str, body: Body, concurrency: int, duration:
 
 def summarise(lat: list[float], elapsed: float, errors: int) -> dict[str, float]:
     a = np.asarray(lat) * 1000
-    return {"requests": len(a), "errors": errors, "rps": len(a) / elapsed,
-            "p50_ms": float(np.percentile(a, 50)), "p95_ms": float(np.percentile(a, 95)),
-            "p99_ms": float(np.percentile(a, 99))}
+    return {
+        "requests": len(a),
+        "errors": errors,
+        "rps": len(a) / elapsed,
+        "p50_ms": float(np.percentile(a, 50)),
+        "p95_ms": float(np.percentile(a, 95)),
+        "p99_ms": float(np.percentile(a, 99)),
+    }
 
 
 def bodies(store: Path, seed: int = 0) -> dict[str, Body]:
     import pandas as pd
 
-    from model_store.bundle import current_version
+    from model_store.store import current_version
 
     version = store / current_version(store)
     items = pd.read_parquet(version / "items.parquet")
@@ -195,8 +233,9 @@ def bodies(store: Path, seed: int = 0) -> dict[str, Body]:
         return json.dumps({"history": rng.sample(ids, 20), "k": 10}).encode()
 
     def search(i: int) -> bytes:
-        return json.dumps({"query": titles[rng.randrange(len(titles))], "k": 10,
-                           "user_id": warm[i % len(warm)]}).encode()
+        return json.dumps(
+            {"query": titles[rng.randrange(len(titles))], "k": 10, "user_id": warm[i % len(warm)]}
+        ).encode()
 
     return {"hit": hit, "miss": miss, "search": search}
 
@@ -214,25 +253,32 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--rounds", type=int, default=3,
-                   help="alternating rounds of the saturated cases (median reported)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating rounds of the saturated cases (median reported)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     ensure_bundle(args.store, args.data)
-    env = {"FUSIONREC_STORE": str(args.store), "FUSIONREC_RATE_LIMIT_RPS": "0",
-           "FUSIONREC_DEVICE": "cpu"}
-    results: dict[str, Any] = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                               "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
-                                          f"{platform.platform()}",
-                               "command": " ".join(sys.argv), "cases": {}}
+    env = {
+        "FUSIONREC_STORE": str(args.store),
+        "FUSIONREC_RATE_LIMIT_RPS": "0",
+        "FUSIONREC_DEVICE": "cpu",
+    }
+    results: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "command": " ".join(sys.argv),
+        "cases": {},
+    }
     # All three servers up at once (an idle one costs nothing), so the saturated cases can
     # alternate round by round and machine drift hits each of them alike.
     servers = {
         "bare": Server("serve:bare_app", {}, ROOT / "bench"),
-        "batch64": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "64"},
-                          ROOT),
-        "batch1": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "1"},
-                         ROOT),
+        "batch64": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "64"}, ROOT),
+        "batch1": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "1"}, ROOT),
     }
     try:
         for srv in servers.values():
@@ -240,11 +286,13 @@ def main() -> None:
         body = bodies(args.store)
         bare_body: Body = lambda i: b'{"k": 10}'  # noqa: E731
         # (name, server, path, body) of every case; the fixed-rate ones run once
-        cases = [("bare", "bare", "/v1/recommend", bare_body),
-                 ("hit", "batch64", "/v1/recommend", body["hit"]),
-                 ("miss", "batch64", "/v1/recommend", body["miss"]),
-                 ("search", "batch64", "/v1/search", body["search"]),
-                 ("miss_batch1", "batch1", "/v1/recommend", body["miss"])]
+        cases = [
+            ("bare", "bare", "/v1/recommend", bare_body),
+            ("hit", "batch64", "/v1/recommend", body["hit"]),
+            ("miss", "batch64", "/v1/recommend", body["miss"]),
+            ("search", "batch64", "/v1/search", body["search"]),
+            ("miss_batch1", "batch1", "/v1/recommend", body["miss"]),
+        ]
 
         async def run_all() -> dict[str, dict[str, Any]]:
             for name in ("batch64", "batch1"):  # warm the hit users' cached vectors
@@ -253,13 +301,17 @@ def main() -> None:
                     await warm.post("/v1/recommend", body["hit"](i))
             out: dict[str, dict[str, Any]] = {name: {} for name, *_ in cases}
             for name, srv, path, make in cases[:4]:
-                out[name]["fixed"] = await fixed_rate(servers[srv].port, path, make,
-                                                      args.rate, args.duration)
+                out[name]["fixed"] = await fixed_rate(
+                    servers[srv].port, path, make, args.rate, args.duration
+                )
             sat: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in cases}
             for _ in range(args.rounds):
                 for name, srv, path, make in cases:
-                    sat[name].append(await saturate(servers[srv].port, path, make,
-                                                    args.concurrency, args.duration))
+                    sat[name].append(
+                        await saturate(
+                            servers[srv].port, path, make, args.concurrency, args.duration
+                        )
+                    )
             for name in sat:
                 out[name]["saturated"] = median_round(sat[name])
             return out
@@ -273,8 +325,9 @@ def main() -> None:
     results["ratios"] = {
         "hit_vs_bare": c["hit"]["saturated"]["rps"] / bare_rps,
         "miss_vs_bare": c["miss"]["saturated"]["rps"] / bare_rps,
-        "batching_miss_speedup": (c["miss"]["saturated"]["rps"]
-                                  / c["miss_batch1"]["saturated"]["rps"]),
+        "batching_miss_speedup": (
+            c["miss"]["saturated"]["rps"] / c["miss_batch1"]["saturated"]["rps"]
+        ),
     }
     text = json.dumps(results, indent=1)
     print(text)

@@ -5,8 +5,9 @@
 
 Times what one epoch of ``fusionrec train`` spends in optimisation, without validation:
 the default joint model over the peers' training windows (each user's last two items held
-out, as in ``bench/quality.py``), multi-target L_RS with the user's whole history masked,
-+ α·InfoNCE, backward, gradient clipping, fused AdamW and the weight average (EMA). Each
+out, as in ``bench/quality.py``), through ``model_store.trainer.train_step`` (the step
+``fit`` takes: multi-target L_RS with the user's whole history masked, + α·InfoNCE,
+backward, gradient clipping, fused AdamW) and the weight average (EMA). Each
 batch size runs ``--repeats`` epochs after one warm-up epoch; the table gives the median.
 Run it on two checkouts to compare code versions (same machine, one after the other,
 nothing else running).
@@ -28,16 +29,10 @@ from model_store.ablate import split_for_test
 from model_store.config import Config
 from model_store.data import load_dataset
 from model_store.movielens import default_cache_dir
-from model_store.train import (
-    align_loss,
-    build_model,
-    fused_adam,
-    prepare,
-    rs_loss,
-    text_embeddings,
-    windows,
-    with_earlier,
-)
+from model_store.optim import WeightAverage, make_optimizer
+from model_store.prepare import prepare, windows, with_earlier
+from model_store.train import catalog_embeddings
+from model_store.trainer import build_model, train_step
 
 
 def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float], int]:
@@ -45,13 +40,13 @@ def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float
     dataset = load_dataset(data)
     train_ds, _ = split_for_test(dataset)
     prep = prepare(train_ds, holdout=True)
-    prep.text_emb = text_embeddings(dataset.item_texts(), cfg, cache_dir=default_cache_dir())
+    prep.text_emb = catalog_embeddings(dataset, cfg, cache_dir=default_cache_dir())
     torch.manual_seed(0)
-    model = build_model(cfg, prep, torch.device("cpu"))
+    device = torch.device("cpu")
+    model = build_model(cfg, prep, device)
     model.train()
-    params = list(model.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.train.lr, fused=fused_adam(torch.device("cpu")))
-    ema = [p.detach().clone() for p in params]
+    opt = make_optimizer(cfg, model, device, None)
+    average = WeightAverage(list(model.parameters()), cfg.train.ema_decay)
     rng = np.random.default_rng(0)
     times, steps = [], 0
     for _ in range(repeats + 1):
@@ -64,15 +59,8 @@ def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float
         for s in range(0, n_windows, batch_size):
             # as fit builds it: the window's items and the user's items before it (masked)
             b = with_earlier(batch_all.take(slice(s, s + batch_size)), prep.sequences)
-            loss = rs_loss(model, b, cfg, None) + cfg.train.alpha * align_loss(
-                model, b, cfg.train.align_temperature
-            )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
-            with torch.no_grad():  # fit's weight average
-                torch._foreach_lerp_(ema, params, 1.0 - cfg.train.ema_decay)
+            train_step(model, b, cfg, opt, sampler_logq=None)  # the step fit takes
+            average.update()
         times.append(time.perf_counter() - t0)
     return times[1:], steps  # the first epoch warms up the allocator and kernels
 

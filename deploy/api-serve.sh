@@ -1,6 +1,6 @@
 #!/bin/sh
 # The api container's command: `fusionrec serve` on all interfaces. Settings come from the
-# FUSIONREC_* environment (and REDIS_URL); see docs/OPERATIONS.md for the table.
+# FUSIONREC_* environment (and REDIS_URL); see README.md (section Operations) for the table.
 #   FUSIONREC_STORE    store root            /store
 #   FUSIONREC_PORT     TCP port              8000
 #   FUSIONREC_WORKERS  uvicorn processes     1 (scale out with replicas instead)

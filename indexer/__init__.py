@@ -2,10 +2,10 @@
 
 Public API (the service uses these):
 
-* :class:`indexer.build.ItemIndex` — search / add / remove / save / load.
-* :func:`indexer.publish.load_index` — a bundle's verified index.
-* :func:`indexer.publish.upsert_in_memory`, :func:`indexer.publish.remove_in_memory`,
-  :func:`indexer.publish.persist_update` — POST /v1/items.
-* :func:`indexer.publish.index_bundle`, :func:`indexer.publish.add_items`,
-  :func:`indexer.publish.remove_items` — the CLI's jobs.
+* :mod:`indexer.index` — the ``ItemIndex`` protocol (search / add / remove / save), with the
+  kinds in :mod:`indexer.flat`, :mod:`indexer.hnsw`, :mod:`indexer.ivfpq`.
+* :mod:`indexer.build` — choose, build and tune an index; ``read_index`` loads one back.
+* :mod:`indexer.catalog` — the one item upsert/removal path (validate, encode, apply, undo).
+* :mod:`indexer.publish` — ``load_index``/``load_text_index`` of a bundle, ``index_bundle``,
+  ``persist_update``, and the CLI's ``add_items``/``remove_items`` jobs.
 """

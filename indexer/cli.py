@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,7 +20,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from indexer.build import DENSE_MAX_ITEMS, KINDS, IndexKind, IndexParams
+from indexer.build import KINDS, IndexKind, IndexParams
+from indexer.flat import DENSE_MAX_ITEMS
 from model_store.errors import ConfigError, FusionrecError
 
 console = Console(stderr=True)
@@ -69,12 +70,6 @@ def _kind(value: str) -> IndexKind:
     return value
 
 
-def _metric(value: str) -> Literal["l2_mips", "ip"]:
-    if value not in ("l2_mips", "ip"):
-        raise fail(ConfigError(f"--hnsw-metric {value!r}; valid: l2_mips, ip"))
-    return value  # type: ignore[return-value]
-
-
 def _device(value: str) -> str:
     if value not in ("auto", "cpu", "cuda"):
         raise fail(ConfigError(f"--device {value!r}; valid: auto, cpu, cuda"))
@@ -109,14 +104,12 @@ def index_cmd(
     ef_construction: Annotated[
         int, typer.Option(min=8, help="hnsw: build-time candidate list (efConstruction)")
     ] = 200,
-    hnsw_metric: Annotated[
-        str, typer.Option(help="hnsw: l2_mips (graph in L2 over norm-augmented vectors) or ip")
-    ] = "l2_mips",
     pq_m: Annotated[
         int, typer.Option(min=0, help="ivfpq: sub-quantizers (0 = one per dimension)")
     ] = 0,
 ) -> None:
     """Encode the catalog, build and tune the index, publish it as a new bundle version."""
+    # (long: one parameter per command-line option; the work is index_bundle's)
     if ctx.invoked_subcommand is not None:
         return
     if store is None:
@@ -130,7 +123,6 @@ def index_cmd(
         hnsw_m=hnsw_m,
         ef_construction=ef_construction,
         pq_m=pq_m,
-        hnsw_metric=_metric(hnsw_metric),
     )
     try:
         with encode_progress("encoding items") as progress:
@@ -149,20 +141,22 @@ def index_cmd(
         raise fail(exc) from exc
     from model_store.bundle import read_manifest
 
-    s = read_manifest(path)["index"]
+    manifest = read_manifest(path)
+    s = manifest.index
+    assert s is not None  # index_bundle publishes one
     out.print(
-        f"published {path}: {s['kind']} index of {s['n_vectors']} vectors "
-        f"(dim {s['dim']}, params {s['params']}), recall@10 {s['recall@10']:.4f}, "
-        f"recall@100 {s['recall@100']:.4f}, built in {s['build_seconds']:.2f}s, "
-        f"{s['memory_bytes'] / 1e6:.1f} MB",
+        f"published {path}: {s.kind} index of {s.n_vectors} vectors "
+        f"(dim {s.dim}, params {s.params}), recall@10 {s.recall10:.4f}, "
+        f"recall@100 {s.recall100:.4f}, built in {s.build_seconds:.2f}s, "
+        f"{s.memory_bytes / 1e6:.1f} MB",
         highlight=False,
     )
-    t = read_manifest(path).get("text_index")
-    if t:
+    t = manifest.text_index
+    if t is not None:
         out.print(
-            f"search index over text embeddings: {t['kind']} of {t['n_vectors']} "
-            f"(params {t['params']}), recall@100 {t['recall@100']:.4f}, built in "
-            f"{t['build_seconds']:.2f}s, {t['memory_bytes'] / 1e6:.1f} MB",
+            f"search index over text embeddings: {t.kind} of {t.n_vectors} "
+            f"(params {t.params}), recall@100 {t.recall100:.4f}, built in "
+            f"{t.build_seconds:.2f}s, {t.memory_bytes / 1e6:.1f} MB",
             highlight=False,
         )
 

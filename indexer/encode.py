@@ -3,15 +3,13 @@
 ``encode_catalog`` calls ``FusedModel.item_vectors`` (the function the trainer and the
 service use) over the catalog in chunks; the LM text embeddings are already cached in the
 bundle (``catalog.safetensors``), so no language model runs for a full rebuild.
-``encode_new_items`` runs the bundle's LM (``TextEncoder``: length-sorted batches, dynamic
-padding, GPU when present) on items that arrive after training.
+``encode_new_items`` runs the bundle's LM (``text_encoder_for``: length-sorted batches,
+dynamic padding, GPU when present) on items that arrive after training.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,9 +17,9 @@ import torch
 from model_store.bundle import Bundle
 from model_store.data import format_item_text
 from model_store.errors import ConfigError
-from model_store.lora import ADAPTER_FILE
+from model_store.lm import pick_device
 from model_store.model import left_pad
-from model_store.text_encoder import TextEncoder, pick_device
+from model_store.text_encoder import text_encoder_for
 
 
 def _model_device(bundle: Bundle, device: str | None) -> torch.device:
@@ -65,45 +63,6 @@ def encode_catalog(
     return out
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_encoder(
-    model: str, max_length: int, device: str, adapter: tuple[str, str] | None, precision: str
-) -> TextEncoder:
-    adapter_dir = Path(adapter[0]) if adapter else None
-    return TextEncoder(
-        model, max_length=max_length, device=device, adapter_dir=adapter_dir, precision=precision
-    )
-
-
-def text_encoder(
-    model: str,
-    max_length: int,
-    device: str,
-    *,
-    bundle: Bundle | None = None,
-    precision: str = "auto",
-) -> TextEncoder:
-    """The LM text encoder, loaded once per process (≈90 MB for MiniLM).
-
-    For a bundle trained with ``text.mode = lora`` the encoder carries that bundle's tuned
-    adapter (cached by the adapter's sha256, so derived versions share one copy).
-    """
-    adapter = None
-    if bundle is not None and ADAPTER_FILE in bundle.manifest.get("files", {}):
-        adapter = (str(bundle.path), str(bundle.manifest["files"][ADAPTER_FILE]))
-    return _cached_encoder(model, max_length, device, adapter, precision)
-
-
-def bundle_precision(bundle: Bundle, device: torch.device) -> str:
-    """The LM precision the bundle's catalog embeddings were made with, for its new items.
-
-    Bundles from before the setting was recorded were made in fp32; an fp16 (GPU) bundle
-    served on a CPU takes the CPU's best (``auto``).
-    """
-    recorded = str(bundle.manifest.get("text_model", {}).get("precision", "fp32"))
-    return "auto" if recorded == "fp16" and device.type != "cuda" else recorded
-
-
 def item_texts(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str]) -> list[str]:
     return [format_item_text(row, text_columns) for row in rows]
 
@@ -117,17 +76,14 @@ def encode_new_items(
     progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """LM text embeddings (M, T) of new or edited items, formatted like the training text."""
-    cfg = bundle.config.text
     texts = item_texts(rows, bundle.text_columns)
-    dev = pick_device(device)
-    encoder = text_encoder(
-        cfg.model, cfg.max_length, str(dev), bundle=bundle, precision=bundle_precision(bundle, dev)
-    )
-    emb = encoder.encode(texts, batch_size=batch_size or cfg.batch_size, progress=progress)
+    encoder = text_encoder_for(bundle, device)
+    size = batch_size or bundle.config.text.batch_size
+    emb = encoder.encode(texts, batch_size=size, progress=progress)
     if emb.shape[1] != bundle.model.text_emb.shape[1]:
         raise ConfigError(
-            f"text model {cfg.model!r} gives {emb.shape[1]}-dim embeddings, the bundle holds "
-            f"{bundle.model.text_emb.shape[1]}-dim ones"
+            f"text model {encoder.name!r} gives {emb.shape[1]}-dim embeddings, the bundle "
+            f"holds {bundle.model.text_emb.shape[1]}-dim ones"
         )
     return emb
 

@@ -1,23 +1,19 @@
 """Build or update a bundle's index and publish the result as a new bundle version.
 
 Every operation here loads a verified bundle, changes it in memory and publishes a **new**
-version (``model_store.bundle.staging`` → write files → ``publish``): unchanged files are
+version (``store.staging`` → write files → ``bundle.publish``): unchanged files are
 hard-linked from the parent, the manifest is the parent's with a new ``version``,
-``created_at``, ``parent_version`` and an ``index`` section. ``CURRENT`` moves only after
-every file is written and hashed; a failure midway leaves ``CURRENT`` on the old version and
-no version directory behind.
-
-The in-memory halves (``upsert_in_memory``, ``remove_in_memory``) are pure functions over a
-loaded ``Bundle`` + ``ItemIndex``; the service calls them for ``POST /v1/items`` and then
-``persist_update`` to publish.
+``created_at``, ``parent_version`` and index sections. ``CURRENT`` moves only after every
+file is written and hashed; a failure midway leaves ``CURRENT`` on the old version and no
+version directory behind.
 
 **Search index.** For a catalog above ``IndexParams.text_index_min_items`` (default: the
-same 65,536 items as exact item search) the build also writes ``text_index.faiss`` — an IVF-PQ index
-over the LM text embeddings with one 8-bit code per dimension, tuned to the same recall floor
-on sampled item texts — so ``POST /v1/search`` need not scan every embedding per query; the
-service rescores its candidates exactly. It is updated with the item index on every upsert
-and removal, and its manifest section is ``text_index`` (``null`` when the catalog is small
-enough for the exact scan).
+same 65,536 items as exact item search) the build also writes ``text_index.faiss`` — an
+IVF-PQ index over the LM text embeddings with one 8-bit code per dimension, tuned to the
+same recall floor on sampled item texts — so ``POST /v1/search`` need not scan every
+embedding per query; the service rescores its candidates exactly. It follows the item
+index on every upsert and removal; its manifest section is ``text_index`` (``null`` when
+the catalog is small enough for the exact scan).
 
 Concurrency: ``add_items``/``remove_items`` refuse to publish when ``CURRENT`` moved while
 they worked (optimistic check) instead of silently dropping the other writer's change;
@@ -26,58 +22,50 @@ writers should still be serialised (one admin process).
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from indexer.build import (
-    INDEX_FILE,
-    INDEX_META,
-    INDEX_ROWS,
-    IndexKind,
-    IndexParams,
-    ItemIndex,
-    build_tuned,
-    set_faiss_threads,
-)
-from indexer.encode import encode_catalog, encode_new_items, query_vectors
+from indexer import catalog
+from indexer.build import IndexKind, IndexParams, build_tuned, read_index, set_faiss_threads
+from indexer.encode import encode_catalog, query_vectors
+from indexer.index import ItemIndex, file_names
 from model_store import bundle as bundle_mod
+from model_store import store as store_mod
 from model_store.bundle import Bundle, load_bundle
-from model_store.errors import BundleError, BundleIntegrityError, DataError, NotFoundError
+from model_store.errors import BundleError, DataError
+from model_store.manifest import CatalogInfo, IndexInfo, Manifest
 
-INDEX_FILES = (INDEX_FILE, INDEX_META, INDEX_ROWS)
 TEXT_PREFIX = "text_"
-TEXT_INDEX_FILES = tuple(TEXT_PREFIX + f for f in INDEX_FILES)
+INDEX_FILES = file_names()
+TEXT_INDEX_FILES = file_names(TEXT_PREFIX)
+UPDATE_LOG = 20
 Progress = Callable[[int, int], None]  # (advance, total)
 
 
 def load_index(bundle: Bundle) -> ItemIndex:
     """The bundle's index, verified against its manifest and its model (dim, catalog size)."""
-    section = bundle.manifest.get("index")
-    if not section:
+    if bundle.manifest.index is None:
         raise BundleError(
             f"bundle {bundle.version} has no index; run `fusionrec index --store "
             f"{bundle.path.parent}` first"
         )
-    return ItemIndex.load(
-        bundle.path, section, dim=bundle.model.out_dim, n_items=len(bundle.item_ids)
+    return read_index(
+        bundle.path, bundle.manifest.index, dim=bundle.model.out_dim, n_items=len(bundle.item_ids)
     )
 
 
 def load_text_index(bundle: Bundle) -> ItemIndex | None:
     """The bundle's search index over text embeddings, or None when it has none."""
-    section = bundle.manifest.get("text_index")
-    if not section:
+    section = bundle.manifest.text_index
+    if section is None:
         return None
-    return ItemIndex.load(
+    return read_index(
         bundle.path,
         section,
         dim=int(bundle.model.text_emb.shape[1]),
@@ -90,6 +78,63 @@ def text_rows(bundle: Bundle, rows: np.ndarray | Sequence[int]) -> np.ndarray:
     """The normalised LM text embeddings of catalog ``rows`` (R, T) float32."""
     idx = torch.as_tensor(np.asarray(rows, dtype=np.int64) + 1)
     return bundle.model.text_emb[idx.to(bundle.model.text_emb.device)].float().cpu().numpy()
+
+
+def _section(index: ItemIndex, staged: Path, files: dict[str, str], **stats: Any) -> IndexInfo:
+    return IndexInfo.model_validate(
+        {
+            **stats,
+            "kind": index.kind,
+            "params": dict(index.params),
+            "n_vectors": index.ntotal,
+            "dim": index.dim,
+            "tombstones": index.tombstones,
+            "removed": len(index.removed),
+            "memory_bytes": int(sum((staged / f).stat().st_size for f in files)),
+            "files": files,
+        }
+    )
+
+
+def _recall_stats(recall: dict[str, float], floor: float, n: int, source: str) -> dict[str, Any]:
+    return {
+        "recall@10": round(recall["recall@10"], 5),
+        "recall@100": round(recall["recall@100"], 5),
+        "recall_floor": floor,
+        "recall_queries": n,
+        "recall_query_source": source,
+    }
+
+
+def _publish_child(
+    store: Path,
+    bundle: Bundle,
+    *,
+    rewrite: Sequence[str],
+    write: Callable[[Path, Manifest], Manifest],
+    expect_current: bool,
+) -> Path:
+    """Stage a child of ``bundle``: link unchanged files, ``write`` the rest, publish.
+
+    ``write(staged, manifest)`` writes the new files and returns the updated manifest.
+    """
+    version = store_mod.new_version_name()
+    skip = set(rewrite) | set(INDEX_FILES) | set(TEXT_INDEX_FILES)
+    keep = [name for name in bundle.manifest.files if name not in skip]
+    with store_mod.staging(store, version) as staged:
+        store_mod.copy_into(bundle.path, staged, keep)
+        manifest = write(staged, bundle_mod.child_manifest(bundle.manifest, version))
+        if expect_current:
+            now = store_mod.current_version(store)
+            if now != bundle.version:
+                raise BundleError(
+                    f"CURRENT moved from {bundle.version} to {now} while this update ran; "
+                    "nothing was published — retry on the new version"
+                )
+        return bundle_mod.publish(store, staged, manifest)
+
+
+# ---- full build ---------------------------------------------------------------------------
 
 
 def build_text_index(
@@ -112,101 +157,8 @@ def build_text_index(
     index, recall, build_s, _ = build_tuned(
         text, rows, queries, kind="ivfpq", params=p, floor=recall_floor
     )
-    return index, {
-        "build_seconds": round(build_s, 3),
-        "recall@10": round(recall["recall@10"], 5),
-        "recall@100": round(recall["recall@100"], 5),
-        "recall_floor": recall_floor,
-        "recall_queries": len(queries),
-        "recall_query_source": "sampled_item_texts",
-    }
-
-
-def _removed_rows(bundle: Bundle) -> set[int]:
-    """Rows removed in earlier versions (index.json is covered by the bundle's file hashes)."""
-    meta = bundle.path / INDEX_META
-    if "index" not in bundle.manifest or not meta.is_file():
-        return set()
-    try:
-        return {int(r) for r in json.loads(meta.read_text()).get("removed_rows", [])}
-    except (ValueError, TypeError) as exc:
-        raise BundleIntegrityError(f"{meta}: unreadable: {exc}") from exc
-
-
-def _child_manifest(bundle: Bundle, version: str) -> dict[str, Any]:
-    manifest = {k: v for k, v in bundle.manifest.items() if k != "files"}
-    manifest.update(
-        {
-            "version": version,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "parent_version": bundle.version,
-            "libraries": bundle_mod.library_versions(),
-        }
-    )
-    return manifest
-
-
-def _publish_child(
-    store: Path,
-    bundle: Bundle,
-    *,
-    rewrite: Sequence[str],
-    write: Callable[[Path], dict[str, Any]],
-    expect_current: bool,
-) -> Path:
-    """Stage a child of ``bundle``: link unchanged files, ``write`` the rest, publish.
-
-    ``write(staged)`` writes the new files and returns the manifest updates.
-    """
-    version = bundle_mod.new_version_name()
-    skip = set(rewrite) | set(INDEX_FILES) | set(TEXT_INDEX_FILES)
-    keep = [name for name in bundle.manifest.get("files", {}) if name not in skip]
-    with bundle_mod.staging(store, version) as staged:
-        bundle_mod.copy_into(bundle.path, staged, keep)
-        manifest = _child_manifest(bundle, version)
-        manifest.update(write(staged))
-        if expect_current:
-            now = bundle_mod.current_version(store)
-            if now != bundle.version:
-                raise BundleError(
-                    f"CURRENT moved from {bundle.version} to {now} while this update ran; "
-                    "nothing was published — retry on the new version"
-                )
-        return bundle_mod.publish(store, staged, manifest)
-
-
-def _index_section(
-    index: ItemIndex, staged: Path, files: dict[str, str], base: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        **base,
-        "kind": index.kind,
-        "params": dict(index.params),
-        "n_vectors": index.ntotal,
-        "dim": index.dim,
-        "tombstones": index.tombstones,
-        "removed": len(index.removed),
-        "memory_bytes": int(sum((staged / f).stat().st_size for f in files)),
-        "files": files,
-    }
-
-
-def _text_index_section(
-    text_index: ItemIndex | None, staged: Path, base: dict[str, Any]
-) -> dict[str, Any] | None:
-    if text_index is None:
-        return None
-    files = text_index.save(staged, prefix=TEXT_PREFIX)
-    return _index_section(text_index, staged, files, base)
-
-
-# ---- full build ---------------------------------------------------------------------------
-
-
-@dataclass
-class IndexResult:
-    path: Path
-    section: dict[str, Any]
+    stats = _recall_stats(recall, recall_floor, len(queries), "sampled_item_texts")
+    return index, {"build_seconds": round(build_s, 3), **stats}
 
 
 def build_for_bundle(
@@ -222,9 +174,9 @@ def build_for_bundle(
 ) -> tuple[ItemIndex, dict[str, Any]]:
     """Encode the bundle's live catalog, build, tune to the recall floor → (index, stats)."""
     p = params or IndexParams()
-    removed = _removed_rows(bundle)
-    n = len(bundle.item_ids)
-    rows = np.array([r for r in range(n) if r not in removed], dtype=np.int64)
+    parent = load_index(bundle) if bundle.manifest.index is not None else None
+    removed = set(parent.removed) if parent is not None else set()
+    rows = np.array([r for r in range(len(bundle.item_ids)) if r not in removed], np.int64)
     t0 = time.perf_counter()
     tick = None if progress is None else (lambda k: progress(k, len(rows)))
     vectors = encode_catalog(bundle, batch_size=batch_size, device=device, rows=rows, progress=tick)
@@ -242,11 +194,7 @@ def build_for_bundle(
         "encode_seconds": round(encode_s, 3),
         "build_and_tune_seconds": round(time.perf_counter() - t1, 3),
         "rebuilds": rebuilds,
-        "recall@10": round(recall["recall@10"], 5),
-        "recall@100": round(recall["recall@100"], 5),
-        "recall_floor": recall_floor,
-        "recall_queries": len(queries),
-        "recall_query_source": source,
+        **_recall_stats(recall, recall_floor, len(queries), source),
         "built_from_version": bundle.version,
         "requested_kind": kind,
         "updates_since_build": 0,
@@ -289,130 +237,18 @@ def index_bundle(
         )
         text_index.removed = set(index.removed)
 
-    def write(staged: Path) -> dict[str, Any]:
-        files = index.save(staged)
-        return {
-            "index": _index_section(index, staged, files, stats),
-            "text_index": _text_index_section(text_index, staged, text_stats),
-        }
+    def write(staged: Path, manifest: Manifest) -> Manifest:
+        section = _section(index, staged, index.save(staged), **stats)
+        text_section = None
+        if text_index is not None:
+            files = text_index.save(staged, prefix=TEXT_PREFIX)
+            text_section = _section(text_index, staged, files, **text_stats)
+        return manifest.model_copy(update={"index": section, "text_index": text_section})
 
     return _publish_child(store, bundle, rewrite=(), write=write, expect_current=False)
 
 
 # ---- incremental updates ------------------------------------------------------------------
-
-
-@dataclass
-class UpsertResult:
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    rows: list[int] = field(default_factory=list)  # catalog row of each input row
-
-
-def _clean_rows(
-    rows: Sequence[Mapping[str, object]],
-    text_columns: Sequence[str],
-) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = []
-    seen: set[str] = set()
-    for i, row in enumerate(rows):
-        raw = row.get("item_id")
-        if raw is None or str(raw).strip() == "":
-            raise DataError(f"item {i + 1}: missing 'item_id'")
-        item_id = str(raw)
-        if item_id in seen:
-            raise DataError(f"item {i + 1}: duplicate item_id {item_id!r} in one update")
-        seen.add(item_id)
-        clean: dict[str, object] = {"item_id": item_id}
-        for c in text_columns:
-            if c in row:
-                v = row[c]
-                clean[c] = "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-        out.append(clean)
-    return out
-
-
-def upsert_in_memory(
-    bundle: Bundle,
-    index: ItemIndex,
-    rows: Sequence[Mapping[str, object]],
-    *,
-    device: str = "auto",
-    text_index: ItemIndex | None = None,
-) -> UpsertResult:
-    """Add new items (text path only) and re-encode edited ones, in ``bundle`` and ``index``.
-
-    Each row has ``item_id`` and text columns; columns a row leaves out keep their old value
-    (new items: empty). New ids are appended to the catalog (``has_id = 0``, popularity 0);
-    a previously removed id comes back. Mutates ``bundle`` (model buffers, ``item_ids``,
-    ``items``) and ``index``; on error nothing has changed.
-    """
-    cols = bundle.text_columns
-    clean = _clean_rows(rows, cols)
-    if not clean:
-        return UpsertResult()
-    index_of = bundle.index_of()
-    items = bundle.items
-    merged: list[dict[str, object]] = []
-    for row in clean:
-        k = index_of.get(str(row["item_id"]))
-        base: dict[str, object] = (
-            {c: items.at[k - 1, c] for c in cols} if k is not None else {c: "" for c in cols}
-        )
-        full = {**base, **row}
-        if k is None and not any(str(full[c]).strip() for c in cols):
-            raise DataError(
-                f"new item {row['item_id']!r} has no text in any of the columns {cols}; "
-                "a new item is encoded from its text alone"
-            )
-        merged.append(full)
-    text = torch.from_numpy(encode_new_items(bundle, merged, device=device))
-    result = UpsertResult()
-    model = bundle.model
-    new_pos = [i for i, r in enumerate(merged) if str(r["item_id"]) not in index_of]
-    old_pos = [i for i, r in enumerate(merged) if str(r["item_id"]) in index_of]
-    # all LM work is done: from here on only cheap, non-failing in-memory updates
-    if old_pos:
-        idx = torch.tensor([index_of[str(merged[i]["item_id"])] for i in old_pos])
-        model.replace_text(idx, text[old_pos])
-        for i in old_pos:
-            k = index_of[str(merged[i]["item_id"])]
-            for c in cols:
-                items.at[k - 1, c] = str(merged[i][c])
-    if new_pos:
-        start = len(bundle.item_ids)
-        model.extend_catalog(text[new_pos])
-        new_frame = pd.DataFrame([{c: merged[i][c] for c in ["item_id", *cols]} for i in new_pos])
-        bundle.items = pd.concat([items, new_frame], ignore_index=True)
-        for j, i in enumerate(new_pos):
-            bundle.item_ids.append(str(merged[i]["item_id"]))
-            index_of[str(merged[i]["item_id"])] = start + j + 1
-    result.rows = [index_of[str(r["item_id"])] - 1 for r in merged]
-    result.added = [str(merged[i]["item_id"]) for i in new_pos]
-    result.updated = [str(merged[i]["item_id"]) for i in old_pos]
-    vectors = encode_catalog(bundle, rows=np.asarray(result.rows))
-    index.add(vectors, result.rows)
-    if text_index is not None:
-        text_index.add(text_rows(bundle, result.rows), result.rows)
-    return result
-
-
-def remove_in_memory(
-    bundle: Bundle, index: ItemIndex, ids: Sequence[str], *, text_index: ItemIndex | None = None
-) -> list[int]:
-    """Remove items from the index and mark them removed; their catalog rows stay.
-
-    Unknown ids raise NotFoundError (naming them) and nothing changes. Returns the rows.
-    """
-    index_of = bundle.index_of()
-    unknown = [i for i in ids if str(i) not in index_of]
-    if unknown:
-        raise NotFoundError(f"unknown item id(s) {unknown[:10]}; nothing was removed")
-    rows = [index_of[str(i)] - 1 for i in ids]
-    index.remove(rows)
-    if text_index is not None:
-        text_index.remove(rows)
-    return rows
 
 
 def persist_update(
@@ -429,32 +265,38 @@ def persist_update(
     A bundle with a search index must be given it (``load_text_index``) so that it follows
     the catalog; leaving it out drops it from the child (search then scans exactly).
     """
-    parent_section = dict(bundle.manifest.get("index", {}))
-    parent_text = {
-        k: v for k, v in (bundle.manifest.get("text_index") or {}).items() if k != "files"
-    }
-    history = list(parent_section.get("update_log", []))[-19:]
-    history.append({"version_parent": bundle.version, **note})
+    parent = bundle.manifest.index
+    if parent is None:  # the service's exact in-memory index of an unindexed bundle
+        stats = _recall_stats({"recall@10": 1.0, "recall@100": 1.0}, 1.0, 0, "exact search")
+        parent = _section(index, bundle.path, {}, build_seconds=0.0, **stats)
+    parent_text = bundle.manifest.text_index
+    log = [*parent.update_log[-(UPDATE_LOG - 1) :], {"version_parent": bundle.version, **note}]
 
-    def write(staged: Path) -> dict[str, Any]:
+    def write(staged: Path, manifest: Manifest) -> Manifest:
         bundle_mod.save_catalog(staged / bundle_mod.CATALOG_FILE, bundle.model)
         bundle.items.to_parquet(staged / bundle_mod.ITEMS_FILE, index=False)
-        files = index.save(staged)
-        base = {k: v for k, v in parent_section.items() if k not in ("files", "update_log")}
-        base["updates_since_build"] = int(base.get("updates_since_build", 0)) + 1
-        base["update_log"] = history
-        return {
-            "index": _index_section(index, staged, files, base),
-            "text_index": _text_index_section(text_index, staged, parent_text),
-            "item_vocab_hash": bundle_mod.vocab_hash(bundle.item_ids),
-            "catalog": {
-                "n_items": len(bundle.item_ids),
-                "n_removed": len(index.removed),
-                "n_added_after_training": len(bundle.item_ids)
-                - int(bundle.manifest.get("data", {}).get("n_items", 0)),
-                "n_text_only": int((~bundle.model.has_id[1:]).sum()),
-            },
-        }
+        keep = parent.model_dump(by_alias=True, exclude={"files", "update_log"})
+        keep.update(updates_since_build=parent.updates_since_build + 1, update_log=log)
+        section = _section(index, staged, index.save(staged), **keep)
+        text_section = None
+        if text_index is not None and parent_text is not None:
+            files = text_index.save(staged, prefix=TEXT_PREFIX)
+            text_keep = parent_text.model_dump(by_alias=True, exclude={"files"})
+            text_section = _section(text_index, staged, files, **text_keep)
+        info = CatalogInfo(
+            n_items=len(bundle.item_ids),
+            n_removed=len(index.removed),
+            n_added_after_training=len(bundle.item_ids) - manifest.data.n_items,
+            n_text_only=int((~bundle.model.has_id[1:]).sum()),
+        )
+        return manifest.model_copy(
+            update={
+                "index": section,
+                "text_index": text_section,
+                "item_vocab_hash": bundle_mod.vocab_hash(bundle.item_ids),
+                "catalog": info,
+            }
+        )
 
     return _publish_child(
         store,
@@ -476,14 +318,10 @@ def add_items(
     bundle = load_bundle(store, version)
     index = load_index(bundle)
     text_index = load_text_index(bundle)
-    result = upsert_in_memory(bundle, index, rows, device=device, text_index=text_index)
+    applied = catalog.upsert_items(bundle, index, rows, device=device, text_index=text_index)
+    note = {"op": "upsert", "added": len(applied.added), "updated": len(applied.updated)}
     return persist_update(
-        store,
-        bundle,
-        index,
-        note={"op": "upsert", "added": len(result.added), "updated": len(result.updated)},
-        expect_current=version is None,
-        text_index=text_index,
+        store, bundle, index, note=note, expect_current=version is None, text_index=text_index
     )
 
 
@@ -492,19 +330,16 @@ def remove_items(store: Path, ids: Sequence[str], *, version: str | None = None)
     bundle = load_bundle(store, version)
     index = load_index(bundle)
     text_index = load_text_index(bundle)
-    rows = remove_in_memory(bundle, index, ids, text_index=text_index)
+    rows = catalog.remove_items(bundle, index, ids, text_index=text_index)
+    note = {"op": "remove", "removed": len(rows)}
     return persist_update(
-        store,
-        bundle,
-        index,
-        note={"op": "remove", "removed": len(rows)},
-        expect_current=version is None,
-        text_index=text_index,
+        store, bundle, index, note=note, expect_current=version is None, text_index=text_index
     )
 
 
 def read_items_file(path: Path) -> list[dict[str, object]]:
-    """Rows of a CSV/Parquet file with ``item_id`` + text columns."""
+    """Rows of a CSV/Parquet file with ``item_id`` + text columns; every value a string
+    (a file's text columns carry no type) or None where empty."""
     from model_store.data import read_table
 
     path = Path(path)
@@ -513,5 +348,5 @@ def read_items_file(path: Path) -> list[dict[str, object]]:
     frame, found = read_table(path.with_suffix(""))
     if "item_id" not in frame.columns:
         raise DataError(f"{found}: missing column 'item_id'; columns: {list(frame.columns)}")
-    frame = frame.astype(object).where(frame.notna(), None)
-    return [{str(k): v for k, v in r.items()} for r in frame.to_dict(orient="records")]
+    text = frame.astype(str).where(frame.notna(), None)
+    return [{str(k): v for k, v in r.items()} for r in text.to_dict(orient="records")]

@@ -79,8 +79,13 @@ def load_mix_data(data_dir: Path) -> MixData:
                     genres.add(g.strip())
     if not users or not item_ids:
         raise SystemExit(f"{data_dir}: no interactions or no items to build the load mix from")
-    return MixData(users=users, user_ids=sorted(users), item_ids=item_ids,
-                   titles=titles or item_ids, genres=sorted(genres) or ["drama"])
+    return MixData(
+        users=users,
+        user_ids=sorted(users),
+        item_ids=item_ids,
+        titles=titles or item_ids,
+        genres=sorted(genres) or ["drama"],
+    )
 
 
 def recommend_body(data: MixData, rng: random.Random) -> dict[str, Any]:
@@ -90,7 +95,7 @@ def recommend_body(data: MixData, rng: random.Random) -> dict[str, Any]:
         return {"user_id": user, "k": 10}
     n = rng.randint(min(HISTORY_MIN, len(seq)), min(HISTORY_MAX, len(seq)))
     end = rng.randint(n, len(seq))
-    return {"history": seq[end - n:end], "k": 10}
+    return {"history": seq[end - n : end], "k": 10}
 
 
 def search_body(data: MixData, rng: random.Random) -> dict[str, Any]:
@@ -109,8 +114,11 @@ def search_body(data: MixData, rng: random.Random) -> dict[str, Any]:
 
 def event_body(data: MixData, rng: random.Random) -> dict[str, Any]:
     # shoppers "loadtest-N": their histories grow in the server's store, not the dataset's users
-    return {"user_id": f"loadtest-{rng.randrange(5000)}", "item_id": rng.choice(data.item_ids),
-            "timestamp": time.time()}
+    return {
+        "user_id": f"loadtest-{rng.randrange(5000)}",
+        "item_id": rng.choice(data.item_ids),
+        "timestamp": time.time(),
+    }
 
 
 class RawLog:
@@ -138,8 +146,10 @@ def _data() -> MixData:
     if _DATA is None:
         source = os.environ.get("FUSIONREC_LOADTEST_DATA")
         if not source:
-            raise SystemExit("set FUSIONREC_LOADTEST_DATA to a dataset directory "
-                             "(fusionrec data movielens-100k --out DIR)")
+            raise SystemExit(
+                "set FUSIONREC_LOADTEST_DATA to a dataset directory "
+                "(fusionrec data movielens-100k --out DIR)"
+            )
         _DATA = load_mix_data(Path(source))
     return _DATA
 
@@ -154,8 +164,9 @@ def _on_init(**_: Any) -> None:
 
 
 @events.request.add_listener
-def _on_request(name: str, response_time: float, exception: BaseException | None,
-                response: Any = None, **_: Any) -> None:
+def _on_request(
+    name: str, response_time: float, exception: BaseException | None, response: Any = None, **_: Any
+) -> None:
     if _RAW is not None:
         status = int(getattr(response, "status_code", 0) or 0)
         _RAW.write(name, response_time, exception is None, status)
@@ -204,7 +215,8 @@ class Shopper(HttpUser):
     @task(5)
     def item(self) -> None:
         item = self.rng.choice(self.data.item_ids)
-        with self.client.get(f"/v1/items/{item}", name="/v1/items/{item_id}",
-                             catch_response=True) as r:
+        with self.client.get(
+            f"/v1/items/{item}", name="/v1/items/{item_id}", catch_response=True
+        ) as r:
             if r.status_code != 200:
                 r.failure(f"{r.status_code}: {r.text[:200]}")

@@ -53,17 +53,23 @@ def free_port() -> int:
 def ensure_bundle(store: Path, data: Path) -> None:
     """Fetch MovieLens-100k, train and index into ``store`` unless it has a CURRENT bundle."""
     if not (data / "interactions.csv").exists():
-        subprocess.run([_bin("fusionrec"), "data", "movielens-100k", "--out", str(data)],
-                       check=True)
+        subprocess.run(
+            [_bin("fusionrec"), "data", "movielens-100k", "--out", str(data)], check=True
+        )
     if (store / "CURRENT").exists():
         return
-    subprocess.run([_bin("fusionrec"), "train", "--data", str(data), "--store", str(store),
-                    "--epochs", "5"], check=True)
+    subprocess.run(
+        [_bin("fusionrec"), "train", "--data", str(data), "--store", str(store), "--epochs", "5"],
+        check=True,
+    )
     subprocess.run([_bin("fusionrec"), "index", "--store", str(store)], check=True)
 
 
-def wait_ready(url: str, timeout_s: float = 180, proc: subprocess.Popen[bytes] | None = None,
-               ) -> dict[str, Any]:
+def wait_ready(
+    url: str,
+    timeout_s: float = 180,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -82,16 +88,36 @@ def wait_ready(url: str, timeout_s: float = 180, proc: subprocess.Popen[bytes] |
 class LocalServer:
     """``fusionrec serve`` in a subprocess on a free port."""
 
-    def __init__(self, store: Path, *, env: dict[str, str] | None = None,
-                 log: Path | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        store: Path,
+        *,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        workers: int = 1,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "FUSIONREC_RATE_LIMIT_RPS": "0", **(env or {})}
         self._log = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [_bin("fusionrec"), "serve", "--store", str(store), "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(workers)],
-            env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+            [
+                _bin("fusionrec"),
+                "serve",
+                "--store",
+                str(store),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            env=full_env,
+            cwd=ROOT,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def __enter__(self) -> LocalServer:
         try:
@@ -118,6 +144,7 @@ class LocalServer:
 
 def rss_bytes(pid: int) -> int:
     """Resident set size of ``pid`` and its children (uvicorn workers), from /proc."""
+
     def one(p: int) -> int:
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
@@ -135,18 +162,46 @@ def rss_bytes(pid: int) -> int:
     return total + sum(one(int(c)) for c in children)
 
 
-def run_locust(host: str, *, data: Path, users: int, spawn_rate: float, duration_s: int,
-               prefix: Path, raw: Path, user_rps: float | None = None) -> int:
+def run_locust(
+    host: str,
+    *,
+    data: Path,
+    users: int,
+    spawn_rate: float,
+    duration_s: int,
+    prefix: Path,
+    raw: Path,
+    user_rps: float | None = None,
+) -> int:
     """Headless locust; returns its exit code (1 when any request failed)."""
-    env = {**os.environ, "FUSIONREC_LOADTEST_DATA": str(data),
-           "FUSIONREC_LOADTEST_RAW": str(raw)}
+    env = {**os.environ, "FUSIONREC_LOADTEST_DATA": str(data), "FUSIONREC_LOADTEST_RAW": str(raw)}
     if user_rps:
         env["FUSIONREC_LOADTEST_USER_RPS"] = str(user_rps)
     raw.unlink(missing_ok=True)
-    cmd = [_bin("locust"), "-f", str(LOCUSTFILE), "--headless", "--host", host,
-           "-u", str(users), "-r", str(spawn_rate), "-t", f"{duration_s}s",
-           "--csv", str(prefix), "--csv-full-history", "--html", f"{prefix}.html",
-           "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "10"]
+    cmd = [
+        _bin("locust"),
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(users),
+        "-r",
+        str(spawn_rate),
+        "-t",
+        f"{duration_s}s",
+        "--csv",
+        str(prefix),
+        "--csv-full-history",
+        "--html",
+        f"{prefix}.html",
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+        "--stop-timeout",
+        "10",
+    ]
     return subprocess.run(cmd, env=env, cwd=ROOT).returncode
 
 
@@ -194,10 +249,17 @@ def windows(reqs: list[Request], width_s: float) -> list[dict[str, float]]:
     for w in range(last + 1):
         rs = buckets.get(w, [])
         ms = [r.ms for r in rs]
-        rows.append({"t_s": w * width_s, "requests": len(rs),
-                     "errors": sum(not r.ok for r in rs), "rps": len(rs) / width_s,
-                     "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95),
-                     "p99_ms": percentile(ms, 99)})
+        rows.append(
+            {
+                "t_s": w * width_s,
+                "requests": len(rs),
+                "errors": sum(not r.ok for r in rs),
+                "rps": len(rs) / width_s,
+                "p50_ms": percentile(ms, 50),
+                "p95_ms": percentile(ms, 95),
+                "p99_ms": percentile(ms, 99),
+            }
+        )
     return rows
 
 
@@ -206,16 +268,26 @@ def summary(reqs: list[Request]) -> dict[str, Any]:
     per_name: dict[str, Any] = {}
     for name in sorted({r.name for r in reqs}):
         ms = [r.ms for r in reqs if r.name == name]
-        per_name[name] = {"requests": len(ms),
-                          "errors": sum(not r.ok for r in reqs if r.name == name),
-                          "p50_ms": percentile(ms, 50), "p95_ms": percentile(ms, 95),
-                          "p99_ms": percentile(ms, 99)}
+        per_name[name] = {
+            "requests": len(ms),
+            "errors": sum(not r.ok for r in reqs if r.name == name),
+            "p50_ms": percentile(ms, 50),
+            "p95_ms": percentile(ms, 95),
+            "p99_ms": percentile(ms, 99),
+        }
     ms = [r.ms for r in reqs]
-    return {"requests": len(reqs), "errors": sum(not r.ok for r in reqs),
-            "statuses": {str(s): sum(r.status == s for r in reqs)
-                         for s in sorted({r.status for r in reqs})},
-            "rps": len(reqs) / span if span else 0.0, "p50_ms": percentile(ms, 50),
-            "p95_ms": percentile(ms, 95), "p99_ms": percentile(ms, 99), "by_endpoint": per_name}
+    return {
+        "requests": len(reqs),
+        "errors": sum(not r.ok for r in reqs),
+        "statuses": {
+            str(s): sum(r.status == s for r in reqs) for s in sorted({r.status for r in reqs})
+        },
+        "rps": len(reqs) / span if span else 0.0,
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+        "by_endpoint": per_name,
+    }
 
 
 def write_timeline(rows: list[dict[str, float]], path: Path) -> None:
@@ -267,9 +339,15 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     prefix, raw = args.out / args.name, args.out / f"{args.name}_raw.csv"
-    common = {"data": args.data, "users": args.users, "spawn_rate": args.spawn_rate,
-              "duration_s": args.duration, "prefix": prefix, "raw": raw,
-              "user_rps": args.user_rps}
+    common = {
+        "data": args.data,
+        "users": args.users,
+        "spawn_rate": args.spawn_rate,
+        "duration_s": args.duration,
+        "prefix": prefix,
+        "raw": raw,
+        "user_rps": args.user_rps,
+    }
     if args.host:
         wait_ready(args.host.rstrip("/"))
         rc = run_locust(args.host.rstrip("/"), **common)
@@ -280,15 +358,23 @@ def main(argv: list[str] | None = None) -> int:
     reqs = read_raw(raw)
     rows = windows(reqs, 1.0)
     write_timeline(rows, args.out / f"{args.name}_timeline.csv")
-    plot(rows, args.out / f"{args.name}.png",
-         f"fusionrec mix: {args.users} users, {args.duration} s")
-    result = {"users": args.users, "duration_s": args.duration, "locust_exit": rc,
-              **summary(reqs), "png": str(args.out / f"{args.name}.png")}
+    plot(
+        rows, args.out / f"{args.name}.png", f"fusionrec mix: {args.users} users, {args.duration} s"
+    )
+    result = {
+        "users": args.users,
+        "duration_s": args.duration,
+        "locust_exit": rc,
+        **summary(reqs),
+        "png": str(args.out / f"{args.name}.png"),
+    }
     (args.out / f"{args.name}_summary.json").write_text(json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "by_endpoint"}, indent=2))
     for name, s in result["by_endpoint"].items():
-        print(f"{name:24s} n={s['requests']:6d} err={s['errors']:4d} "
-              f"p50={s['p50_ms']:.1f} p95={s['p95_ms']:.1f} p99={s['p99_ms']:.1f} ms")
+        print(
+            f"{name:24s} n={s['requests']:6d} err={s['errors']:4d} "
+            f"p50={s['p50_ms']:.1f} p95={s['p95_ms']:.1f} p99={s['p99_ms']:.1f} ms"
+        )
     return 0 if result["errors"] == 0 and reqs else 1
 
 

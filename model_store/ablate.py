@@ -11,7 +11,6 @@ the trained ID model's score and needs no training of its own.
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 from collections.abc import Callable, Sequence
@@ -27,7 +26,9 @@ from model_store.data import Dataset, load_dataset
 from model_store.errors import ConfigError
 from model_store.evaluate import EvalSet, evaluate
 from model_store.movielens import default_cache_dir
-from model_store.train import TrainResult, fit, prepare, split_by_user, text_embeddings
+from model_store.prepare import Prepared, prepare, split_by_user
+from model_store.train import catalog_embeddings
+from model_store.trainer import TrainResult, build_model, fit, fit_rerank
 
 REPORT_METRICS = ("ndcg@10", "recall@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
 
@@ -78,12 +79,6 @@ def test_set(train: Dataset, test: pd.DataFrame) -> EvalSet:
     return EvalSet(hists, targets)
 
 
-def _mean_std(values: Sequence[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
 def run_ablation(
     *,
     data: Path,
@@ -100,9 +95,7 @@ def run_ablation(
             raise ConfigError(f"unknown strategy {s!r}; valid: {', '.join(FUSIONS)}")
     dataset = load_dataset(data, text_columns=base.text.text_columns)
     train_ds, test = split_for_test(dataset)
-    text = text_embeddings(
-        dataset.item_texts(), base, cache_dir=default_cache_dir(), device=base.train.device
-    )
+    text = catalog_embeddings(dataset, base, cache_dir=default_cache_dir())
     evalset = test_set(train_ds, test)
     plans: list[tuple[str, str, float]] = [(s, s, base.train.alpha) for s in strategies]
     if "joint" in strategies:
@@ -111,7 +104,7 @@ def run_ablation(
     id_models: dict[int, TrainResult] = {}
     for seed in range(seeds):
         for label, fusion, alpha in plans:
-            cfg = copy.deepcopy(base)
+            cfg = base.model_copy(deep=True)
             cfg.model.fusion = fusion  # type: ignore[assignment]
             cfg.train.alpha = alpha
             cfg.train.seed = seed
@@ -155,22 +148,16 @@ def run_ablation(
     return write_report(runs, out, data=data, n_test=len(evalset))
 
 
-def _late_from_id(cfg: Config, prep: Any, id_result: TrainResult) -> TrainResult:
+def _late_from_id(cfg: Config, prep: Prepared, id_result: TrainResult) -> TrainResult:
     """Late fusion = the trained id model + the zero-shot text score; nothing to train."""
-    from model_store.train import build_model, fit_head
-
     model = build_model(cfg, prep, id_result.model.text_emb.device)
     state = {k: v for k, v in id_result.model.state_dict().items() if not k.startswith("head.")}
     model.load_state_dict(state, strict=False)
     model.eval()
     valid_metrics: dict[str, float] = {}
-    rerank: dict[str, Any] = {"enabled": False}
     if prep.valid is not None:
         valid_metrics = evaluate(model, prep.valid, use_head=False)["all"]
-        if cfg.train.rerank:
-            rerank = fit_head(model, cfg, prep, prep.valid)
-            if rerank["enabled"]:
-                valid_metrics = rerank["valid_with_head"]
+    rerank, valid_metrics = fit_rerank(model, cfg, prep.valid, valid_metrics)
     return TrainResult(
         model,
         id_result.best_epoch,

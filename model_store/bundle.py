@@ -1,66 +1,50 @@
-"""Versioned, immutable model bundles under a store root.
+"""Versioned, immutable model bundles: write, publish, verify and load one version.
 
-Layout::
+A version directory (see ``store.py`` for the store around it)::
 
-    STORE/
-      CURRENT                      the current version name (replaced atomically)
-      v20261128T134501-3fa2c1/     one immutable directory per version
-        manifest.json              version, created_at, parent, config, data, metrics,
-                                   libraries, dims, item-vocab hash, sha256 of every file
-        model.safetensors          FusedModel weights
-        catalog.safetensors        text_emb (N, T), has_id (N,), log_pop (N,)
-        items.parquet              item_id + text columns (the catalog, row k ↔ index k+1)
-        histories.parquet          user_id, items: the last interactions of training users
-        index.faiss, index.json    after `fusionrec index` (see indexer/)
+    manifest.json              the typed Manifest (manifest.py), sha256 of every file
+    model.safetensors          FusedModel weights
+    catalog.safetensors        text_emb (N, T), has_id (N,), log_pop (N,)
+    items.parquet              item_id + text columns (the catalog, row k ↔ index k+1)
+    histories.parquet          user_id, items: the last interactions of training users
+    text_adapter.*             text.mode = lora only: the tuned LM's adapter
+    index.*, text_index.*      after `fusionrec index` (see indexer/)
 
-Publishing writes into ``STORE/.tmp-<version>``, fsyncs, renames it to ``STORE/<version>``
-and only then replaces ``CURRENT``; a reader never sees a half-written version. Loading
-checks every file's sha256, the library versions, the dimensions and the item-vocab hash,
-and raises ``BundleIntegrityError`` on any mismatch.
+Loading checks every file's sha256, the library versions, the dimensions and the item-vocab
+hash, and raises ``BundleIntegrityError`` on any mismatch: a bundle is served whole or not
+at all. This module is the only reader and writer of ``manifest.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
-import json
-import os
 import platform
-import secrets
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from model_store import store as store_mod
 from model_store.config import Config
-from model_store.errors import BundleError, BundleIntegrityError, BundleNotFoundError
-from model_store.model import FusedModel
+from model_store.errors import BundleIntegrityError, BundleNotFoundError
+from model_store.manifest import FORMAT, Manifest
+from model_store.model import FusedModel, grown_embedding
+from model_store.store import MANIFEST, sha256_file
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-CURRENT = "CURRENT"
 MODEL_FILE = "model.safetensors"
 CATALOG_FILE = "catalog.safetensors"
 ITEMS_FILE = "items.parquet"
 HISTORIES_FILE = "histories.parquet"
+REQUIRED_FILES = (MODEL_FILE, CATALOG_FILE, ITEMS_FILE, HISTORIES_FILE)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def vocab_hash(item_ids: list[str] | pd.Series) -> str:
+def vocab_hash(item_ids: Sequence[str]) -> str:
     h = hashlib.sha256()
     for i in item_ids:
         h.update(str(i).encode())
@@ -72,143 +56,73 @@ def library_versions() -> dict[str, str]:
     import faiss
     import transformers
 
-    versions = {
+    return {
         "python": platform.python_version(),
         "torch": torch.__version__.split("+")[0],
         "transformers": transformers.__version__,
         "numpy": np.__version__,
+        "faiss": faiss.__version__,
     }
-    versions["faiss"] = faiss.__version__
-    return versions
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _major_minor(v: str) -> str:
     return ".".join(v.split(".")[:2])
 
 
-def new_version_name() -> str:
-    now = dt.datetime.now(dt.UTC)
-    return f"v{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
+# ---- the manifest ----------------------------------------------------------------------------
 
 
-# ---- store-level operations ---------------------------------------------------------------
-
-
-def current_version(store: Path) -> str:
-    pointer = store / CURRENT
+def read_manifest(path: Path) -> Manifest:
+    """The manifest of the version directory ``path``; BundleIntegrityError when unreadable."""
     try:
-        name = pointer.read_text().strip()
+        raw = (path / MANIFEST).read_text()
     except FileNotFoundError as exc:
-        raise BundleNotFoundError(
-            f"no bundle published in {store} (no {CURRENT} file); run `fusionrec train` first"
-        ) from exc
-    if not name or not (store / name).is_dir():
-        raise BundleNotFoundError(f"{pointer} names version {name!r}, which does not exist")
-    return name
-
-
-def list_versions(store: Path) -> list[str]:
-    if not store.is_dir():
-        return []
-    return sorted(
-        p.name
-        for p in store.iterdir()
-        if p.is_dir() and p.name.startswith("v") and (p / MANIFEST).exists()
-    )
-
-
-def resolve_version(store: Path, version: str | None) -> Path:
-    name = version or current_version(store)
-    path = store / name
-    if not (path / MANIFEST).is_file():
-        raise BundleNotFoundError(
-            f"bundle version {name!r} not found in {store}; available: {list_versions(store)}"
-        )
-    return path
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def set_current(store: Path, version: str) -> None:
-    tmp = store / f".{CURRENT}.{secrets.token_hex(4)}"
-    tmp.write_text(version + "\n")
-    with tmp.open("rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, store / CURRENT)
-    _fsync_dir(store)
-
-
-@contextlib.contextmanager
-def staging(store: Path, version: str) -> Iterator[Path]:
-    """A temp directory that becomes ``store/version`` on success and vanishes on failure."""
-    store.mkdir(parents=True, exist_ok=True)
-    tmp = store / f".tmp-{version}"
-    tmp.mkdir()
+        raise BundleNotFoundError(f"{path} has no {MANIFEST}") from exc
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return Manifest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if where == "format":
+            raise BundleIntegrityError(
+                f"{path / MANIFEST}: bundle format {first.get('input')!r}; this fusionrec "
+                f"reads format {FORMAT} — retrain the bundle with this version"
+            ) from None
+        raise BundleIntegrityError(
+            f"{path / MANIFEST}: field {where!r}: {first['msg']} ({exc.error_count()} "
+            "problem(s)); the manifest is damaged or from another fusionrec version"
+        ) from None
 
 
-def publish(
-    store: Path, staged: Path, manifest: dict[str, Any], *, make_current: bool = True
-) -> Path:
-    """Hash the staged files into the manifest, write it, rename into place, move CURRENT."""
-    version = manifest["version"]
+def publish(store: Path, staged: Path, manifest: Manifest, *, make_current: bool = True) -> Path:
+    """Hash the staged files into ``manifest``, write it, rename into place, move CURRENT."""
     files = {
         p.name: sha256_file(p)
         for p in sorted(staged.iterdir())
         if p.is_file() and p.name != MANIFEST
     }
-    manifest = {**manifest, "files": files}
-    (staged / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    for p in staged.iterdir():
-        with p.open("rb") as f:
-            os.fsync(f.fileno())
-    final = store / version
-    try:
-        os.rename(staged, final)
-    except OSError as exc:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise BundleError(f"cannot publish {final}: {exc}") from exc
-    _fsync_dir(store)
-    if make_current:
-        set_current(store, version)
-    return final
+    manifest = manifest.model_copy(update={"files": files})
+    (staged / MANIFEST).write_text(manifest.to_json())
+    return store_mod.commit(store, staged, manifest.version, make_current=make_current)
 
 
-def copy_into(src: Path, dst: Path, names: list[str]) -> None:
-    """Hard-link (or copy) unchanged files of a parent version into a staged one."""
-    for name in names:
-        try:
-            os.link(src / name, dst / name)
-        except OSError:
-            shutil.copy2(src / name, dst / name)
-
-
-# ---- reading --------------------------------------------------------------------------------
-
-
-def read_manifest(path: Path) -> dict[str, Any]:
-    try:
-        manifest: dict[str, Any] = json.loads((path / MANIFEST).read_text())
-    except FileNotFoundError as exc:
-        raise BundleNotFoundError(f"{path} has no {MANIFEST}") from exc
-    except json.JSONDecodeError as exc:
-        raise BundleIntegrityError(f"{path / MANIFEST} is not valid JSON: {exc}") from exc
-    if manifest.get("format") != FORMAT:
-        raise BundleIntegrityError(
-            f"{path / MANIFEST}: format {manifest.get('format')!r}, this fusionrec reads {FORMAT}"
-        )
-    return manifest
+def child_manifest(parent: Manifest, version: str) -> Manifest:
+    """A copy of ``parent`` for a derived version (an index, an item update): new identity,
+    the same training sections; ``files`` is filled in by :func:`publish`."""
+    return parent.model_copy(
+        update={
+            "version": version,
+            "created_at": now_iso(),
+            "parent_version": parent.version,
+            "libraries": library_versions(),
+            "files": {},
+        },
+        deep=True,
+    )
 
 
 def verify_files(directory: Path, files: dict[str, str]) -> None:
@@ -227,16 +141,15 @@ def verify_files(directory: Path, files: dict[str, str]) -> None:
             )
 
 
-def verify(path: Path, manifest: dict[str, Any]) -> None:
+def verify(path: Path, manifest: Manifest) -> None:
     """Check every file's sha256 and the library versions; raise on any mismatch."""
-    files: dict[str, str] = manifest.get("files", {})
-    for required in (MODEL_FILE, CATALOG_FILE, ITEMS_FILE):
-        if required not in files:
+    for required in REQUIRED_FILES:
+        if required not in manifest.files:
             raise BundleIntegrityError(f"{path}: manifest lists no {required}")
-    verify_files(path, files)
+    verify_files(path, manifest.files)
     here = library_versions()
     for lib in ("torch", "transformers"):
-        built = manifest.get("libraries", {}).get(lib)
+        built = manifest.libraries.get(lib)
         if built and _major_minor(built) != _major_minor(here[lib]):
             raise BundleIntegrityError(
                 f"{path}: built with {lib} {built}, this process has {here[lib]}; "
@@ -244,13 +157,15 @@ def verify(path: Path, manifest: dict[str, Any]) -> None:
             )
 
 
+# ---- the bundle --------------------------------------------------------------------------------
+
+
 @dataclass
 class Bundle:
     """A loaded, verified bundle: the model plus the catalog around it."""
 
     path: Path
-    manifest: dict[str, Any]
-    config: Config
+    manifest: Manifest
     model: FusedModel
     item_ids: list[str]  # row k ↔ model index k + 1
     items: pd.DataFrame  # item_id + text columns
@@ -258,11 +173,15 @@ class Bundle:
 
     @property
     def version(self) -> str:
-        return str(self.manifest["version"])
+        return self.manifest.version
+
+    @property
+    def config(self) -> Config:
+        return self.manifest.config
 
     @property
     def text_columns(self) -> list[str]:
-        return list(self.manifest["data"]["text_columns"])
+        return list(self.manifest.data.text_columns)
 
     def index_of(self) -> dict[str, int]:
         return {item: k + 1 for k, item in enumerate(self.item_ids)}
@@ -294,39 +213,31 @@ def write_bundle_files(
     hist.to_parquet(staged / HISTORIES_FILE, index=False)
 
 
-def load_bundle(
-    store: Path,
-    version: str | None = None,
-    *,
-    device: str = "cpu",
-    check: Callable[[Path, dict[str, Any]], None] | None = None,
-) -> Bundle:
+def load_bundle(store: Path, version: str | None = None, *, device: str = "cpu") -> Bundle:
     """Load and verify a bundle (default: CURRENT). Raises BundleError, never half-loads."""
-    path = resolve_version(store, version)
+    path = store_mod.resolve_version(store, version)
     manifest = read_manifest(path)
     verify(path, manifest)
-    if check is not None:
-        check(path, manifest)
-    config = Config.from_dict(manifest["config"])
+    config = manifest.config
     try:
         catalog = load_file(str(path / CATALOG_FILE))
         state = load_file(str(path / MODEL_FILE))
         items = pd.read_parquet(path / ITEMS_FILE)
-        hist_path = path / HISTORIES_FILE
-        hist = pd.read_parquet(hist_path) if hist_path.exists() else None
+        hist = pd.read_parquet(path / HISTORIES_FILE)
     except Exception as exc:  # safetensors/pyarrow raise many kinds
         raise BundleIntegrityError(f"{path}: cannot read bundle files: {exc}") from exc
     items["item_id"] = items["item_id"].astype(str)
     item_ids = items["item_id"].tolist()
-    dims = manifest.get("dims", {})
     text_emb = catalog["text_emb"]
     if text_emb.shape[0] != len(item_ids):
         raise BundleIntegrityError(
             f"{path}: {CATALOG_FILE} has {text_emb.shape[0]} items, {ITEMS_FILE} {len(item_ids)}"
         )
-    if dims and int(dims.get("text", text_emb.shape[1])) != text_emb.shape[1]:
-        raise BundleIntegrityError(f"{path}: text dim {text_emb.shape[1]} ≠ manifest {dims}")
-    if manifest.get("item_vocab_hash") and vocab_hash(item_ids) != manifest["item_vocab_hash"]:
+    if manifest.dims.text != text_emb.shape[1]:
+        raise BundleIntegrityError(
+            f"{path}: text dim {text_emb.shape[1]} ≠ manifest {manifest.dims.text}"
+        )
+    if vocab_hash(item_ids) != manifest.item_vocab_hash:
         raise BundleIntegrityError(f"{path}: item vocabulary does not match the manifest's hash")
 
     def pad(t: torch.Tensor) -> torch.Tensor:
@@ -336,45 +247,17 @@ def load_bundle(
         config.model, pad(text_emb), pad(catalog["has_id"]).bool(), pad(catalog["log_pop"])
     )
     n_emb = state["items.id_emb.weight"].shape[0]
-    if n_emb != model.items.id_emb.num_embeddings:
-        model.items.id_emb = torch.nn.Embedding(n_emb, config.model.dim, padding_idx=0)
+    model.items.id_emb = torch.nn.Embedding(n_emb, config.model.dim, padding_idx=0)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise BundleIntegrityError(f"{path}: weights do not fit the config: {exc}") from exc
     if n_emb < len(item_ids) + 1:  # items added after training: text path only
-        old = model.items.id_emb
-        grown = torch.nn.Embedding(len(item_ids) + 1, old.embedding_dim, padding_idx=0)
-        with torch.no_grad():
-            grown.weight.zero_()
-            grown.weight[:n_emb] = old.weight
-        model.items.id_emb = grown
-    model.use_head = bool(manifest.get("rerank", {}).get("enabled", False))
+        model.items.id_emb = grown_embedding(model.items.id_emb, len(item_ids) + 1)
+    model.use_head = manifest.rerank.enabled
     model.eval()
     model.to(torch.device(device))
-    histories: dict[str, list[str]] = {}
-    if hist is not None:
-        histories = {
-            str(u): [str(i) for i in its]
-            for u, its in zip(hist["user_id"], hist["items"], strict=True)
-        }
-    return Bundle(
-        path=path,
-        manifest=manifest,
-        config=config,
-        model=model,
-        item_ids=item_ids,
-        items=items,
-        histories=histories,
-    )
-
-
-def base_manifest(version: str, config: Config, *, parent: str | None = None) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "version": version,
-        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "parent_version": parent,
-        "config": config.to_dict(),
-        "libraries": library_versions(),
+    histories = {
+        str(u): [str(i) for i in its] for u, its in zip(hist["user_id"], hist["items"], strict=True)
     }
+    return Bundle(path, manifest, model, item_ids, items, histories)

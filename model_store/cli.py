@@ -109,6 +109,29 @@ def load_config(config: Path | None) -> Config:
     return Config.from_file(config) if config else Config()
 
 
+def with_overrides(cfg: Config, values: dict[tuple[str, str], object]) -> Config:
+    """``cfg`` with the command-line options that were given; validated like a file."""
+    raw = cfg.to_dict()
+    for (section, key), value in values.items():
+        if value is not None:
+            raw[section][key] = value
+    return Config.from_dict(raw, source="command-line options")
+
+
+def epochs_to_retrain(store: Path) -> int:
+    """--no-holdout without --epochs: the best epoch of the CURRENT bundle."""
+    from model_store.bundle import read_manifest
+    from model_store.store import resolve_version
+
+    try:
+        return max(1, read_manifest(resolve_version(store, None)).metrics.best_epoch)
+    except FusionrecError as exc:
+        raise ConfigError(
+            "--no-holdout needs --epochs, or a CURRENT bundle trained with holdout "
+            f"to take its best epoch from ({exc})"
+        ) from exc
+
+
 def train(
     data: Annotated[Path, typer.Option(help="dataset directory")],
     store: Annotated[Path, typer.Option(help="bundle store root")],
@@ -128,37 +151,28 @@ def train(
     cache_dir: Annotated[Path | None, typer.Option(help="text-embedding cache")] = None,
 ) -> None:
     """Train the fused model and publish a new bundle version."""
-    from model_store import bundle as bundle_mod
+    # (long: one parameter per command-line option, and the progress display around the job)
     from model_store.data import load_dataset
     from model_store.movielens import default_cache_dir
     from model_store.train import train_and_publish
 
     try:
-        cfg = load_config(config)
-        if fusion is not None:
-            cfg.model.fusion = fusion  # type: ignore[assignment]
-        if alpha is not None:
-            cfg.train.alpha = alpha
-        if epochs is not None:
-            cfg.train.epochs = epochs
-        if seed is not None:
-            cfg.train.seed = seed
-        if text_mode is not None:
-            cfg.text.mode = text_mode  # type: ignore[assignment]
-        if device is not None:
-            cfg.train.device = device  # type: ignore[assignment]
+        cfg = with_overrides(
+            load_config(config),
+            {
+                ("model", "fusion"): fusion,
+                ("train", "alpha"): alpha,
+                ("train", "epochs"): epochs,
+                ("train", "seed"): seed,
+                ("text", "mode"): text_mode,
+                ("train", "device"): device,
+            },
+        )
         if no_holdout:
-            cfg.train.holdout = False
-            if epochs is None:
-                try:
-                    prev = bundle_mod.read_manifest(bundle_mod.resolve_version(store, None))
-                    cfg.train.epochs = max(1, int(prev["metrics"]["best_epoch"]))
-                except FusionrecError as exc:
-                    raise ConfigError(
-                        "--no-holdout needs --epochs, or a CURRENT bundle trained with holdout "
-                        f"to take its best epoch from ({exc})"
-                    ) from exc
-        cfg.validate()
+            retrain_epochs = epochs if epochs is not None else epochs_to_retrain(store)
+            cfg = with_overrides(
+                cfg, {("train", "holdout"): False, ("train", "epochs"): retrain_epochs}
+            )
         dataset = load_dataset(data, text_columns=cfg.text.text_columns)
         with Progress(
             TextColumn("{task.description}"),
@@ -196,7 +210,7 @@ def train(
     out.print(f"bundle: {path}")
     out.print(
         f"best epoch {result.best_epoch} of {result.epochs_run}; "
-        f"{result.seconds:.1f} s; fusion head: {result.rerank.get('reason')}"
+        f"{result.seconds:.1f} s; fusion head: {result.rerank.reason}"
     )
     if result.valid_metrics:
         out.print(

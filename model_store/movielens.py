@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from model_store.errors import FetchError
+from model_store.store import sha256_file
 
 RAW_FILES: dict[str, str] = {
     "MovieLens100k_data.parquet.brotli": (
@@ -55,20 +56,14 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "fusionrec"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def _raw_ok(raw_dir: Path) -> bool:
-    return all((raw_dir / n).is_file() and _sha256(raw_dir / n) == s for n, s in RAW_FILES.items())
+    return all(
+        (raw_dir / n).is_file() and sha256_file(raw_dir / n) == s for n, s in RAW_FILES.items()
+    )
 
 
 def fetch_raw(cache_dir: Path) -> Path:

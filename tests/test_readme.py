@@ -34,10 +34,22 @@ def test_make_run_fetches_trains_indexes_and_serves(tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "VENV": str(Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")))}
     proc = subprocess.Popen(
-        ["make", "--no-print-directory", "run", f"DATA={tmp_path / 'data'}",
-         f"STORE={tmp_path / 'store'}", f"PORT={port}", "TRAIN_ARGS=--epochs 2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        [
+            "make",
+            "--no-print-directory",
+            "run",
+            f"DATA={tmp_path / 'data'}",
+            f"STORE={tmp_path / 'store'}",
+            f"PORT={port}",
+            "TRAIN_ARGS=--epochs 2",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         ready = False
@@ -50,8 +62,11 @@ def test_make_run_fetches_trains_indexes_and_serves(tmp_path: Path) -> None:
                 pass
             time.sleep(1)
         assert ready, f"service never became ready (exit {proc.poll()})"
-        r = httpx.post(f"http://127.0.0.1:{port}/v1/recommend",
-                       json={"history": ["1", "50", "181"], "k": 5}, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{port}/v1/recommend",
+            json={"history": ["1", "50", "181"], "k": 5},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["strategy"] == "personalized" and len(body["items"]) == 5

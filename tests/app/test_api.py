@@ -11,9 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from model_store import bundle as bundle_mod
+from model_store import store as store_mod
 from model_store.data import format_item_text
-from tests.app.conftest import AUTH, copy_store, make_settings
+from tests.helpers.bundles import copy_store
+from tests.helpers.servers import AUTH, make_settings
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +29,11 @@ def client(api_store: Path) -> Iterator[TestClient]:
 
 
 def _items(store: Path) -> pd.DataFrame:
-    return pd.read_parquet(store / bundle_mod.current_version(store) / "items.parquet")
+    return pd.read_parquet(store / store_mod.current_version(store) / "items.parquet")
 
 
 def _a_user(store: Path) -> str:
-    hist = pd.read_parquet(store / bundle_mod.current_version(store) / "histories.parquet")
+    hist = pd.read_parquet(store / store_mod.current_version(store) / "histories.parquet")
     return str(hist["user_id"].iloc[0])
 
 
@@ -66,14 +67,22 @@ def test_recommend_user_history_and_explain(client: TestClient, api_store: Path)
 
 
 def test_history_wins_unknown_ids_and_cold_start(client: TestClient) -> None:
-    r = client.post("/v1/recommend", json={"user_id": "nobody", "history": ["i1", "zzz", "i2"],
-                                           "exclude": ["qqq", "i3"], "k": 10})
+    r = client.post(
+        "/v1/recommend",
+        json={
+            "user_id": "nobody",
+            "history": ["i1", "zzz", "i2"],
+            "exclude": ["qqq", "i3"],
+            "k": 10,
+        },
+    )
     body = r.json()
     assert r.status_code == 200 and body["strategy"] == "personalized"
     assert body["unknown_items"] == ["zzz", "qqq"]
     assert not {"i1", "i2", "i3"} & {i["item_id"] for i in body["items"]}
-    keep = client.post("/v1/recommend", json={"history": ["i1"], "exclude_history": False,
-                                              "k": 400}).json()
+    keep = client.post(
+        "/v1/recommend", json={"history": ["i1"], "exclude_history": False, "k": 400}
+    ).json()
     assert "i1" in {i["item_id"] for i in keep["items"]}
     for payload in ({"user_id": "never-seen"}, {"history": []}, {"history": ["nope"]}, {}):
         cold = client.post("/v1/recommend", json={**payload, "k": 3}).json()
@@ -89,8 +98,9 @@ def test_search_text_and_personalised(client: TestClient, api_store: Path) -> No
     assert r.status_code == 200 and body["strategy"] == "cold_start"
     assert body["items"][0]["item_id"] == target["item_id"]
     user = _a_user(api_store)
-    p = client.post("/v1/search", json={"query": str(target["category"]), "user_id": user,
-                                        "k": 5}).json()
+    p = client.post(
+        "/v1/search", json={"query": str(target["category"]), "user_id": user, "k": 5}
+    ).json()
     assert p["strategy"] == "personalized" and len(p["items"]) == 5
 
 
@@ -102,8 +112,7 @@ def test_items_events_and_forget(client: TestClient) -> None:
     user = "event-user-1"
     assert client.post("/v1/recommend", json={"user_id": user}).json()["strategy"] == "cold_start"
     for item_id in ("i5", "i6", "i7"):
-        r = client.post("/v1/events", json={"user_id": user, "item_id": item_id,
-                                            "timestamp": 1.0})
+        r = client.post("/v1/events", json={"user_id": user, "item_id": item_id, "timestamp": 1.0})
         assert r.status_code == 200
     assert r.json() == {"history_length": 3}
     body = client.post("/v1/recommend", json={"user_id": user, "k": 20}).json()
@@ -115,16 +124,20 @@ def test_items_events_and_forget(client: TestClient) -> None:
     assert client.post("/v1/recommend", json={"user_id": user}).json()["strategy"] == "cold_start"
 
 
-@pytest.mark.parametrize(("payload", "status", "needle"), [
-    ({"k": 0}, 422, "k: Input should be greater than or equal to 1"),
-    ({"k": 1001}, 422, "k: Input should be less than or equal to 1000"),
-    ({"k": "many"}, 422, "k: Input should be a valid integer"),
-    ({"history": "i1"}, 422, "history: Input should be a valid list"),
-    ({"colour": "red"}, 422, "colour: unknown field"),
-    ({"history": ["x"] * 1001}, 422, "history: List should have at most 1000 items"),
-])
-def test_recommend_bad_inputs(client: TestClient, payload: dict[str, object], status: int,
-                              needle: str) -> None:
+@pytest.mark.parametrize(
+    ("payload", "status", "needle"),
+    [
+        ({"k": 0}, 422, "k: Input should be greater than or equal to 1"),
+        ({"k": 1001}, 422, "k: Input should be less than or equal to 1000"),
+        ({"k": "many"}, 422, "k: Input should be a valid integer"),
+        ({"history": "i1"}, 422, "history: Input should be a valid list"),
+        ({"colour": "red"}, 422, "colour: unknown field"),
+        ({"history": ["x"] * 1001}, 422, "history: List should have at most 1000 items"),
+    ],
+)
+def test_recommend_bad_inputs(
+    client: TestClient, payload: dict[str, object], status: int, needle: str
+) -> None:
     r = client.post("/v1/recommend", json=payload)
     assert r.status_code == status
     assert needle in r.json()["error"]["message"], r.json()
@@ -132,16 +145,20 @@ def test_recommend_bad_inputs(client: TestClient, payload: dict[str, object], st
 
 
 def test_bad_json_body_size_and_search_limits(client: TestClient) -> None:
-    r = client.post("/v1/recommend", content=b'{"k": 3,', headers={
-        "Content-Type": "application/json"})
+    r = client.post(
+        "/v1/recommend", content=b'{"k": 3,', headers={"Content-Type": "application/json"}
+    )
     assert r.status_code == 422 and "not valid JSON" in r.json()["error"]["message"]
     r = client.post("/v1/recommend", content=b"k=3", headers={"Content-Type": "text/plain"})
     assert r.status_code == 422 and "JSON object" in r.json()["error"]["message"]
     big = json.dumps({"history": ["i1"] * 200_000}).encode()
     r = client.post("/v1/recommend", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "1048576" in r.json()["error"]["message"]
-    for query, needle in (("", "at least 1 character"), ("x" * 513, "at most 512"),
-                          ("   ", "non-space")):
+    for query, needle in (
+        ("", "at least 1 character"),
+        ("x" * 513, "at most 512"),
+        ("   ", "non-space"),
+    ):
         r = client.post("/v1/search", json={"query": query})
         assert r.status_code == 422 and needle in r.json()["error"]["message"], r.json()
     r = client.get("/v1/nothing-here")
@@ -154,8 +171,11 @@ def test_admin_auth(client: TestClient) -> None:
     assert r.headers["WWW-Authenticate"].startswith("Bearer")
     r = client.post("/admin/reload", headers={"Authorization": "Bearer wrong-token"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_token"
-    r = client.post("/v1/items", json={"items": [{"item_id": "x", "title": "t"}]},
-                    headers={"Authorization": "Basic abc"})
+    r = client.post(
+        "/v1/items",
+        json={"items": [{"item_id": "x", "title": "t"}]},
+        headers={"Authorization": "Basic abc"},
+    )
     assert r.status_code == 401
     r = client.post("/admin/reload", headers=AUTH)
     assert r.status_code == 200 and r.json()["reloaded"] is False
@@ -168,8 +188,11 @@ def test_upsert_validation(client: TestClient) -> None:
     assert r.status_code == 422 and "must be a string" in r.json()["error"]["message"]
     r = client.post("/v1/items", headers=AUTH, json={"items": []})
     assert r.status_code == 422 and "items" in r.json()["error"]["message"]
-    r = client.post("/v1/items", headers=AUTH,
-                    json={"items": [{"item_id": f"n{i}", "title": "t"} for i in range(1001)]})
+    r = client.post(
+        "/v1/items",
+        headers=AUTH,
+        json={"items": [{"item_id": f"n{i}", "title": "t"} for i in range(1001)]},
+    )
     assert r.status_code == 422 and "at most 1000" in r.json()["error"]["message"]
 
 
@@ -179,13 +202,17 @@ def test_new_item_is_recommended_and_persisted(client: TestClient, api_store: Pa
     same = items[items["category"] == category]
     history = same["item_id"].tolist()[:10]
     source = same.iloc[0]
-    new = {"item_id": "brand-new-1", "title": str(source["title"]),
-           "description": str(source["description"]), "category": str(category)}
+    new = {
+        "item_id": "brand-new-1",
+        "title": str(source["title"]),
+        "description": str(source["description"]),
+        "category": str(category),
+    }
     r = client.post("/v1/items", headers=AUTH, json={"items": [new]})
     assert r.status_code == 200, r.text
     version = r.json()["model_version"]
     assert r.json()["added"] == ["brand-new-1"]
-    assert bundle_mod.current_version(api_store) == version
+    assert store_mod.current_version(api_store) == version
     got = client.get("/v1/items/brand-new-1").json()
     assert got["trained"] is False and got["model_version"] == version
     # retrievable at once (the tiny 3-epoch joint model ranks it low; see the text test)
@@ -196,8 +223,9 @@ def test_new_item_is_recommended_and_persisted(client: TestClient, api_store: Pa
     found = client.post("/v1/search", json={"query": query, "k": 2}).json()["items"]
     assert "brand-new-1" in {i["item_id"] for i in found}
     # an edit keeps the fields it does not name
-    r = client.post("/v1/items", headers=AUTH,
-                    json={"items": [{"item_id": "brand-new-1", "title": "Renamed"}]})
+    r = client.post(
+        "/v1/items", headers=AUTH, json={"items": [{"item_id": "brand-new-1", "title": "Renamed"}]}
+    )
     assert r.json()["updated"] == ["brand-new-1"]
     fields = client.get("/v1/items/brand-new-1").json()["fields"]
     assert fields["title"] == "Renamed" and fields["category"] == category
@@ -208,8 +236,9 @@ def test_new_item_is_recommended_and_persisted(client: TestClient, api_store: Pa
         assert again["fields"]["title"] == "Renamed"
 
 
-def test_broken_bundle_is_refused_and_old_keeps_serving(client: TestClient,
-                                                        api_store: Path) -> None:
+def test_broken_bundle_is_refused_and_old_keeps_serving(
+    client: TestClient, api_store: Path
+) -> None:
     serving = client.get("/readyz").json()["model_version"]
     broken = api_store / "v99990101T000000000-broken"
     (api_store / serving).rename(api_store / "keep")
@@ -221,7 +250,7 @@ def test_broken_bundle_is_refused_and_old_keeps_serving(client: TestClient,
     manifest = json.loads((broken / "manifest.json").read_text())
     manifest["version"] = broken.name
     (broken / "manifest.json").write_text(json.dumps(manifest))
-    bundle_mod.set_current(api_store, broken.name)
+    store_mod.set_current(api_store, broken.name)
     try:
         r = client.post("/admin/reload", headers=AUTH)
         assert r.status_code == 409, r.text
@@ -231,27 +260,29 @@ def test_broken_bundle_is_refused_and_old_keeps_serving(client: TestClient,
         ok = client.post("/v1/recommend", json={"history": ["i1"]})
         assert ok.status_code == 200 and ok.json()["model_version"] == serving
     finally:
-        bundle_mod.set_current(api_store, serving)
+        store_mod.set_current(api_store, serving)
 
 
 def test_security_settings(tiny_store: Path, tmp_path: Path) -> None:
     store = copy_store(tiny_store, tmp_path / "store")
-    settings = make_settings(store, admin_token=None, api_keys="key-one,key-two",
-                             rate_limit_rps=1, rate_limit_burst=3)
+    settings = make_settings(
+        store, admin_token=None, api_keys="key-one,key-two", rate_limit_rps=1, rate_limit_burst=3
+    )
     with TestClient(create_app(settings)) as c:
         r = c.post("/v1/recommend", json={})
         assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
         r = c.post("/v1/recommend", json={}, headers={"X-API-Key": "nope"})
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
-        codes = [c.post("/v1/recommend", json={}, headers={"X-API-Key": "key-one"}).status_code
-                 for _ in range(4)]
+        codes = [
+            c.post("/v1/recommend", json={}, headers={"X-API-Key": "key-one"}).status_code
+            for _ in range(4)
+        ]
         assert codes == [200, 200, 200, 429]
         r = c.post("/v1/recommend", json={}, headers={"X-API-Key": "key-one"})
         assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
         assert "requests/s" in r.json()["error"]["message"]
         # buckets are per client: the other key still has its burst
-        assert c.post("/v1/recommend", json={},
-                      headers={"X-API-Key": "key-two"}).status_code == 200
+        assert c.post("/v1/recommend", json={}, headers={"X-API-Key": "key-two"}).status_code == 200
         r = c.post("/admin/reload", headers=AUTH)
         assert r.status_code == 403 and "FUSIONREC_ADMIN_TOKEN" in r.json()["error"]["message"]
         assert c.get("/healthz").status_code == 200
@@ -284,7 +315,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 
 def test_new_item_reaches_similar_users(tiny_dataset: Path, tmp_path: Path) -> None:
     """A new item's text like a category's items → recommended to a history of that category."""
-    from tests.conftest import train_tiny
+    from tests.helpers.bundles import train_tiny
 
     store = tmp_path / "store"
     train_tiny(tiny_dataset, store, fusion="text", epochs=1)
@@ -293,8 +324,12 @@ def test_new_item_reaches_similar_users(tiny_dataset: Path, tmp_path: Path) -> N
     same = items[items["category"] == category]
     history = same["item_id"].tolist()[:10]
     source = same.iloc[len(history) - 1]
-    new = {"item_id": "brand-new-2", "title": str(source["title"]),
-           "description": str(source["description"]), "category": str(category)}
+    new = {
+        "item_id": "brand-new-2",
+        "title": str(source["title"]),
+        "description": str(source["description"]),
+        "category": str(category),
+    }
     with TestClient(create_app(make_settings(store))) as c:
         before = c.post("/v1/recommend", json={"history": history, "k": 10}).json()
         assert "brand-new-2" not in {i["item_id"] for i in before["items"]}
@@ -303,36 +338,41 @@ def test_new_item_reaches_similar_users(tiny_dataset: Path, tmp_path: Path) -> N
         assert "brand-new-2" in [i["item_id"] for i in after["items"]], after
 
 
-def test_search_through_the_text_index_matches_the_exact_scan(tiny_store: Path,
-                                                              tmp_path: Path) -> None:
+def test_search_through_the_text_index_matches_the_exact_scan(
+    tiny_store: Path, tmp_path: Path
+) -> None:
     from indexer.build import IndexParams
     from indexer.publish import index_bundle
 
     exact_store = copy_store(tiny_store, tmp_path / "exact")
     ann_store = copy_store(tiny_store, tmp_path / "ann")
-    index_bundle(ann_store, kind="flat", device="cpu",
-                 params=IndexParams(text_index_min_items=0))
+    index_bundle(ann_store, kind="flat", device="cpu", params=IndexParams(text_index_min_items=0))
     items = _items(ann_store)
-    queries = [format_item_text(items.iloc[i].to_dict(), ["title", "category"])[:512]
-               for i in (0, 41, 99, 250)] + ["bright", "a quiet story"]
-    with TestClient(create_app(make_settings(exact_store))) as exact, \
-            TestClient(create_app(make_settings(ann_store))) as ann:
+    queries = [
+        format_item_text(items.iloc[i].to_dict(), ["title", "category"])[:512]
+        for i in (0, 41, 99, 250)
+    ] + ["bright", "a quiet story"]
+    with (
+        TestClient(create_app(make_settings(exact_store))) as exact,
+        TestClient(create_app(make_settings(ann_store))) as ann,
+    ):
         assert exact.get("/readyz").json()["search_index"] == "exact scan"
         assert ann.get("/readyz").json()["search_index"] == f"ivfpq ({len(items)} items)"
         for q in queries:
             want = exact.post("/v1/search", json={"query": q, "k": 5}).json()["items"]
             got = ann.post("/v1/search", json={"query": q, "k": 5}).json()["items"]
             assert [i["item_id"] for i in got] == [i["item_id"] for i in want], q
-            assert [i["score"] for i in got] == pytest.approx([i["score"] for i in want],
-                                                              abs=1e-5)
+            assert [i["score"] for i in got] == pytest.approx([i["score"] for i in want], abs=1e-5)
         source = items.iloc[7]
-        new = {"item_id": "ann-new", "title": str(source["title"]) + " returns",
-               "category": str(source["category"])}
+        new = {
+            "item_id": "ann-new",
+            "title": str(source["title"]) + " returns",
+            "category": str(source["category"]),
+        }
         r = ann.post("/v1/items", headers=AUTH, json={"items": [new]})
         assert r.status_code == 200, r.text
         query = format_item_text(new, ["title", "category"])
         found = ann.post("/v1/search", json={"query": query, "k": 3}).json()["items"]
         assert "ann-new" in {i["item_id"] for i in found}
-        manifest = json.loads((ann_store / r.json()["model_version"] / "manifest.json")
-                              .read_text())
+        manifest = json.loads((ann_store / r.json()["model_version"] / "manifest.json").read_text())
         assert manifest["text_index"]["n_vectors"] == len(items) + 1

@@ -8,9 +8,9 @@ from pathlib import Path
 import redis
 from fastapi.testclient import TestClient
 
-from app.cache import user_hash
+from app.keys import user_hash
 from app.main import create_app
-from tests.app.conftest import RedisServer, make_settings
+from tests.helpers.servers import RedisServer, make_settings
 
 
 def _keys(server: RedisServer) -> list[str]:
@@ -22,8 +22,13 @@ def _keys(server: RedisServer) -> list[str]:
 
 
 def test_redis_cache_history_outage_and_forget(store: Path, redis_server: RedisServer) -> None:
-    settings = make_settings(store, redis_url=redis_server.url, redis_timeout_s=0.05,
-                             breaker_failures=2, breaker_reset_s=30)
+    settings = make_settings(
+        store,
+        redis_url=redis_server.url,
+        redis_timeout_s=0.05,
+        breaker_failures=2,
+        breaker_reset_s=30,
+    )
     user = "shopper-42"
     uh = user_hash(user)
     with TestClient(create_app(settings)) as c:

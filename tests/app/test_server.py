@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from model_store import bundle as bundle_mod
-from tests.app.conftest import AUTH, LiveServer, clone_version, make_settings
+from model_store import store as store_mod
+from tests.helpers.bundles import clone_version
+from tests.helpers.servers import AUTH, LiveServer, make_settings
 
 
 def test_streamed_oversized_body_is_413(store: Path) -> None:
@@ -20,8 +21,12 @@ def test_streamed_oversized_body_is_413(store: Path) -> None:
         yield b'"i1"]}'
 
     with LiveServer(make_settings(store, max_body_bytes=64 * 1024)) as srv:
-        r = httpx.post(f"{srv.url}/v1/recommend", content=chunks(),
-                       headers={"Content-Type": "application/json"}, timeout=10)
+        r = httpx.post(
+            f"{srv.url}/v1/recommend",
+            content=chunks(),
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
         assert r.status_code == 413 and "65536" in r.json()["error"]["message"]
         ok = httpx.post(f"{srv.url}/v1/recommend", json={"history": ["i1"]}, timeout=10)
         assert ok.status_code == 200
@@ -34,8 +39,10 @@ def test_body_longer_than_its_content_length_is_not_read_as_body(store: Path) ->
 
     with LiveServer(make_settings(store, max_body_bytes=64 * 1024)) as srv:
         body = b'{"history": ["i1"]}' + b" " * (256 * 1024)  # 256 KiB beyond the limit
-        head = (b"POST /v1/recommend HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
-                b"\r\nContent-Length: 19\r\n\r\n")
+        head = (
+            b"POST /v1/recommend HTTP/1.1\r\nHost: t\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 19\r\n\r\n"
+        )
         with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
             sock.sendall(head + body)
             replies = b""
@@ -50,7 +57,7 @@ def test_body_longer_than_its_content_length_is_not_read_as_body(store: Path) ->
 
 
 def test_hot_reload_under_load_has_zero_failures(store: Path) -> None:
-    first = bundle_mod.current_version(store)
+    first = store_mod.current_version(store)
     with LiveServer(make_settings(store)) as srv:
 
         async def client_loop(c: httpx.AsyncClient, n: int, out: list[tuple[int, str]]) -> None:

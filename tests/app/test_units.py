@@ -6,9 +6,11 @@ import logging
 
 from typer.testing import CliRunner
 
-from app.cache import CircuitBreaker, LocalLRU, history_hash, user_hash, vector_key
 from app.deps import RateLimiter
-from app.main import RedactUserIds
+from app.keys import history_hash, user_hash, vector_key
+from app.middleware import RedactUserIds
+from app.redis_gateway import CircuitBreaker
+from app.vector_cache import LocalLRU
 
 
 def test_circuit_breaker_opens_and_probes() -> None:
@@ -51,8 +53,15 @@ def test_lru_and_keys() -> None:
 
 
 def test_access_log_redacts_user_ids() -> None:
-    record = logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s"',
-                               ("127.0.0.1", "DELETE", "/v1/users/alice@example.com"), None)
+    record = logging.LogRecord(
+        "uvicorn.access",
+        logging.INFO,
+        "",
+        0,
+        '%s - "%s %s"',
+        ("127.0.0.1", "DELETE", "/v1/users/alice@example.com"),
+        None,
+    )
     RedactUserIds().filter(record)
     assert "alice" not in record.getMessage() and "/v1/users/<redacted>" in record.getMessage()
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from fusionrec.cli import build
 from indexer.publish import load_index
-from model_store import bundle as bundle_mod
+from model_store import store as store_mod
 from model_store.bundle import load_bundle
 
 runner = CliRunner()
@@ -20,26 +20,32 @@ def test_index_add_remove_cli(tiny_store: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
     app = build()
-    res = runner.invoke(app, ["index", "--store", str(store), "--kind", "flat",
-                              "--device", "cpu"])
+    res = runner.invoke(app, ["index", "--store", str(store), "--kind", "flat", "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "published" in res.output and "recall@100 1.0000" in res.output
     bundle = load_bundle(store)
-    assert bundle.manifest["index"]["kind"] == "flat"
+    assert bundle.manifest.index is not None and bundle.manifest.index.kind == "flat"
 
     items = tmp_path / "new.csv"
-    pd.DataFrame({"item_id": ["n1", "n2"], "title": ["zumo bika", "lade fino"],
-                  "description": ["a new thing", "another new thing"]}).to_csv(items,
-                                                                                index=False)
-    res = runner.invoke(app, ["index", "add", "--store", str(store), "--items", str(items),
-                              "--device", "cpu"])
+    pd.DataFrame(
+        {
+            "item_id": ["n1", "n2"],
+            "title": ["zumo bika", "lade fino"],
+            "description": ["a new thing", "another new thing"],
+        }
+    ).to_csv(items, index=False)
+    res = runner.invoke(
+        app, ["index", "add", "--store", str(store), "--items", str(items), "--device", "cpu"]
+    )
     assert res.exit_code == 0, res.output
     bundle = load_bundle(store)
     assert bundle.item_ids[-2:] == ["n1", "n2"]
     assert load_index(bundle).ntotal == len(bundle.item_ids)
 
-    res = runner.invoke(app, ["index", "remove", "--store", str(store), "--ids", "n1,n2",
-                              "--ids", bundle.item_ids[0]])
+    res = runner.invoke(
+        app,
+        ["index", "remove", "--store", str(store), "--ids", "n1,n2", "--ids", bundle.item_ids[0]],
+    )
     assert res.exit_code == 0, res.output
     index = load_index(load_bundle(store))
     n = len(bundle.item_ids)
@@ -55,13 +61,25 @@ def test_cli_errors_are_one_red_line(tiny_store: Path, tmp_path: Path) -> None:
     assert res.exit_code == 2 and "valid: auto, flat, hnsw, ivfpq" in res.output
     store = tmp_path / "s"
     shutil.copytree(tiny_store, store)
-    current = bundle_mod.current_version(store)
+    current = store_mod.current_version(store)
     res = runner.invoke(app, ["index", "remove", "--store", str(store), "--ids", "x"])
     assert res.exit_code == 2 and "no index" in res.output
-    res = runner.invoke(app, ["index", "--store", str(store), "--kind", "hnsw",
-                              "--recall-floor", "1.0", "--device", "cpu"])
+    res = runner.invoke(
+        app,
+        [
+            "index",
+            "--store",
+            str(store),
+            "--kind",
+            "hnsw",
+            "--recall-floor",
+            "1.0",
+            "--device",
+            "cpu",
+        ],
+    )
     if res.exit_code == 2:  # HNSW on 400 items may well be exact; either outcome is clean
-        assert "floor" in res.output and bundle_mod.current_version(store) == current
+        assert "floor" in res.output and store_mod.current_version(store) == current
     else:
         assert res.exit_code == 0, res.output
 
@@ -69,22 +87,48 @@ def test_cli_errors_are_one_red_line(tiny_store: Path, tmp_path: Path) -> None:
 def test_index_cli_passes_hnsw_build_parameters(tiny_store: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     shutil.copytree(tiny_store, store)
-    res = runner.invoke(build(), ["index", "--store", str(store), "--kind", "hnsw",
-                                  "--hnsw-m", "8", "--ef-construction", "40", "--device", "cpu",
-                                  "--recall-floor", "0.5"])
+    res = runner.invoke(
+        build(),
+        [
+            "index",
+            "--store",
+            str(store),
+            "--kind",
+            "hnsw",
+            "--hnsw-m",
+            "8",
+            "--ef-construction",
+            "40",
+            "--device",
+            "cpu",
+            "--recall-floor",
+            "0.5",
+        ],
+    )
     assert res.exit_code == 0, res.output
-    params = load_bundle(store).manifest["index"]["params"]
-    assert params["M"] == 8 and params["efConstruction"] == 40
-    assert params["metric"] == "l2_mips" and params["radius"] > 0
-    res = runner.invoke(build(), ["index", "--store", str(store), "--kind", "hnsw",
-                                  "--hnsw-metric", "ip", "--device", "cpu",
-                                  "--recall-floor", "0.5", "--text-index-min-items", "0"])
+    section = load_bundle(store).manifest.index
+    assert section is not None
+    assert section.params["M"] == 8 and section.params["efConstruction"] == 40
+    assert section.params["radius"] > 0
+    res = runner.invoke(
+        build(),
+        [
+            "index",
+            "--store",
+            str(store),
+            "--kind",
+            "hnsw",
+            "--device",
+            "cpu",
+            "--recall-floor",
+            "0.5",
+            "--text-index-min-items",
+            "0",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "search index over text embeddings: ivfpq of 400" in res.output
-    manifest = load_bundle(store).manifest
-    assert manifest["index"]["params"]["metric"] == "ip"
-    assert manifest["text_index"]["n_vectors"] == 400
-    res = runner.invoke(build(), ["index", "--store", str(store), "--hnsw-metric", "cos"])
-    assert res.exit_code == 2 and "--hnsw-metric 'cos'" in res.output
+    text_section = load_bundle(store).manifest.text_index
+    assert text_section is not None and text_section.n_vectors == 400
     res = runner.invoke(build(), ["index", "--store", str(store), "--hnsw-m", "2"])
     assert res.exit_code != 0 and "--hnsw-m" in res.output

@@ -11,26 +11,22 @@ import pytest
 import torch
 
 import indexer.build
+import indexer.index
+from indexer import catalog
 from indexer.encode import encode_catalog, query_vectors
-from indexer.publish import (
-    add_items,
-    index_bundle,
-    load_index,
-    remove_in_memory,
-    remove_items,
-    upsert_in_memory,
-)
+from indexer.publish import add_items, index_bundle, load_index, remove_items
 from model_store import bundle as bundle_mod
+from model_store import store as store_mod
 from model_store.bundle import load_bundle
 from model_store.errors import (
     BundleError,
     BundleIntegrityError,
-    DataError,
     IndexBuildError,
+    InvalidInputError,
     NotFoundError,
 )
 from model_store.model import left_pad
-from tests.conftest import train_tiny
+from tests.helpers.bundles import train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -54,18 +50,19 @@ def versions(store: Path) -> list[str]:
 
 
 def test_index_publishes_child_version(indexed_store: Path, tiny_store: Path) -> None:
-    parent = bundle_mod.current_version(tiny_store)
+    parent = store_mod.current_version(tiny_store)
     bundle = load_bundle(indexed_store)
     m = bundle.manifest
-    assert m["parent_version"] == parent and m["version"] != parent
-    section = m["index"]
-    assert section["kind"] == "flat" and section["dim"] == bundle.model.out_dim
-    assert section["n_vectors"] == len(bundle.item_ids)
-    assert section["recall@10"] == 1.0 and section["recall@100"] == 1.0
-    assert section["recall_query_source"] == "user_histories"
-    assert set(section["files"]) == {"index.faiss", "index.json"}
-    assert all(m["files"][f] == h for f, h in section["files"].items())
-    assert section["memory_bytes"] > 0 and section["build_seconds"] >= 0
+    assert m.parent_version == parent and m.version != parent
+    section = m.index
+    assert section is not None
+    assert section.kind == "flat" and section.dim == bundle.model.out_dim
+    assert section.n_vectors == len(bundle.item_ids)
+    assert section.recall10 == 1.0 and section.recall100 == 1.0
+    assert section.recall_query_source == "user_histories"
+    assert set(section.files) == {"index.faiss", "index.json"}
+    assert all(m.files[f] == h for f, h in section.files.items())
+    assert section.memory_bytes > 0 and section.build_seconds >= 0
     # unchanged parent files are hard-linked, not rewritten
     parent_model = indexed_store / parent / bundle_mod.MODEL_FILE
     assert (bundle.path / bundle_mod.MODEL_FILE).stat().st_ino == parent_model.stat().st_ino
@@ -100,7 +97,7 @@ def test_add_makes_new_item_retrievable_and_remove_hides_it(store: Path) -> None
     text = {c: str(like[c]) for c in before.text_columns}
     path = add_items(store, [{"item_id": "brand-new", **text}], device="cpu")
     bundle = load_bundle(store)
-    assert bundle.path == path and bundle.manifest["parent_version"] == before.version
+    assert bundle.path == path and bundle.manifest.parent_version == before.version
     assert bundle.item_ids[-1] == "brand-new" and len(bundle.item_ids) == len(before.item_ids) + 1
     assert not bool(bundle.model.has_id[-1])  # text path only
     index = load_index(bundle)
@@ -114,10 +111,12 @@ def test_add_makes_new_item_retrievable_and_remove_hides_it(store: Path) -> None
     assert index.search(vec, 50)[1][0][exact_rank] == row
     user = bundle.model.user_vectors(left_pad([[1, 1, 1]], bundle.config.model.max_len))
     assert row in index.search(user.detach().numpy(), 50)[1][0]
-    assert bundle.manifest["catalog"]["n_added_after_training"] == 1
+    assert bundle.manifest.catalog is not None
+    assert bundle.manifest.catalog.n_added_after_training == 1
     # changed text of an existing item: re-encoded, vector replaced
-    add_items(store, [{"item_id": "brand-new", before.text_columns[0]: "totally different"}],
-              device="cpu")
+    add_items(
+        store, [{"item_id": "brand-new", before.text_columns[0]: "totally different"}], device="cpu"
+    )
     edited = load_bundle(store)
     assert len(edited.item_ids) == len(bundle.item_ids)
     assert edited.items.iloc[row][before.text_columns[0]] == "totally different"
@@ -139,57 +138,64 @@ def test_in_memory_updates_validate(store: Path) -> None:
     index = load_index(bundle)
     n = len(bundle.item_ids)
     with pytest.raises(NotFoundError, match="nope"):
-        remove_in_memory(bundle, index, ["nope"])
-    with pytest.raises(DataError, match="no text"):
-        upsert_in_memory(bundle, index, [{"item_id": "x"}], device="cpu")
-    with pytest.raises(DataError, match="duplicate"):
-        upsert_in_memory(bundle, index, [{"item_id": "x", "title": "a"}] * 2, device="cpu")
+        catalog.remove_items(bundle, index, ["nope"])
+    with pytest.raises(InvalidInputError, match="no text"):
+        catalog.upsert_items(bundle, index, [{"item_id": "x"}], device="cpu")
+    with pytest.raises(InvalidInputError, match="appears twice"):
+        catalog.upsert_items(bundle, index, [{"item_id": "x", "title": "a"}] * 2, device="cpu")
+    with pytest.raises(InvalidInputError, match=r"items\[0\]\.title: must be a string"):
+        catalog.upsert_items(bundle, index, [{"item_id": "x", "title": 3}], device="cpu")
     assert len(bundle.item_ids) == n and index.ntotal == n
 
 
 def test_publish_is_atomic(store: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    current = bundle_mod.current_version(store)
+    current = store_mod.current_version(store)
     before = versions(store)
 
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full (injected)")
 
-    monkeypatch.setattr(indexer.build.faiss, "write_index", broken)
+    monkeypatch.setattr(indexer.index.faiss, "write_index", broken)
     with pytest.raises(OSError, match="injected"):
         index_bundle(store, kind="flat", device="cpu")
     with pytest.raises(OSError, match="injected"):
         remove_items(store, [load_bundle(store).item_ids[0]])
-    assert bundle_mod.current_version(store) == current
+    assert store_mod.current_version(store) == current
     assert versions(store) == before
     assert not [p for p in store.iterdir() if p.name.startswith(".tmp")]
     load_index(load_bundle(store))  # the old version still loads
 
 
 def test_recall_floor_refuses_to_publish(store: Path) -> None:
-    current = bundle_mod.current_version(store)
+    current = store_mod.current_version(store)
     with pytest.raises(IndexBuildError, match="floor"):
-        index_bundle(store, kind="hnsw", recall_floor=1.01, device="cpu",
-                     params=indexer.build.IndexParams(max_ef_search=256))
-    assert bundle_mod.current_version(store) == current
+        index_bundle(
+            store,
+            kind="hnsw",
+            recall_floor=1.01,
+            device="cpu",
+            params=indexer.build.IndexParams(max_ef_search=256),
+        )
+    assert store_mod.current_version(store) == current
 
 
 def test_tampered_index_is_refused(store: Path) -> None:
-    path = bundle_mod.resolve_version(store, None)
+    path = store_mod.resolve_version(store, None)
     f = path / "index.faiss"
     raw = bytearray(f.read_bytes())
     raw[-10] ^= 0x01
     f.unlink()  # break the hard link before writing
     f.write_bytes(bytes(raw))
-    manifest = json.loads((path / "manifest.json").read_text())
+    manifest = bundle_mod.read_manifest(path)
     with pytest.raises(BundleIntegrityError, match=r"index.faiss.*sha256"):
         load_bundle(store)
     # the index check itself refuses too (the service calls it after load_bundle)
     with pytest.raises(BundleIntegrityError, match="sha256"):
-        indexer.build.ItemIndex.load(path, manifest["index"])
+        indexer.build.read_index(path, manifest.index)
 
 
 def test_manifest_model_mismatch_is_refused(store: Path) -> None:
-    path = bundle_mod.resolve_version(store, None)
+    path = store_mod.resolve_version(store, None)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["index"]["n_vectors"] += 1
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -223,10 +229,10 @@ def test_search_index_is_built_for_large_catalogs_and_follows_updates(store: Pat
     assert load_text_index(load_bundle(store)) is None  # 400 items: exact scan suffices
     index_bundle(store, kind="flat", device="cpu", params=IndexParams(text_index_min_items=0))
     bundle = load_bundle(store)
-    section = bundle.manifest["text_index"]
-    assert section["kind"] == "ivfpq" and section["recall@100"] >= 0.95
-    assert section["dim"] == bundle.model.text_emb.shape[1]
-    assert all(bundle.manifest["files"][f] == h for f, h in section["files"].items())
+    section = bundle.manifest.text_index
+    assert section is not None and section.kind == "ivfpq" and section.recall100 >= 0.95
+    assert section.dim == bundle.model.text_emb.shape[1]
+    assert all(bundle.manifest.files[f] == h for f, h in section.files.items())
     text_index = load_text_index(bundle)
     assert text_index is not None and text_index.ntotal == len(bundle.item_ids)
     emb = text_rows(bundle, np.arange(len(bundle.item_ids)))
@@ -235,8 +241,11 @@ def test_search_index_is_built_for_large_catalogs_and_follows_updates(store: Pat
     assert np.mean([len(set(e) & set(g)) / 10 for e, g in zip(exact, got, strict=True)]) >= 0.95
     # an upsert adds the new item's text to the search index; a removal takes it out
     like = bundle.items.iloc[3]
-    add_items(store, [{"item_id": "text-new", **{c: str(like[c]) + " sequel"
-                                                 for c in bundle.text_columns}}], device="cpu")
+    add_items(
+        store,
+        [{"item_id": "text-new", **{c: str(like[c]) + " sequel" for c in bundle.text_columns}}],
+        device="cpu",
+    )
     grown = load_bundle(store)
     row = len(grown.item_ids) - 1
     grown_text = load_text_index(grown)
@@ -248,4 +257,4 @@ def test_search_index_is_built_for_large_catalogs_and_follows_updates(store: Pat
     assert row in gone.removed
     # a full rebuild with the default threshold drops it again
     index_bundle(store, kind="flat", device="cpu")
-    assert load_bundle(store).manifest["text_index"] is None
+    assert load_bundle(store).manifest.text_index is None

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from model_store import bundle as bundle_mod
+from model_store import store as store_mod
 from model_store.errors import BundleIntegrityError, BundleNotFoundError
 from model_store.evaluate import EvalSet, rank_targets
-from tests.conftest import train_tiny
+from tests.helpers.bundles import train_tiny
 
 
 @pytest.fixture()
@@ -45,14 +46,15 @@ def test_round_trip_gives_identical_scores(tiny_dataset: Path, tmp_path: Path) -
     ev = EvalSet([[3, 5, 9], [1, 2, 3]], [10, 11])
     assert (rank_targets(result.model, ev)[0] == rank_targets(loaded.model, ev)[0]).all()
     manifest = loaded.manifest
-    assert set(manifest["files"]) >= {"model.safetensors", "catalog.safetensors", "items.parquet"}
+    assert set(manifest.files) >= {"model.safetensors", "catalog.safetensors", "items.parquet"}
+    raw = json.loads((path / "manifest.json").read_text())
     for key in ("version", "created_at", "config", "data", "metrics", "libraries"):
-        assert key in manifest
+        assert key in raw
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in path.iterdir())
 
 
 def test_edited_file_is_refused_by_hash(store: Path) -> None:
-    version = bundle_mod.current_version(store)
+    version = store_mod.current_version(store)
     target = store / version / "catalog.safetensors"
     data = bytearray(target.read_bytes())
     data[-1] ^= 0xFF
@@ -62,7 +64,7 @@ def test_edited_file_is_refused_by_hash(store: Path) -> None:
 
 
 def test_library_mismatch_is_refused(store: Path) -> None:
-    path = store / bundle_mod.current_version(store)
+    path = store / store_mod.current_version(store)
     manifest = json.loads((path / "manifest.json").read_text())
     manifest["libraries"]["torch"] = "1.0.0"
     (path / "manifest.json").write_text(json.dumps(manifest))
@@ -73,7 +75,7 @@ def test_library_mismatch_is_refused(store: Path) -> None:
 def test_missing_file_and_missing_store(store: Path, tmp_path: Path) -> None:
     with pytest.raises(BundleNotFoundError, match="no bundle published"):
         bundle_mod.load_bundle(tmp_path / "empty")
-    path = store / bundle_mod.current_version(store)
+    path = store / store_mod.current_version(store)
     (path / "items.parquet").unlink()
     with pytest.raises(
         BundleIntegrityError, match=r"items\.parquet listed in the manifest is missing"
@@ -84,8 +86,8 @@ def test_missing_file_and_missing_store(store: Path, tmp_path: Path) -> None:
 def test_failed_publish_leaves_current_and_no_partial_version(
     store: Path, tiny_dataset: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    before = bundle_mod.current_version(store)
-    versions = bundle_mod.list_versions(store)
+    before = store_mod.current_version(store)
+    versions = store_mod.list_versions(store)
 
     def boom(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
@@ -93,6 +95,6 @@ def test_failed_publish_leaves_current_and_no_partial_version(
     monkeypatch.setattr(bundle_mod, "save_catalog", boom)
     with pytest.raises(OSError, match="disk full"):
         train_tiny(tiny_dataset, store, epochs=1)
-    assert bundle_mod.current_version(store) == before
-    assert bundle_mod.list_versions(store) == versions
+    assert store_mod.current_version(store) == before
+    assert store_mod.list_versions(store) == versions
     assert not [p for p in store.iterdir() if p.name.startswith(".tmp")]

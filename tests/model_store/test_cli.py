@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from fusionrec.cli import build
 from model_store import bundle as bundle_mod
+from model_store import store as store_mod
 
 runner = CliRunner()
 
@@ -33,9 +34,9 @@ def test_train_evaluate_and_no_holdout(tiny_dataset: Path, tmp_path: Path) -> No
     )
     assert res.exit_code == 0, res.output
     assert "bundle:" in res.output and "ndcg@10" in res.output
-    first = bundle_mod.current_version(store)
+    first = store_mod.current_version(store)
     manifest = bundle_mod.read_manifest(store / first)
-    assert manifest["config"]["train"]["seed"] == 3
+    assert manifest.config.train.seed == 3
 
     inter = pd.read_csv(tiny_dataset / "interactions.csv", dtype=str)
     test = inter.groupby("user_id").tail(1)[["user_id", "item_id"]]
@@ -64,11 +65,11 @@ def test_train_evaluate_and_no_holdout(tiny_dataset: Path, tmp_path: Path) -> No
         app, ["train", "--data", str(tiny_dataset), "--store", str(store), "--no-holdout"]
     )
     assert res.exit_code == 0, res.output
-    second = bundle_mod.current_version(store)
+    second = store_mod.current_version(store)
     assert second != first
     m2 = bundle_mod.read_manifest(store / second)
-    assert m2["data"]["holdout"] is False
-    assert m2["metrics"]["epochs_run"] == manifest["metrics"]["best_epoch"]
+    assert m2.data.holdout is False
+    assert m2.metrics.epochs_run == manifest.metrics.best_epoch
 
 
 def test_bad_input_gives_clear_error_not_traceback(tmp_path: Path) -> None:
@@ -111,8 +112,8 @@ def test_bad_input_gives_clear_error_not_traceback(tmp_path: Path) -> None:
 
 
 def test_same_seed_same_metrics(tiny_dataset: Path, tmp_path: Path) -> None:
-    from tests.conftest import train_tiny
+    from tests.helpers.bundles import train_tiny
 
     a = bundle_mod.read_manifest(train_tiny(tiny_dataset, tmp_path / "a", epochs=1))
     b = bundle_mod.read_manifest(train_tiny(tiny_dataset, tmp_path / "b", epochs=1))
-    assert a["metrics"]["valid"] == b["metrics"]["valid"]
+    assert a.metrics.valid == b.metrics.valid

@@ -7,14 +7,10 @@ import torch
 
 from model_store.config import Config, ModelConfig
 from model_store.evaluate import EvalSet, rank_targets
+from model_store.head import fit_head, head_examples
 from model_store.model import FusedModel
-from model_store.train import fit_head, head_examples
 
 N_ITEMS = 12
-
-
-class Prep:
-    n_items = N_ITEMS
 
 
 def tiny_model(log_pop: torch.Tensor | None = None) -> FusedModel:
@@ -55,12 +51,12 @@ def test_cross_fitted_head_learns_a_signal_the_retriever_lacks_and_is_kept() -> 
     targets = [max(set(range(1, N_ITEMS + 1)) - set(h)) for h in hists]
     data = EvalSet(hists, targets)
     before = rank_targets(model, data, use_head=False)[0]
-    report = fit_head(model, config(model, epochs=20, lr=1e-2), Prep(), data)  # type: ignore[arg-type]
-    assert report["examples"] == 200  # every target is among all the candidates
+    report = fit_head(model, config(model, epochs=20, lr=1e-2), data)
+    assert report.info.examples == 200  # every target is among all the candidates
     # out of fold: each half is scored by the head trained on the other half
-    assert report["valid_ndcg@10_with_head"] > report["valid_ndcg@10_retrieval"] + 0.2
-    assert report["enabled"] and model.use_head
-    assert report["valid_with_head"]["coverage@10"] > 0
+    assert report.info.valid_ndcg10_with_head > report.info.valid_ndcg10_retrieval + 0.2
+    assert report.info.enabled and model.use_head
+    assert report.valid_with_head["coverage@10"] > 0
     after = rank_targets(model, data)[0]
     assert (after == 0).mean() > 0.6 > 0.3 > (before == 0).mean()
 
@@ -72,12 +68,12 @@ def test_a_head_without_signal_is_not_kept_and_left_a_no_op() -> None:
     targets = [int(rng.choice(sorted(set(range(1, N_ITEMS + 1)) - set(h)))) for h in hists]
     data = EvalSet(hists, targets)
     before = rank_targets(model, data, use_head=False)[0]
-    report = fit_head(model, config(model, epochs=3), Prep(), data)  # type: ignore[arg-type]
-    assert report["enabled"] == (
-        report["valid_ndcg@10_with_head"] > report["valid_ndcg@10_retrieval"]
+    report = fit_head(model, config(model, epochs=3), data)
+    assert report.info.enabled == (
+        report.info.valid_ndcg10_with_head > report.info.valid_ndcg10_retrieval
     )
-    assert model.use_head == report["enabled"]
-    if not report["enabled"]:
+    assert model.use_head == report.info.enabled
+    if not report.info.enabled:
         last = model.head.mlp[-1]
         assert float(last.weight.detach().abs().sum()) == 0.0  # type: ignore[arg-type]
         assert (rank_targets(model, data)[0] == before).all()
@@ -85,6 +81,6 @@ def test_a_head_without_signal_is_not_kept_and_left_a_no_op() -> None:
 
 def test_too_few_validation_users_train_no_head() -> None:
     model = tiny_model()
-    report = fit_head(model, config(model, epochs=3), Prep(), EvalSet([[1]] * 5, [2] * 5))  # type: ignore[arg-type]
-    assert not report["enabled"] and not model.use_head
-    assert "fewer than 20" in report["reason"]
+    report = fit_head(model, config(model, epochs=3), EvalSet([[1]] * 5, [2] * 5))
+    assert not report.info.enabled and not model.use_head
+    assert "fewer than 20" in report.info.reason

@@ -11,6 +11,7 @@ from indexer.encode import encode_new_items
 from model_store.bundle import load_bundle
 from model_store.config import Config
 from model_store.data import load_dataset
+from model_store.lora import load_tuned_encoder
 from model_store.movielens import default_cache_dir
 from model_store.text_encoder import TextEncoder
 from model_store.train import train_and_publish
@@ -19,8 +20,12 @@ from model_store.train import train_and_publish
 def small_dataset(root: Path) -> Path:
     rng = np.random.default_rng(0)
     genres = ["space opera", "romantic comedy", "murder mystery", "cooking show"]
-    items = pd.DataFrame({"item_id": [f"i{k}" for k in range(40)],
-                          "title": [f"{genres[k % 4]} number {k}" for k in range(40)]})
+    items = pd.DataFrame(
+        {
+            "item_id": [f"i{k}" for k in range(40)],
+            "title": [f"{genres[k % 4]} number {k}" for k in range(40)],
+        }
+    )
     rows = []
     for u in range(30):
         g = u % 4
@@ -29,7 +34,8 @@ def small_dataset(root: Path) -> Path:
     root.mkdir()
     items.to_csv(root / "items.csv", index=False)
     pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"]).to_csv(
-        root / "interactions.csv", index=False)
+        root / "interactions.csv", index=False
+    )
     return root
 
 
@@ -40,20 +46,24 @@ def test_lora_bundle_encodes_with_its_tuned_lm(tmp_path: Path) -> None:
     cfg.text.batch_size = 16
     cfg.model.dim, cfg.model.max_len = 16, 8
     cfg.train.epochs, cfg.train.rerank, cfg.train.batch_size = 2, False, 16
-    path, _ = train_and_publish(load_dataset(data), cfg, tmp_path / "store",
-                                cache_dir=default_cache_dir())
+    path, _ = train_and_publish(
+        load_dataset(data), cfg, tmp_path / "store", cache_dir=default_cache_dir()
+    )
     assert (path / "text_adapter.safetensors").exists()
     bundle = load_bundle(tmp_path / "store")
     texts = load_dataset(data).item_texts()[:6]
-    tuned = TextEncoder(device="cpu", adapter_dir=path, precision="fp32").encode(texts)
+    tuned_lm = TextEncoder(
+        device="cpu", precision="fp32", transformer=load_tuned_encoder(cfg.text.model, path)
+    )
+    tuned = tuned_lm.encode(texts)
     base = TextEncoder(device="cpu", precision="fp32").encode(texts)
     stored = bundle.model.text_emb[1:7].numpy()
     # the bundle's cached embeddings are the tuned LM's, not the base model's
     assert np.allclose(tuned, stored, atol=1e-4)
     assert np.abs(base - stored).max() > 1e-4
     # new items go through the same tuned LM
-    new = encode_new_items(bundle, [{"item_id": "x", "title": "space opera number 99"}],
-                           device="cpu")
-    ref = TextEncoder(device="cpu", adapter_dir=path, precision="fp32").encode(
-        ["title: space opera number 99"])
+    new = encode_new_items(
+        bundle, [{"item_id": "x", "title": "space opera number 99"}], device="cpu"
+    )
+    ref = tuned_lm.encode(["title: space opera number 99"])
     assert np.allclose(new, ref, atol=1e-4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_store import model as model_mod
+from model_store import layers as model_mod
 from model_store.config import ModelConfig
 from model_store.model import FusedModel, left_pad
 
@@ -24,8 +24,7 @@ def joint_model(n: int = 40, text_dim: int = 12) -> FusedModel:
 def fused_model(fusion: str) -> FusedModel:
     """A small untrained model of the given fusion, 40 items with trained IDs."""
     torch.manual_seed(0)
-    cfg = ModelConfig(fusion=fusion, dim=16, max_len=8, n_layers=2, n_heads=2,
-                      text_history=5)  # type: ignore[arg-type]
+    cfg = ModelConfig(fusion=fusion, dim=16, max_len=8, n_layers=2, n_heads=2, text_history=5)  # type: ignore[arg-type]
     text = F.normalize(torch.randn(41, 12), dim=-1)
     text[0] = 0
     return FusedModel(cfg, text, torch.ones(41, dtype=torch.bool), torch.rand(41)).eval()
@@ -89,9 +88,12 @@ def test_leading_padding_changes_nothing() -> None:
         with torch.inference_mode():
             u_full, u_short = model.user_vectors(full), model.user_vectors(short)
             torch.testing.assert_close(u_short, u_full, rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(model.rerank(short, u_short, cand, retr),
-                                       model.rerank(full, u_full, cand, retr),
-                                       rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                model.rerank(short, u_short, cand, retr),
+                model.rerank(full, u_full, cand, retr),
+                rtol=1e-5,
+                atol=1e-6,
+            )
 
 
 def test_serving_encoder_matches_eager_and_follows_the_catalog() -> None:
@@ -103,11 +105,16 @@ def test_serving_encoder_matches_eager_and_follows_the_catalog() -> None:
             encode = model.serving_encoder()
             assert isinstance(encode, torch.jit.ScriptModule), fusion  # traced, not eager
             assert model.serving_encoder() is encode  # cached
-            for hists, width in (([[1, 2, 3]], 3), ([[1], [2, 3, 4, 5, 6, 7, 8, 9, 10]], 8),
-                                 ([[39, 2], [5], [6, 7, 8], [9]], 3), ([[4, 5]] * 33, 12)):
+            for hists, width in (
+                ([[1, 2, 3]], 3),
+                ([[1], [2, 3, 4, 5, 6, 7, 8, 9, 10]], 8),
+                ([[39, 2], [5], [6, 7, 8], [9]], 3),
+                ([[4, 5]] * 33, 12),
+            ):
                 hist = left_pad(hists, width)
-                torch.testing.assert_close(encode(hist), model.user_vectors(hist),
-                                           rtol=1e-5, atol=1e-6)
+                torch.testing.assert_close(
+                    encode(hist), model.user_vectors(hist), rtol=1e-5, atol=1e-6
+                )
     model = joint_model()
     hist = left_pad([[1, 2, 41, 42], [41], [3, 42]], 4)  # 41, 42: about to be added
     with torch.no_grad():

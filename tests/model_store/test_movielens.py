@@ -9,11 +9,12 @@ import pytest
 from model_store import movielens
 from model_store.data import holdout_last, leave_one_out, load_dataset
 from model_store.errors import FetchError
+from model_store.store import sha256_file
 
 
 def test_raw_files_verified(data_movielens_raw: Path) -> None:
     for name, sha in movielens.RAW_FILES.items():
-        assert movielens._sha256(data_movielens_raw / name) == sha
+        assert sha256_file(data_movielens_raw / name) == sha
 
 
 def test_write_dataset(data_movielens_raw: Path, tmp_path: Path) -> None:
@@ -70,9 +71,9 @@ def test_corrupted_cache_is_refetched(data_movielens_raw: Path, tmp_path: Path) 
     shutil.copytree(data_movielens_raw, cache / data_movielens_raw.name)
     victim = cache / data_movielens_raw.name / "MovieLens100k_items.parquet.brotli"
     victim.write_bytes(victim.read_bytes()[:-10] + b"corrupted!")
-    assert movielens._sha256(victim) != movielens.RAW_FILES[victim.name]
+    assert sha256_file(victim) != movielens.RAW_FILES[victim.name]
     raw = movielens.fetch_raw(cache)
-    assert movielens._sha256(raw / victim.name) == movielens.RAW_FILES[victim.name]
+    assert sha256_file(raw / victim.name) == movielens.RAW_FILES[victim.name]
 
 
 def test_pip_failure_is_a_fetch_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,12 +12,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from model_store.errors import ConfigError
-from model_store.text_encoder import (
-    TextEncoder,
-    cpu_has_native_bf16,
-    resolve_model_path,
-    resolve_precision,
-)
+from model_store.lm import cpu_has_native_bf16, resolve_model_path, resolve_precision
+from model_store.text_encoder import TextEncoder
 
 TEXTS = [
     "title: Toy Story (1995)\ngenres: Animation|Children's|Comedy",

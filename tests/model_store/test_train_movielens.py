@@ -11,7 +11,9 @@ from model_store import movielens
 from model_store.config import Config
 from model_store.data import load_dataset
 from model_store.evaluate import evaluate, metrics_from_ranks
-from model_store.train import fit, prepare, text_embeddings
+from model_store.prepare import prepare
+from model_store.train import catalog_embeddings
+from model_store.trainer import fit
 
 
 def popularity_ndcg(prep) -> float:  # type: ignore[no-untyped-def]
@@ -34,7 +36,7 @@ def test_short_training_beats_popularity(data_movielens_raw: Path, tmp_path: Pat
     cfg.train.epochs = 4
     cfg.train.rerank = False
     prep = prepare(ds, holdout=True)
-    prep.text_emb = text_embeddings(ds.item_texts(), cfg, cache_dir=movielens.default_cache_dir())
+    prep.text_emb = catalog_embeddings(ds, cfg, cache_dir=movielens.default_cache_dir())
     result = fit(cfg, prep)
     pop = popularity_ndcg(prep)
     assert 0.01 < pop < 0.06  # the peers measured 0.029 on the test items

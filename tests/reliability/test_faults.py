@@ -16,10 +16,11 @@ import httpx
 import pytest
 import redis
 
-from app.cache import history_key, user_hash
-from model_store import bundle as bundle_mod
-from tests.app.conftest import AUTH, LiveServer, RedisServer, clone_version, make_settings
-from tests.reliability.conftest import LoadThread, metric
+from app.keys import history_key, user_hash
+from model_store import store as store_mod
+from tests.helpers.bundles import clone_version
+from tests.helpers.load import LoadThread, metric
+from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings
 
 HISTORIES = [[f"i{(7 * h + j) % 400}" for j in range(5)] for h in range(8)]
 
@@ -69,13 +70,19 @@ def _post_event(url: str, user: str, item: str) -> None:
 def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> None:
     """Redis stopped and restarted during load: zero failed requests, the cache refills,
     and events accepted during the outage reach the new Redis (written back)."""
-    settings = make_settings(rel_store, redis_url=rel_redis.url, redis_timeout_s=0.05,
-                             breaker_failures=2, breaker_reset_s=0.3)
+    settings = make_settings(
+        rel_store,
+        redis_url=rel_redis.url,
+        redis_timeout_s=0.05,
+        breaker_failures=2,
+        breaker_reset_s=0.3,
+    )
     with LiveServer(settings) as srv, LoadThread(srv.url, recommend_mix, clients=4) as load:
         _post_event(srv.url, "outage-shopper", "i1")
         time.sleep(1.5)
-        hits_before_outage = metric(httpx.get(f"{srv.url}/metrics").text,
-                                    "fusionrec_user_vector_cache_total", result="hit")
+        hits_before_outage = metric(
+            httpx.get(f"{srv.url}/metrics").text, "fusionrec_user_vector_cache_total", result="hit"
+        )
         assert hits_before_outage > 0  # the repeated histories are served from the cache
         rel_redis.stop()
         during: list[str] = []
@@ -86,8 +93,9 @@ def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> No
         n_before_restart = load.count()
         rel_redis.start()  # a new, empty Redis on the same port (no persistence in tests)
         _wait_breaker_closed(srv.url)
-        hits_at_restart = metric(httpx.get(f"{srv.url}/metrics").text,
-                                 "fusionrec_user_vector_cache_total", result="hit")
+        hits_at_restart = metric(
+            httpx.get(f"{srv.url}/metrics").text, "fusionrec_user_vector_cache_total", result="hit"
+        )
         time.sleep(2.0)
         _post_event(srv.url, "outage-shopper", "i9")
         metrics_after = httpx.get(f"{srv.url}/metrics").text
@@ -100,19 +108,27 @@ def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> No
     finally:
         r.close()
     assert vector_keys, "the cache refilled the restarted Redis"
-    assert metric(metrics_after, "fusionrec_user_vector_cache_total",
-                  result="hit") > hits_at_restart
+    assert (
+        metric(metrics_after, "fusionrec_user_vector_cache_total", result="hit") > hits_at_restart
+    )
     # the events of the outage were written back, in order, before the next one
     assert _is_subsequence([*during, "i9"], _stored(rel_redis, "outage-shopper"))
 
 
-def test_events_during_redis_outage_are_not_lost(rel_store: Path, rel_redis: RedisServer,
-                                                 ) -> None:
+def test_events_during_redis_outage_are_not_lost(
+    rel_store: Path,
+    rel_redis: RedisServer,
+) -> None:
     """Redis unresponsive (SIGSTOP, data kept) while events arrive: after it resumes, the
     stored list has every accepted event in arrival order — also for a user who sends
     nothing more (the background write-back) — and the in-process copy is dropped."""
-    settings = make_settings(rel_store, redis_url=rel_redis.url, redis_timeout_s=0.05,
-                             breaker_failures=2, breaker_reset_s=0.3)
+    settings = make_settings(
+        rel_store,
+        redis_url=rel_redis.url,
+        redis_timeout_s=0.05,
+        breaker_failures=2,
+        breaker_reset_s=0.3,
+    )
     assert rel_redis.proc is not None
     with LiveServer(settings) as srv:
         for item in ("i1", "i2"):
@@ -124,8 +140,7 @@ def test_events_during_redis_outage_are_not_lost(rel_store: Path, rel_redis: Red
                 _post_event(srv.url, "kept", item)
             _post_event(srv.url, "quiet", "i7")  # this user sends nothing after the outage
             # reads during the outage see the in-process copy
-            r = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": "quiet", "k": 3},
-                           timeout=10)
+            r = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": "quiet", "k": 3}, timeout=10)
             assert r.status_code == 200 and r.json()["strategy"] == "personalized"
         finally:
             os.kill(rel_redis.proc.pid, signal.SIGCONT)
@@ -142,13 +157,20 @@ def test_events_during_redis_outage_are_not_lost(rel_store: Path, rel_redis: Red
     assert "i7" in quiet, quiet
 
 
-def test_shutdown_writes_back_events_of_a_redis_outage(rel_store: Path,
-                                                       rel_redis: RedisServer) -> None:
+def test_shutdown_writes_back_events_of_a_redis_outage(
+    rel_store: Path, rel_redis: RedisServer
+) -> None:
     """Events accepted while Redis was frozen, then the service stops right after Redis
     resumes (no request in between to start the background write-back): the shutdown
     writes them back instead of dropping them with the process."""
-    settings = make_settings(rel_store, redis_url=rel_redis.url, redis_timeout_s=0.05,
-                             breaker_failures=2, breaker_reset_s=0.3, history_drain_s=10)
+    settings = make_settings(
+        rel_store,
+        redis_url=rel_redis.url,
+        redis_timeout_s=0.05,
+        breaker_failures=2,
+        breaker_reset_s=0.3,
+        history_drain_s=10,
+    )
     assert rel_redis.proc is not None
     with LiveServer(settings) as srv:
         _post_event(srv.url, "leaving", "i1")
@@ -166,11 +188,13 @@ def test_hot_reload_under_load_versions_existed(rel_store: Path) -> None:
     """New bundles published and hot-reloaded under load: zero failures; every response's
     model_version had been published before that response; after a reload returns, new
     requests are answered by the new bundle."""
-    first = bundle_mod.current_version(rel_store)
+    first = store_mod.current_version(rel_store)
     publish_started: dict[str, float] = {first: float("-inf")}
     reloaded_at: list[tuple[float, str]] = []
-    with LiveServer(make_settings(rel_store)) as srv, \
-            LoadThread(srv.url, recommend_mix, clients=4) as load:
+    with (
+        LiveServer(make_settings(rel_store)) as srv,
+        LoadThread(srv.url, recommend_mix, clients=4) as load,
+    ):
         for _ in range(3):
             time.sleep(0.6)
             t0 = time.monotonic()
@@ -200,17 +224,19 @@ def test_hot_reload_under_load_versions_existed(rel_store: Path) -> None:
 def test_corrupt_bundle_is_refused(rel_store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """CURRENT pointing to a bundle with a flipped byte: reload refused (409), the previous
     bundle keeps serving under load, /readyz stays ok, the reason is in the log and /metrics."""
-    good = bundle_mod.current_version(rel_store)
+    good = store_mod.current_version(rel_store)
     caplog.set_level(logging.ERROR, logger="app")
-    with LiveServer(make_settings(rel_store)) as srv, \
-            LoadThread(srv.url, recommend_mix, clients=3) as load:
+    with (
+        LiveServer(make_settings(rel_store)) as srv,
+        LoadThread(srv.url, recommend_mix, clients=3) as load,
+    ):
         time.sleep(0.5)
         bad = clone_version(rel_store)
         weights = rel_store / bad / "model.safetensors"
         raw = bytearray(weights.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         weights.write_bytes(bytes(raw))
-        assert bundle_mod.current_version(rel_store) == bad
+        assert store_mod.current_version(rel_store) == bad
         r = httpx.post(f"{srv.url}/admin/reload", headers=AUTH, timeout=60)
         assert r.status_code == 409, r.text
         error = r.json()["error"]
@@ -222,12 +248,16 @@ def test_corrupt_bundle_is_refused(rel_store: Path, caplog: pytest.LogCaptureFix
     assert ready.status_code == 200 and ready.json()["model_version"] == good
     failures = load.failures()
     assert not failures, failures[:5]
-    versions = {str(o.body.get("model_version")) for o in load.outcomes
-                if o.body and "model_version" in o.body}
+    versions = {
+        str(o.body.get("model_version"))
+        for o in load.outcomes
+        if o.body and "model_version" in o.body
+    }
     assert versions == {good}
     assert metric(metrics, "fusionrec_reloads_total", result="refused") == 1
-    info = [line for line in metrics.splitlines()
-            if line.startswith("fusionrec_reload_refused_info{")]
+    info = [
+        line for line in metrics.splitlines() if line.startswith("fusionrec_reload_refused_info{")
+    ]
     assert info and bad in info[0] and "BundleIntegrityError" in info[0], info
     logged = [rec.getMessage() for rec in caplog.records if "refused" in rec.getMessage()]
     assert any(bad in m and "model.safetensors" in m for m in logged), logged

@@ -24,24 +24,39 @@ from schemathesis.checks import (
     response_schema_conformance,
 )
 
-from tests.app.conftest import AUTH, LiveServer, make_settings
+from tests.helpers.servers import AUTH, LiveServer, make_settings
 
 EXAMPLES = 8  # per operation and generation mode
 CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
-OPERATIONS = {"POST /v1/recommend", "POST /v1/search", "POST /v1/items",
-              "GET /v1/items/{item_id}", "POST /v1/events", "DELETE /v1/users/{user_id}",
-              "POST /admin/reload", "GET /healthz", "GET /readyz", "GET /metrics"}
+OPERATIONS = {
+    "POST /v1/recommend",
+    "POST /v1/search",
+    "POST /v1/items",
+    "GET /v1/items/{item_id}",
+    "POST /v1/events",
+    "DELETE /v1/users/{user_id}",
+    "POST /admin/reload",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+}
 
 
-def fuzz(op: Any, mode: GenerationMode, url: str, failures: list[str],
-         statuses: Counter[str]) -> int:
+def fuzz(
+    op: Any, mode: GenerationMode, url: str, failures: list[str], statuses: Counter[str]
+) -> int:
     """Run ``EXAMPLES`` cases of one operation; failures are collected, not raised."""
     calls = 0
 
     @hypothesis.given(case=op.as_strategy(generation_mode=mode))
-    @hypothesis.settings(max_examples=EXAMPLES, derandomize=True, deadline=None,
-                         database=None, phases=[Phase.explicit, Phase.generate],
-                         suppress_health_check=list(HealthCheck))
+    @hypothesis.settings(
+        max_examples=EXAMPLES,
+        derandomize=True,
+        deadline=None,
+        database=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     def run(case: schemathesis.Case) -> None:
         nonlocal calls
         calls += 1
@@ -50,8 +65,7 @@ def fuzz(op: Any, mode: GenerationMode, url: str, failures: list[str],
         try:
             case.validate_response(response, checks=CHECKS)
         except Exception as exc:  # every failure is reported at the end
-            failures.append(f"{op.label} [{mode.value}] {response.status_code}: "
-                            f"{str(exc)[:400]}")
+            failures.append(f"{op.label} [{mode.value}] {response.status_code}: {str(exc)[:400]}")
 
     run()
     return calls

@@ -1,0 +1,204 @@
+"""Server-side histories: the ``HistoryStore`` protocol, in process or in Redis.
+
+While Redis is unavailable an in-process store keeps new events; they are also queued and
+written back to Redis, in arrival order, once it answers again (see :class:`RedisHistory`),
+so an event that was answered 200 is lost only if this process exits before Redis comes
+back. Forgetting a user is the exception: if Redis cannot be reached the erasure raises
+``DependencyError``, because silently keeping a user's data is worse than a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+
+from app.keys import PREFIX, history_key
+from app.redis_gateway import RedisGateway
+from model_store.errors import DependencyError
+
+log = logging.getLogger("app.history")
+MAX_LOCAL_USERS = 1_000_000
+
+
+class HistoryStore(Protocol):
+    """Per-user item ids, oldest first, keyed by the user's hash."""
+
+    async def get(self, uhash: str) -> list[str] | None: ...
+
+    async def append(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int: ...
+
+    async def delete(self, uhash: str) -> None: ...
+
+
+class LocalHistory:
+    """Server-side histories in process memory (the embedded default)."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+        self._data: OrderedDict[str, deque[str]] = OrderedDict()
+
+    async def get(self, uhash: str) -> list[str] | None:
+        items = self._data.get(uhash)
+        return None if items is None else list(items)
+
+    async def append(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
+        stored = self._data.get(uhash)
+        if stored is None:
+            stored = self._data[uhash] = deque(seed, maxlen=self.max_len)
+        stored.extend(items)
+        self._data.move_to_end(uhash)
+        while len(self._data) > MAX_LOCAL_USERS:
+            self._data.popitem(last=False)
+        return len(stored)
+
+    async def delete(self, uhash: str) -> None:
+        self._data.pop(uhash, None)
+
+
+# KEYS[1] = history list; ARGV = max_len, n_seed, seed..., new items...
+_APPEND_LUA = """
+local n_seed = tonumber(ARGV[2])
+if redis.call('EXISTS', KEYS[1]) == 0 and n_seed > 0 then
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 3, 2 + n_seed))
+end
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 3 + n_seed, #ARGV))
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+return redis.call('LLEN', KEYS[1])
+"""
+
+
+class RedisHistory:
+    """Histories as Redis lists, seeded from the bundle on a user's first event.
+
+    Events accepted while Redis is unavailable go to the in-process ``fallback`` (which
+    answers reads meanwhile) and to a queue of pending writes. Once Redis answers again the
+    queue is written back, oldest user first, with the same append script (so a list that
+    survived the outage gets the missed events appended, and a restarted empty Redis gets
+    seed + events): for one user before that user's next read or write, for everyone by a
+    background flush started after any successful Redis call.
+    """
+
+    def __init__(self, redis: RedisGateway, fallback: LocalHistory, max_len: int) -> None:
+        self.redis = redis
+        self.fallback = fallback
+        self.max_len = max_len
+        self._append: Any = redis.client.register_script(_APPEND_LUA)
+        # uhash -> (seed, events accepted while Redis was down, oldest first)
+        self._pending: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
+        self._replay_lock = asyncio.Lock()
+        self._flush_task: asyncio.Task[None] | None = None
+
+    async def get(self, uhash: str) -> list[str] | None:
+        if uhash in self._pending:
+            async with self._replay_lock:
+                await self._replay(uhash)
+        key = history_key(uhash)
+        ok, items = await self.redis.run(lambda r: r.lrange(key, 0, -1))
+        if ok:
+            self._kick()
+        if ok and items:
+            return [i.decode() if isinstance(i, bytes) else str(i) for i in items]
+        local = await self.fallback.get(uhash)
+        return local if local is not None or not ok else None
+
+    async def append(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
+        if uhash in self._pending:
+            async with self._replay_lock:
+                if not await self._replay(uhash):  # still down: queue behind the others
+                    return await self._queue(uhash, items, seed)
+        ok, n = await self._write(uhash, items, seed)
+        if ok:
+            self._kick()
+            return n
+        return await self._queue(uhash, items, seed)
+
+    async def _write(
+        self, uhash: str, items: Sequence[str], seed: Sequence[str]
+    ) -> tuple[bool, int]:
+        key = history_key(uhash)
+        seed = list(seed)[-self.max_len :]
+        args = [self.max_len, len(seed), *seed, *items]
+        ok, n = await self.redis.run(lambda r: self._append(keys=[key], args=args, client=r))
+        return ok, int(n or 0)
+
+    async def _queue(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
+        entry = self._pending.get(uhash)
+        if entry is None:
+            self._pending[uhash] = (list(seed)[-self.max_len :], list(items))
+        else:
+            entry[1].extend(items)
+            del entry[1][: -self.max_len]
+        while len(self._pending) > MAX_LOCAL_USERS:
+            self._pending.popitem(last=False)
+            log.warning("too many users with events pending for Redis; dropped the oldest")
+        return await self.fallback.append(uhash, items, seed)
+
+    async def _replay(self, uhash: str) -> bool:
+        """Write one user's pending events to Redis (caller holds the lock); False if down."""
+        entry = self._pending.pop(uhash, None)
+        if entry is None:
+            return True
+        ok, _ = await self._write(uhash, entry[1], entry[0])
+        if not ok:
+            self._pending[uhash] = entry
+            self._pending.move_to_end(uhash, last=False)
+            return False
+        await self.fallback.delete(uhash)  # Redis has it all again
+        return True
+
+    def _kick(self) -> None:
+        if self._pending and (self._flush_task is None or self._flush_task.done()):
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self._pending:
+            async with self._replay_lock:
+                if not self._pending:
+                    return
+                if not await self._replay(next(iter(self._pending))):
+                    return  # down again; the next successful call restarts the flush
+        log.info("events accepted during the Redis outage are written back")
+
+    async def drain(self, timeout_s: float) -> int:
+        """At shutdown: keep writing pending events back until none are left or ``timeout_s``
+        has passed (waiting out an open breaker); return how many users are still pending.
+
+        Without it, events accepted while Redis blinked (a timeout under load is enough)
+        would live only in this process and vanish with it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self._pending and loop.time() < deadline:
+            await self._flush()  # returns when done or when Redis refuses again
+            if self._pending:
+                await asyncio.sleep(0.05)  # let the breaker move to half-open
+        if self._pending:
+            log.error(
+                "shutdown: events of %d user(s) could not be written back to Redis "
+                "within %.1f s and are lost",
+                len(self._pending),
+                timeout_s,
+            )
+        return len(self._pending)
+
+    async def delete(self, uhash: str) -> None:
+        self._pending.pop(uhash, None)
+        await self.fallback.delete(uhash)
+
+        async def erase(r: aioredis.Redis) -> int:
+            keys = [k async for k in r.scan_iter(match=f"{PREFIX}*{uhash}*", count=1000)]
+            return int(await r.delete(history_key(uhash), *keys))
+
+        # scanning may take longer than one cache call; still bounded
+        ok, _ = await self.redis.run(erase, timeout_s=max(2.0, self.redis.timeout_s * 20))
+        if not ok:
+            raise DependencyError(
+                "cannot reach Redis to erase the user's data; nothing was kept "
+                "in this process, retry the DELETE when Redis is back",
+                dependency="redis",
+            )

