@@ -4,10 +4,12 @@
         /tmp/before /work/main
 
 Each positional argument is a source tree (e.g. a ``git worktree add /tmp/before <commit>``);
-one uvicorn per tree serves the same store with ``bench/serve.py``'s settings, and the trees
-take turns, round by round, under the same closed-loop load (``--concurrency`` clients,
-``--case`` hit | miss | search as in ``bench/serve.py``). Prints each tree's median req/s and
-every round: machine drift hits all of them alike, so the ratio is the meaningful figure.
+one uvicorn per tree serves the same store (or, with ``--store`` once per tree, its own:
+bundles written by another code version may not load) with ``bench/serve.py``'s settings,
+and the trees take turns, round by round, under the same closed-loop load
+(``--concurrency`` clients, ``--case`` hit | miss | search as in ``bench/serve.py``).
+Prints each tree's median req/s and every round: machine drift hits all of them alike, so
+the ratio is the meaningful figure.
 """
 
 from __future__ import annotations
@@ -49,22 +51,28 @@ class TreeServer(serve.Server):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("trees", nargs="+", type=Path, help="source trees to compare")
-    p.add_argument("--store", type=Path, required=True)
+    p.add_argument(
+        "--store",
+        type=Path,
+        action="append",
+        required=True,
+        help="the store to serve; repeat it to give each tree its own (bundle formats differ)",
+    )
     p.add_argument("--case", choices=("hit", "miss", "search"), default="miss")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--concurrency", type=int, default=32)
     a = p.parse_args()
-    env = {
-        "FUSIONREC_STORE": str(a.store),
-        "FUSIONREC_RATE_LIMIT_RPS": "0",
-        "FUSIONREC_DEVICE": "cpu",
-    }
-    servers = [TreeServer(tree, env) for tree in a.trees]
+    stores = a.store if len(a.store) == len(a.trees) else a.store[:1] * len(a.trees)
+    env = {"FUSIONREC_RATE_LIMIT_RPS": "0", "FUSIONREC_DEVICE": "cpu"}
+    servers = [
+        TreeServer(tree, {**env, "FUSIONREC_STORE": str(store)})
+        for tree, store in zip(a.trees, stores, strict=True)
+    ]
     try:
         for srv in servers:
             srv.wait()
-        body = serve.bodies(a.store)
+        body = serve.bodies(stores[0])
         path = "/v1/search" if a.case == "search" else "/v1/recommend"
         rps: list[list[float]] = [[] for _ in servers]
 
