@@ -42,9 +42,9 @@ from app.ranking import popular
 from app.snapshot import Snapshot, build_snapshot, freeze_heap
 from app.updates import apply_and_publish
 from app.vector_cache import VectorCache
-from indexer import catalog
 from model_store import store as store_mod
 from model_store.bundle import load_bundle
+from model_store.catalog import Change, encode_items, validate_items
 from model_store.errors import (
     BundleError,
     FusionrecError,
@@ -328,10 +328,11 @@ class Recommender:
             snap = self.ready()
             if snap.text is None:
                 raise NotReadyError(f"item upserts are unavailable: {snap.text_error}")
-            records = catalog.validate_items(snap.bundle, items)
-            change = await asyncio.to_thread(
-                catalog.encode_change, snap.bundle, records, device=self.device
+            records = validate_items(snap.bundle, items)
+            emb = await asyncio.to_thread(
+                encode_items, snap.bundle, records, device=self.device
             )  # the LM work, outside the model lock
+            change = Change(records, emb)
             new_snap, applied = await asyncio.to_thread(
                 apply_and_publish, snap, change, store=self.store, lock=self._model_lock
             )

@@ -1,8 +1,8 @@
 """Item upserts on the live service: the catalog change applied under the model lock,
 published as the new CURRENT version, and the snapshot that serves it.
 
-The validation and the LM encoding happen before (``indexer.catalog.validate_items`` and
-``encode_change``, outside any lock); only the cheap in-place part holds the lock, so
+The validation and the LM encoding happen before (``model_store.catalog.validate_items`` and
+``encode_items``, outside any lock); only the cheap in-place part holds the lock, so
 requests wait for microseconds, not for the language model.
 """
 
@@ -19,10 +19,11 @@ from app.snapshot import Snapshot
 from indexer import catalog
 from indexer.publish import persist_update
 from model_store.bundle import read_manifest
+from model_store.catalog import Change
 
 
 def apply_and_publish(
-    snap: Snapshot, change: catalog.Change, *, store: Path, lock: threading.Lock
+    snap: Snapshot, change: Change, *, store: Path, lock: threading.Lock
 ) -> tuple[Snapshot, catalog.Applied]:
     """Apply ``change`` to the live model and index under ``lock``, publish it as the new
     CURRENT version and return the snapshot that serves it; undone if publishing fails."""

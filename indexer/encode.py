@@ -3,23 +3,20 @@
 ``encode_catalog`` calls ``FusedModel.item_vectors`` (the function the trainer and the
 service use) over the catalog in chunks; the LM text embeddings are already cached in the
 bundle (``catalog.safetensors``), so no language model runs for a full rebuild.
-``encode_new_items`` runs the bundle's LM (``text_encoder_for``: length-sorted batches,
-dynamic padding, GPU when present) on items that arrive after training.
+Items that arrive after training are encoded by ``model_store.catalog.encode_items``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from model_store.bundle import Bundle
-from model_store.data import format_item_text
 from model_store.errors import ConfigError
 from model_store.lm import pick_device
 from model_store.model import left_pad
-from model_store.text_encoder import text_encoder_for
 
 
 def _model_device(bundle: Bundle, device: str | None) -> torch.device:
@@ -61,31 +58,6 @@ def encode_catalog(
             if progress is not None:
                 progress(len(idx))
     return out
-
-
-def item_texts(rows: Sequence[Mapping[str, object]], text_columns: Sequence[str]) -> list[str]:
-    return [format_item_text(row, text_columns) for row in rows]
-
-
-def encode_new_items(
-    bundle: Bundle,
-    rows: Sequence[Mapping[str, object]],
-    *,
-    device: str = "auto",
-    batch_size: int | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-    """LM text embeddings (M, T) of new or edited items, formatted like the training text."""
-    texts = item_texts(rows, bundle.text_columns)
-    encoder = text_encoder_for(bundle, device)
-    size = batch_size or bundle.config.text.batch_size
-    emb = encoder.encode(texts, batch_size=size, progress=progress)
-    if emb.shape[1] != bundle.model.text_emb.shape[1]:
-        raise ConfigError(
-            f"text model {encoder.name!r} gives {emb.shape[1]}-dim embeddings, the bundle "
-            f"holds {bundle.model.text_emb.shape[1]}-dim ones"
-        )
-    return emb
 
 
 def query_vectors(

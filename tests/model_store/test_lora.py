@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from indexer.encode import encode_new_items
 from model_store.bundle import load_bundle
+from model_store.catalog import prepare_change
 from model_store.config import Config
 from model_store.data import load_dataset
 from model_store.lora import load_tuned_encoder
@@ -62,8 +62,8 @@ def test_lora_bundle_encodes_with_its_tuned_lm(tmp_path: Path) -> None:
     assert np.allclose(tuned, stored, atol=1e-4)
     assert np.abs(base - stored).max() > 1e-4
     # new items go through the same tuned LM
-    new = encode_new_items(
+    new = prepare_change(
         bundle, [{"item_id": "x", "title": "space opera number 99"}], device="cpu"
-    )
+    ).text_emb
     ref = tuned_lm.encode(["title: space opera number 99"])
     assert np.allclose(new, ref, atol=1e-4)
