@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 LATENCY_BUCKETS = (
     0.001,
@@ -28,6 +36,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_* (resident memory, CPU seconds, open fds; Linux /proc) and python_info: the
+        # default registry has them, this private one needs them registered explicitly
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.requests = Counter(
             "fusionrec_requests_total", "HTTP requests", ["route", "method", "status"], registry=r
         )
