@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model_store.ablate import split_for_test
 from model_store.config import Config
 from model_store.data import load_dataset
 from model_store.movielens import default_cache_dir
 from model_store.optim import WeightAverage, make_optimizer
 from model_store.prepare import prepare, windows, with_earlier
+from model_store.protocols import Split
 from model_store.train import catalog_embeddings
 from model_store.trainer import build_model, train_step
 
@@ -38,7 +38,7 @@ from model_store.trainer import build_model, train_step
 def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float], int]:
     cfg = Config()
     dataset = load_dataset(data)
-    train_ds, _ = split_for_test(dataset)
+    train_ds = Split.of(dataset).training_data()
     prep = prepare(train_ds, holdout=True)
     prep.text_emb = catalog_embeddings(dataset, cfg, cache_dir=default_cache_dir())
     torch.manual_seed(0)

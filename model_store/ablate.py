@@ -1,45 +1,45 @@
-"""`fusionrec ablate`: every fusion strategy (and joint α) on one leave-one-out split, 3 seeds.
+"""`fusionrec ablate`: every fusion strategy on one leave-one-out split, seeds × protocols.
 
-The dataset is split per user (canonical order): last interaction = test, the rest = the
-training data, whose own last interaction is the validation item used for early stopping
-(so on MovieLens-100k this is exactly the peers' train/valid/test split). Each run is
-evaluated on the test items with full ranking, history (train + valid) excluded.
-
-`late` reuses the `id` run of the same seed: late fusion adds the zero-shot text score to
-the trained ID model's score and needs no training of its own.
+For each seed and strategy two models are trained (``model_store.train.train``, the
+in-memory bundle ``fusionrec train`` would publish): one on the whole training data —
+measured by the ``warm``, ``tail`` and ``short`` protocols — and one with the cold items
+held out — measured by ``cold`` after they are added through the catalog path
+(``model_store.protocols``). Every protocol is measured at the ``valid`` stage (choose
+options there) and the ``test`` stage (report there). ``late`` reuses the ``id`` model of
+the same seed: late fusion adds the zero-shot text score to the trained ID model's score and
+needs no training of its own. ``report.write_report`` turns the runs into tables with
+paired bootstrap intervals and a plot.
 """
 
 from __future__ import annotations
 
-import json
-import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import pandas as pd
+import torch
 
+from model_store.bundle import Bundle
 from model_store.config import FUSIONS, Config
-from model_store.data import Dataset, load_dataset
+from model_store.data import load_dataset
 from model_store.errors import ConfigError
-from model_store.evaluate import EvalSet, evaluate
+from model_store.evaluate import evaluate
 from model_store.movielens import default_cache_dir
-from model_store.prepare import Prepared, prepare, split_by_user
-from model_store.train import catalog_embeddings
-from model_store.trainer import TrainResult, build_model, fit, fit_rerank
-
-REPORT_METRICS = ("ndcg@10", "recall@10", "recall@20", "ndcg@20", "mrr@10", "coverage@10")
+from model_store.protocols import Measured, Split, cold_items, measure_cold, measure_warm
+from model_store.train import Trained, catalog_embeddings, train
+from model_store.trainer import TrainResult, build_model, fit_rerank
 
 
 @dataclass
 class Run:
+    """One trained strategy and seed, measured by every protocol."""
+
     label: str
     fusion: str
     alpha: float
     seed: int
-    test: dict[str, dict[str, float]]
+    warm: Measured
+    cold: Measured | None
     valid: dict[str, float]
     best_epoch: int
     epochs_run: int
@@ -50,233 +50,123 @@ class Run:
     rerank: bool = False
 
 
-def split_for_test(dataset: Dataset) -> tuple[Dataset, pd.DataFrame]:
-    """(training dataset = all but each user's last interaction, test targets)."""
-    inter = dataset.interactions
-    groups = inter.groupby("user_id", sort=False)["user_id"]
-    pos = groups.cumcount(ascending=False).to_numpy()
-    size = groups.transform("size").to_numpy()
-    is_test = (size >= 3) & (pos == 0)
-    train = inter[~is_test].reset_index(drop=True)
-    test = inter[is_test].reset_index(drop=True)
-    return Dataset(
-        interactions=train,
-        items=dataset.items,
-        text_columns=dataset.text_columns,
-        source=dataset.source,
-    ), test
+@dataclass
+class Ablation:
+    runs: list[Run]
+    data: Path
+    cold_fraction: float
+    cold_seed: int
+    n_items: int
 
 
-def test_set(train: Dataset, test: pd.DataFrame) -> EvalSet:
-    items = pd.Index(train.items["item_id"])
-    users, seqs, _ = split_by_user(train.interactions, items)
-    pos = {u: k for k, u in enumerate(users)}
-    hists, targets = [], []
-    for u, it in zip(test["user_id"], test["item_id"], strict=True):
-        if u in pos:
-            hists.append(seqs[pos[u]].tolist())
-            targets.append(int(items.get_loc(it)) + 1)
-    return EvalSet(hists, targets)
+def late_from_id(trained_id: Trained, cfg: Config) -> Trained:
+    """Late fusion = the trained id model + the zero-shot text score; nothing to train."""
+    src, prep = trained_id.bundle, trained_id.prep
+    model = build_model(cfg, prep, src.model.text_emb.device)
+    state = {k: v for k, v in src.model.state_dict().items() if not k.startswith("head.")}
+    model.load_state_dict(state, strict=False)
+    model.eval()
+    valid = prep.valid
+    metrics = evaluate(model, valid, use_head=False)["all"] if valid is not None else {}
+    rerank, metrics = fit_rerank(model, cfg, valid, metrics)
+    r = trained_id.result
+    result = TrainResult(
+        model, r.best_epoch, r.epochs_run, r.history, metrics, r.seconds,
+        r.seconds_to_best, rerank, r.cold, r.batch_size,
+    )  # fmt: skip
+    manifest = src.manifest.model_copy(update={"config": cfg, "rerank": rerank}, deep=True)
+    bundle = Bundle(src.path, manifest, model, list(src.item_ids), src.items, src.histories)
+    return Trained(bundle, result, None, prep)
+
+
+def _train(cfg: Config, split: Split, *, without: frozenset[str] = frozenset()) -> Trained:
+    return train(split.training_data(without=without), cfg, cache_dir=default_cache_dir())
 
 
 def run_ablation(
     *,
     data: Path,
-    out: Path,
     base: Config,
     seeds: int,
     strategies: Sequence[str],
-    alphas: Sequence[float],
+    alphas: Sequence[float] = (),
     epochs: int | None = None,
+    cold_fraction: float = 0.1,
+    cold_seed: int = 0,
     log: Callable[[str], None] = lambda _m: None,
-) -> Path:
+) -> Ablation:
+    """Train and measure every strategy (and extra joint α) over seeds."""
     for s in strategies:
         if s not in FUSIONS:
             raise ConfigError(f"unknown strategy {s!r}; valid: {', '.join(FUSIONS)}")
     dataset = load_dataset(data, text_columns=base.text.text_columns)
-    train_ds, test = split_for_test(dataset)
-    text = catalog_embeddings(dataset, base, cache_dir=default_cache_dir())
-    evalset = test_set(train_ds, test)
+    split = Split.of(dataset)
+    catalog_embeddings(dataset, base, cache_dir=default_cache_dir())  # cached for every run
+    cold = cold_items(dataset, cold_fraction, cold_seed) if cold_fraction > 0 else frozenset()
     plans: list[tuple[str, str, float]] = [(s, s, base.train.alpha) for s in strategies]
     if "joint" in strategies:
         plans += [(f"joint α={a:g}", "joint", a) for a in alphas if a != base.train.alpha]
     runs: list[Run] = []
-    id_models: dict[int, TrainResult] = {}
     for seed in range(seeds):
+        ids: dict[bool, Trained] = {}  # the id models of this seed, by "cold items held out"
         for label, fusion, alpha in plans:
             cfg = base.model_copy(deep=True)
             cfg.model.fusion = fusion  # type: ignore[assignment]
-            cfg.train.alpha = alpha
-            cfg.train.seed = seed
-            cfg.train.holdout = True
+            cfg.train.alpha, cfg.train.seed, cfg.train.holdout = alpha, seed, True
             if epochs is not None:
                 cfg.train.epochs = epochs
-            prep = prepare(train_ds, holdout=True)
-            prep.text_emb = text
-            if fusion == "late" and seed in id_models:
-                result = _late_from_id(cfg, prep, id_models[seed])
-            else:
-                result = fit(cfg, prep)
-            if fusion == "id":
-                id_models[seed] = result
-            warm = [False, *result.model.has_id[1:].tolist()]
-            metrics = evaluate(result.model, evalset, warm_items=warm)
-            runs.append(
-                Run(
-                    label=label
-                    if fusion != "joint" or alpha != base.train.alpha
-                    else f"joint α={alpha:g}",
-                    fusion=fusion,
-                    alpha=alpha,
-                    seed=seed,
-                    test=metrics,
-                    valid=result.valid_metrics,
-                    best_epoch=result.best_epoch,
-                    epochs_run=result.epochs_run,
-                    seconds=result.seconds,
-                    seconds_to_best=result.seconds_to_best,
-                    seconds_per_epoch=result.seconds / max(result.epochs_run, 1),
-                    curve=[r.get("valid_ndcg@10", float("nan")) for r in result.history],
-                    rerank=bool(result.model.use_head),
-                )
-            )
-            log(
-                f"seed {seed} {runs[-1].label}: test ndcg@10 {metrics['all']['ndcg@10']:.4f} "
-                f"recall@20 {metrics['all']['recall@20']:.4f} (best epoch {result.best_epoch}, "
-                f"{result.seconds:.0f} s)"
-            )
-    return write_report(runs, out, data=data, n_test=len(evalset))
+            models: dict[bool, Trained] = {}
+            for held_out in (False, True) if cold else (False,):
+                if fusion == "late" and held_out in ids:
+                    models[held_out] = late_from_id(ids[held_out], cfg)
+                else:
+                    models[held_out] = _train(cfg, split, without=cold if held_out else frozenset())
+                if fusion == "id":
+                    ids[held_out] = models[held_out]
+            runs.append(_measure(label, fusion, alpha, seed, models, split, cold))
+            log(_summary_line(runs[-1]))
+    return Ablation(runs, data, cold_fraction, cold_seed, len(dataset.items))
 
 
-def _late_from_id(cfg: Config, prep: Prepared, id_result: TrainResult) -> TrainResult:
-    """Late fusion = the trained id model + the zero-shot text score; nothing to train."""
-    model = build_model(cfg, prep, id_result.model.text_emb.device)
-    state = {k: v for k, v in id_result.model.state_dict().items() if not k.startswith("head.")}
-    model.load_state_dict(state, strict=False)
-    model.eval()
-    valid_metrics: dict[str, float] = {}
-    if prep.valid is not None:
-        valid_metrics = evaluate(model, prep.valid, use_head=False)["all"]
-    rerank, valid_metrics = fit_rerank(model, cfg, prep.valid, valid_metrics)
-    return TrainResult(
-        model,
-        id_result.best_epoch,
-        id_result.epochs_run,
-        id_result.history,
-        valid_metrics,
-        id_result.seconds,
-        id_result.seconds_to_best,
-        rerank,
+def _measure(
+    label: str,
+    fusion: str,
+    alpha: float,
+    seed: int,
+    models: dict[bool, Trained],
+    split: Split,
+    cold: frozenset[str],
+) -> Run:
+    full = models[False]
+    with torch.inference_mode(False):
+        warm = measure_warm(full.bundle, split)
+        cold_m = measure_cold(models[True].bundle, split, cold) if True in models else None
+    r = full.result
+    return Run(
+        label=label,
+        fusion=fusion,
+        alpha=alpha,
+        seed=seed,
+        warm=warm,
+        cold=cold_m,
+        valid=r.valid_metrics,
+        best_epoch=r.best_epoch,
+        epochs_run=r.epochs_run,
+        seconds=r.seconds,
+        seconds_to_best=r.seconds_to_best,
+        seconds_per_epoch=r.seconds / max(r.epochs_run, 1),
+        curve=[row.get("valid_ndcg@10", float("nan")) for row in r.history],
+        rerank=bool(full.bundle.model.use_head),
     )
 
 
-def summarize(runs: list[Run]) -> list[dict[str, Any]]:
-    labels = list(dict.fromkeys(r.label for r in runs))
-    rows = []
-    for label in labels:
-        rs = [r for r in runs if r.label == label]
-        row: dict[str, Any] = {"label": label, "seeds": len(rs)}
-        for m in REPORT_METRICS:
-            vals = [r.test["all"][m] for r in rs]
-            row[m] = (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0)
-        row["cold_ndcg@10"] = statistics.mean(
-            [r.test.get("cold", {}).get("ndcg@10", float("nan")) for r in rs]
-        )
-        row["cold_users"] = rs[0].test.get("cold", {}).get("users", 0)
-        row["best_epoch"] = statistics.mean([r.best_epoch for r in rs])
-        row["s_per_epoch"] = statistics.mean([r.seconds_per_epoch for r in rs])
-        row["s_to_best"] = statistics.mean([r.seconds_to_best for r in rs])
-        row["rerank"] = sum(r.rerank for r in rs)
-        rows.append(row)
-    return rows
-
-
-def write_report(runs: list[Run], out: Path, *, data: Path, n_test: int) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    rows = summarize(runs)
-    lines = [
-        "# Ablation: fusion strategies",
-        "",
-        f"Data: `{data}`; test = each user's last interaction ({n_test} users), full ranking "
-        "over the catalog with the user's history excluded; early stopping on the "
-        "second-to-last interaction. Mean ± std over seeds.",
-        "",
-        "| strategy | seeds | NDCG@10 | Recall@10 | Recall@20 | NDCG@20 | MRR@10 | "
-        "coverage@10 | best epoch | s/epoch | s to best | head kept |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        cells = [f"{r[m][0]:.4f} ± {r[m][1]:.4f}" for m in REPORT_METRICS]
-        lines.append(
-            f"| {r['label']} | {r['seeds']} | "
-            + " | ".join(cells)
-            + f" | {r['best_epoch']:.1f} | {r['s_per_epoch']:.2f} | {r['s_to_best']:.1f}"
-            f" | {r['rerank']}/{r['seeds']} |"
-        )
-    by = {r["label"]: r for r in rows}
-    joint = next(
-        (
-            r
-            for r in rows
-            if r["label"].startswith("joint") and r["label"] == _default_joint_label(runs)
-        ),
-        None,
+def _summary_line(run: Run) -> str:
+    w = run.warm.ranks[("warm", "test")].metrics()
+    text = (
+        f"seed {run.seed} {run.label}: test ndcg@10 {w['ndcg@10']:.4f} recall@20 "
+        f"{w['recall@20']:.4f} (best epoch {run.best_epoch}, {run.seconds:.0f} s)"
     )
-    lines.append("")
-    if joint is not None:
-        for other in ("id", "text", "late"):
-            if other in by:
-                d = joint["ndcg@10"][0] - by[other]["ndcg@10"][0]
-                spread = max(joint["ndcg@10"][1], by[other]["ndcg@10"][1])
-                verdict = (
-                    "beats" if d > spread else "does not clearly beat" if d > 0 else "does not beat"
-                )
-                lines.append(
-                    f"- {joint['label']} {verdict} `{other}`: NDCG@10 difference "
-                    f"{d:+.4f}, larger seed std {spread:.4f}."
-                )
-    report = out / "ablation.md"
-    report.write_text("\n".join(lines) + "\n")
-    (out / "ablation.json").write_text(
-        json.dumps({"runs": [r.__dict__ for r in runs]}, indent=2, default=float)
-    )
-    _plot(runs, rows, out / "ablation.png")
-    return report
-
-
-def _default_joint_label(runs: list[Run]) -> str:
-    joint = [r for r in runs if r.fusion == "joint"]
-    return joint[0].label if joint else ""
-
-
-def _plot(runs: list[Run], rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
-    labels = [r["label"] for r in rows]
-    x = np.arange(len(labels))
-    for off, metric in ((-0.2, "ndcg@10"), (0.2, "recall@20")):
-        ax1.bar(
-            x + off,
-            [r[metric][0] for r in rows],
-            width=0.4,
-            yerr=[r[metric][1] for r in rows],
-            capsize=3,
-            label=metric,
-        )
-    ax1.set_xticks(x, labels, rotation=30, ha="right")
-    ax1.set_title("test metrics (mean ± std over seeds)")
-    ax1.legend()
-    for r in runs:
-        if r.seed == 0 and r.curve and r.fusion != "late":
-            ax2.plot(range(1, len(r.curve) + 1), r.curve, label=r.label)
-    ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation NDCG@10")
-    ax2.set_title("validation curves (seed 0)")
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    if run.cold is not None:
+        c = run.cold.ranks[("cold", "test")].metrics()
+        text += f"; cold recall@20 {c['recall@20']:.4f}, share {run.cold.cold_share['test']:.3f}"
+    return text

@@ -149,6 +149,13 @@ def train(
     text_mode: Annotated[str | None, typer.Option(help="frozen or lora")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda")] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="text-embedding cache")] = None,
+    cold_items: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.9, help="hold this fraction of the catalog out (evaluate --cold-items)"
+        ),
+    ] = 0.0,
+    cold_seed: Annotated[int, typer.Option(help="which items --cold-items holds out")] = 0,
 ) -> None:
     """Train the fused model and publish a new bundle version."""
     # (long: one parameter per command-line option, and the progress display around the job)
@@ -174,6 +181,11 @@ def train(
                 cfg, {("train", "holdout"): False, ("train", "epochs"): retrain_epochs}
             )
         dataset = load_dataset(data, text_columns=cfg.text.text_columns)
+        if cold_items > 0:
+            from model_store.protocols import cold_items as pick_cold
+            from model_store.protocols import without_items
+
+            dataset = without_items(dataset, pick_cold(dataset, cold_items, cold_seed))
         with Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -226,18 +238,38 @@ def evaluate(
     test: Annotated[Path, typer.Option(help="CSV/Parquet with user_id,item_id targets")],
     version: Annotated[str | None, typer.Option()] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write metrics here")] = None,
+    cold_items: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.9, help="the fraction held out by `train --cold-items`: added first"
+        ),
+    ] = 0.0,
+    cold_seed: Annotated[int, typer.Option(help="the --cold-seed of the training")] = 0,
 ) -> None:
     """Full-ranking evaluation of a bundle on held-out targets (history excluded)."""
-    from model_store.evaluate import evaluate_bundle
+    from model_store.protocols import evaluate_bundle
 
     try:
-        result = evaluate_bundle(store=store, data=data, test=test, version=version)
+        result = evaluate_bundle(
+            store=store,
+            data=data,
+            test=test,
+            version=version,
+            cold_fraction=cold_items,
+            cold_seed=cold_seed,
+        )
     except FusionrecError as exc:
         raise fail(exc) from exc
     target = json_out or (Path("reports") / f"evaluate-{result['version']}.json")
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(result, indent=2))
     out.print(metrics_table(f"test metrics — {result['version']}", result["metrics"]))
+    if "cold_share_of_top20" in result:
+        out.print(
+            f"{result['cold_items']} items held out of training and added by their text "
+            f"({result['cold_fraction']:.1%} of the catalog) take "
+            f"{result['cold_share_of_top20']:.1%} of the top-20 slots"
+        )
     if result.get("skipped_users"):
         out.print(f"{result['skipped_users']} test users have no history in DATA and were skipped")
     out.print(f"wrote {target}")
@@ -248,26 +280,34 @@ def ablate(
     out_dir: Annotated[Path, typer.Option("--out")] = Path("reports"),
     seeds: Annotated[int, typer.Option(min=1)] = 3,
     strategies: Annotated[str, typer.Option(help="comma-separated")] = "id,text,late,joint",
-    alphas: Annotated[
-        str, typer.Option(help="α values for joint, comma-separated")
-    ] = "0,0.01,0.1,1",
+    alphas: Annotated[str, typer.Option(help="extra α values for joint, comma-separated")] = "",
     epochs: Annotated[int | None, typer.Option()] = None,
     config: Annotated[Path | None, typer.Option()] = None,
+    cold_items: Annotated[
+        float,
+        typer.Option(min=0.0, max=0.9, help="fraction of the catalog held out (0 = no cold)"),
+    ] = 0.1,
+    cold_seed: Annotated[int, typer.Option(help="which items are held out")] = 0,
 ) -> None:
-    """Train and evaluate every strategy (and joint α) over seeds; write ablation.md/png."""
+    """Train and measure every strategy over seeds by the warm, long-tail, short-history and
+    cold-item protocols; write ablation.md/json/png with paired bootstrap intervals."""
     from model_store.ablate import run_ablation
+    from model_store.report import write_report
 
     try:
-        cfg = load_config(config)
-        report = run_ablation(
-            data=data,
-            out=out_dir,
-            base=cfg,
-            seeds=seeds,
-            strategies=[s.strip() for s in strategies.split(",") if s.strip()],
-            alphas=[float(a) for a in alphas.split(",") if a.strip()],
-            epochs=epochs,
-            log=lambda m: console.print(m),
+        report = write_report(
+            run_ablation(
+                data=data,
+                base=load_config(config),
+                seeds=seeds,
+                strategies=[s.strip() for s in strategies.split(",") if s.strip()],
+                alphas=[float(a) for a in alphas.split(",") if a.strip()],
+                epochs=epochs,
+                cold_fraction=cold_items,
+                cold_seed=cold_seed,
+                log=lambda m: console.print(m),
+            ),
+            out_dir,
         )
     except (FusionrecError, ValueError) as exc:
         raise fail(exc if isinstance(exc, FusionrecError) else ConfigError(str(exc))) from exc

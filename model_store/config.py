@@ -76,6 +76,25 @@ class ModelConfig(_Section):
     text_temperature: float = Field(0.05, gt=0)
     text_history: int = Field(5, ge=1)
     text_decay: float = Field(0.7, gt=0, le=1)
+    # joint: the network that places an item without a trained ID — "mlp" over its text
+    # embedding, or "neighbours": the softmax-weighted mean of the vectors of its
+    # cold_neighbours nearest trained items by text (model_store.model.NeighbourTower), or
+    # "hybrid": the neighbours plus a text MLP
+    # (chosen on validation users, docs/experiments.md: the neighbours rank new items best)
+    cold_tower: Literal["mlp", "neighbours", "hybrid"] = "neighbours"
+    cold_neighbours: int = Field(30, ge=1)
+    # joint: the zero-shot text score (cosine to the recent history, ÷ text_temperature)
+    # added with this weight, served as the raw text embedding appended to the vectors
+    # (0.1 chosen on validation users: long-tail Recall@20 0.204 → 0.231; adds the text
+    # dimension, 384 for MiniLM, to every vector in the index)
+    text_weight: float = Field(0.1, ge=0)
+    # joint: a score added to every item without a trained ID, calibrating new items against
+    # trained ones (served as one more coordinate of the vectors; the user's is 1)
+    cold_offset: float = 0.0
+    # joint: the retrieval vector of an item with n training interactions is
+    # n/(n + id_shrinkage) of its trained vector plus the rest of its cold-tower vector
+    # (0 = the trained vector alone)
+    id_shrinkage: float = Field(0.0, ge=0)
     # fusion head (reranker)
     rerank_candidates: int = Field(200, ge=1)
     rerank_hidden: int = Field(32, ge=1)
@@ -118,6 +137,10 @@ class TrainConfig(_Section):
     future_weight: float = Field(0.5, ge=0)
     future_decay: float = Field(0.7, gt=0, le=1)
     num_negatives: int = Field(2048, ge=1)
+    # a crop_rate of the windows in every batch is cut to its last 1..crop_max items, so the
+    # user encoder also learns from short histories at the positions where serving puts them
+    crop_rate: float = Field(0.0, ge=0, le=1)
+    crop_max: int = Field(5, ge=1)
     holdout: bool = True
     device: Device = "auto"
     # train the fusion head after the retriever, on the validation items; kept only if its
@@ -125,6 +148,20 @@ class TrainConfig(_Section):
     rerank: bool = True
     rerank_epochs: int = Field(10, ge=1)
     rerank_lr: float = Field(3e-3, gt=0)
+    # the cold tower (joint): epochs of its training after the model's, with each item's ID
+    # dropped with probability cold_rate in every step (0 epochs: a copy of the text part)
+    cold_epochs: int = Field(5, ge=0)
+    cold_rate: float = Field(0.5, gt=0, lt=1)
+    cold_lr: float = Field(0.1, gt=0)
+    # regularisation of the cold tower, which must generalise to texts it never saw: dropout
+    # on its text input and AdamW weight decay
+    cold_dropout: float = Field(0.0, ge=0, lt=1)
+    cold_weight_decay: float = Field(0.0, ge=0)
+    # after the tower, set model.cold_offset so that items seen through it take the top-20
+    # slots the same items take with their trained vectors (model_store.coldstart)
+    cold_calibration: bool = True
+    # ... times this many slots (1: the exposure trained items of the same appeal get)
+    cold_exposure: float = Field(1.8, gt=0)
     # cap on validation users (0 = all); large synthetic sets are evaluated on a sample
     max_eval_users: int = Field(20_000, ge=0)
 

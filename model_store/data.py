@@ -358,6 +358,12 @@ def leave_one_out(
     )
 
 
+def test_rows(interactions: pd.DataFrame) -> np.ndarray:
+    """The rows ``leave_one_out`` makes test items (each user's last, users with >= 3)."""
+    pos, size = _position_from_end(interactions)
+    return np.asarray((size >= 3) & (pos == 0))
+
+
 def holdout_last(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, valid): each user's last interaction -> valid, for users with >= 2."""
     pos, size = _position_from_end(interactions)

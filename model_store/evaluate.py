@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from model_store.errors import DataError
 from model_store.model import FusedModel, left_pad
 
 METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "mrr@10", "hr@10", "coverage@10")
@@ -78,9 +75,15 @@ def scored_catalog(
 
 @torch.inference_mode()
 def rank_targets(
-    model: FusedModel, data: EvalSet, *, batch_size: int = 256, use_head: bool | None = None
+    model: FusedModel,
+    data: EvalSet,
+    *,
+    batch_size: int = 256,
+    use_head: bool | None = None,
+    top_k: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """0-based rank of each target among all items minus the history, and each top-10."""
+    """0-based rank of each target among all items minus the history, and each top ``top_k``
+    (item indices, 0 where fewer items were ranked)."""
     device = model.text_emb.device
     was_training = model.training
     model.eval()
@@ -88,7 +91,7 @@ def rank_targets(
     n_items = vectors.shape[0]
     head = model.use_head if use_head is None else use_head
     ranks = np.empty(len(data), dtype=np.float64)
-    top10 = np.zeros((len(data), 10), dtype=np.int64)
+    top10 = np.zeros((len(data), top_k), dtype=np.int64)
     for start in range(0, len(data), batch_size):
         hists = data.histories[start : start + batch_size]
         targets = torch.as_tensor(data.targets[start : start + batch_size], device=device)
@@ -108,7 +111,7 @@ def rank_targets(
                 is_t.any(1), greater.double(), torch.full_like(greater, n_cand, dtype=torch.double)
             )
             ranks[start : start + len(hists)] = rank.cpu().numpy()
-            order = fused.topk(min(10, n_cand), dim=1).indices
+            order = fused.topk(min(top_k, n_cand), dim=1).indices
             top10[start : start + len(hists), : order.shape[1]] = (
                 (cand.gather(1, order) + 1).cpu().numpy()
             )
@@ -116,7 +119,7 @@ def rank_targets(
         greater = (scores > target_score[:, None]).sum(1)
         ties = (scores == target_score[:, None]).sum(1) - 1
         ranks[start : start + len(hists)] = (greater + ties).cpu().numpy()
-        kk = min(10, n_items)
+        kk = min(top_k, n_items)
         top_v, top_i = scores.topk(kk, dim=1)
         top_i = torch.where(top_v > -torch.inf, top_i + 1, torch.zeros_like(top_i))
         top10[start : start + len(hists), :kk] = top_i.cpu().numpy()
@@ -139,55 +142,3 @@ def evaluate(
         result["warm"] = metrics_from_ranks(ranks[warm], top10[warm], model.n_items)
         result["cold"] = metrics_from_ranks(ranks[~warm], top10[~warm], model.n_items)
     return result
-
-
-def evaluate_bundle(
-    *, store: Path, data: Path, test: Path, version: str | None = None
-) -> dict[str, Any]:
-    """``fusionrec evaluate``: targets from ``test``, histories = all of DATA's interactions."""
-    from model_store.bundle import load_bundle
-    from model_store.data import load_dataset, read_table
-
-    bundle = load_bundle(store, version)
-    dataset = load_dataset(data, text_columns=bundle.text_columns)
-    frame, path = (
-        read_table(test.with_suffix("")) if test.suffix in (".csv", ".parquet") else (None, test)
-    )
-    if frame is None:
-        raise DataError(f"{test}: the test file must end in .csv or .parquet")
-    missing = [c for c in ("user_id", "item_id") if c not in frame.columns]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
-    index = bundle.index_of()
-    seqs = dataset.sequences()
-    hists: list[list[int]] = []
-    targets: list[int] = []
-    skipped = 0
-    unknown_hist: set[str] = set()
-    for row, (user, item) in enumerate(
-        zip(frame["user_id"].astype(str), frame["item_id"].astype(str), strict=True)
-    ):
-        if item not in index:
-            raise DataError(
-                f"{path}: row {row + 1}, field 'item_id': item {item!r} is not in "
-                f"the bundle's catalog of {len(index)} items"
-            )
-        history = [index[i] for i in seqs.get(user, []) if i in index]
-        unknown_hist.update(i for i in seqs.get(user, []) if i not in index)
-        if not history:
-            skipped += 1
-            continue
-        hists.append(history)
-        targets.append(index[item])
-    if not targets:
-        raise DataError(f"{path}: no test user has a history in {data}")
-    warm = [False, *bundle.model.has_id[1:].tolist()]
-    metrics = evaluate(bundle.model, EvalSet(hists, targets), warm_items=warm)
-    return {
-        "version": bundle.version,
-        "metrics": metrics,
-        "skipped_users": skipped,
-        "history_items_not_in_catalog": len(unknown_hist),
-        "test_file": str(path),
-        "rerank": bool(bundle.model.use_head),
-    }

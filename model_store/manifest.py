@@ -73,6 +73,21 @@ class RerankInfo(_Section):
     examples: int | None = None
 
 
+class ColdInfo(_Section):
+    """Whether the cold tower was trained (``model_store.coldstart``), and how."""
+
+    enabled: bool
+    reason: str
+    epochs: int = 0
+    rate: float = 0.0
+    loss: list[float] = Field(default_factory=list)
+    seconds: float = 0.0
+    # the calibrated cold_offset, and the top-20 shares it matched (coldstart.calibrate_offset)
+    offset: float | None = None
+    share_trained: float | None = None
+    share_cold: float | None = None
+
+
 class IndexInfo(_Section):
     """An index's kind, tuned parameters, size, measured recall and files."""
 
@@ -119,6 +134,7 @@ class Manifest(_Section):
     text_model: TextModelInfo
     metrics: TrainMetrics
     rerank: RerankInfo
+    cold: ColdInfo
     index: IndexInfo | None = None
     text_index: IndexInfo | None = None
     catalog: CatalogInfo | None = None

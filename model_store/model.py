@@ -12,6 +12,7 @@ One encode path: the trainer, the evaluator, the indexer and the service all cal
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from collections.abc import Callable
 
@@ -29,8 +30,12 @@ log = logging.getLogger(__name__)
 class ItemTower(nn.Module):
     """ID embedding + projected text embedding → item vector (B.., D).
 
-    ``id``: ID only; ``joint``: ID + text projection (new items: text projection only);
-    ``text``/``late`` use the raw normalised text embedding for their LM part.
+    ``id``: ID only; ``joint``: ID + text projection. In ``joint`` an item without a trained
+    ID (new, or never interacted with) takes the **cold tower** instead (``cold_tower``: the
+    trained vectors of its nearest items by text, or a text MLP that starts as a copy of the
+    text projection), trained after the model with the IDs of random items dropped
+    (``model_store.coldstart``). ``text``/``late`` use the raw normalised text embedding for
+    their LM part.
     """
 
     def __init__(self, cfg: ModelConfig, n_items: int, text_dim: int) -> None:
@@ -40,9 +45,16 @@ class ItemTower(nn.Module):
         nn.init.normal_(self.id_emb.weight, std=0.02)
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
-        self.text_proj = nn.Sequential(
-            nn.Linear(text_dim, cfg.dim * 2), nn.GELU(), nn.Linear(cfg.dim * 2, cfg.dim)
-        )
+        self.text_proj = text_mlp(text_dim, cfg.dim)
+        self.cold: nn.Sequential | NeighbourTower | None = None
+        if cfg.fusion == "joint":
+            with torch.random.fork_rng(devices=[]):  # the other layers' init is unchanged
+                if cfg.cold_tower in ("neighbours", "hybrid"):
+                    hybrid = text_dim if cfg.cold_tower == "hybrid" else 0
+                    self.cold = NeighbourTower(cfg.dim, cfg.cold_neighbours, text_dim=hybrid)
+                else:
+                    self.cold = text_mlp(text_dim, cfg.dim)
+                    self.cold.load_state_dict(self.text_proj.state_dict())
 
     def id_part(self, idx: torch.Tensor, has_id: torch.Tensor) -> torch.Tensor:
         return self.id_emb(idx) * has_id[idx].unsqueeze(-1).to(self.id_emb.weight.dtype)
@@ -58,6 +70,61 @@ class ItemTower(nn.Module):
         if fusion in ("id", "late"):
             return self.id_part(idx, has_id)
         raise ValueError(f"ItemTower is not used for fusion={fusion!r}")
+
+
+def text_mlp(text_dim: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(text_dim, dim * 2), nn.GELU(), nn.Linear(dim * 2, dim))
+
+
+class NeighbourTower(nn.Module):
+    """A cold item's vector from the trained items nearest to it by text:
+    ``scale · Σ_j softmax_j(cos(t, t_j) / τ) · v_j + bias`` over its ``k`` nearest neighbours.
+
+    A handful of parameters (τ, scale, bias), so it cannot memorise the training items: it
+    says "shoppers who chose items with texts like this one chose it like this".
+    """
+
+    def __init__(self, dim: int, k: int, *, text_dim: int = 0) -> None:
+        super().__init__()
+        self.k = k
+        self.log_tau = nn.Parameter(torch.tensor(math.log(0.05)))
+        self.scale = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(dim))
+        # "hybrid": a text MLP added on top (last layer zero: starts as the neighbours alone)
+        self.residual: nn.Sequential | None = None
+        if text_dim:
+            self.residual = text_mlp(text_dim, dim)
+            last = self.residual[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        bank_text: torch.Tensor,
+        bank_vecs: torch.Tensor,
+        self_pos: torch.Tensor | None = None,
+        *,
+        text_dropout: float = 0.0,
+    ) -> torch.Tensor:
+        """text (Q, T) of the cold items; bank (W, T) and (W, D) the trained items;
+        self_pos (Q,) each query's own row in the bank (−1: none), left out → (Q, D)."""
+        k = min(self.k, len(bank_text) - (1 if self_pos is not None else 0))
+        out = []
+        for s in range(0, len(text), 4096):
+            sims = text[s : s + 4096] @ bank_text.T  # (q, W)
+            if self_pos is not None:
+                own = self_pos[s : s + 4096]
+                rows = torch.nonzero(own >= 0).squeeze(-1)
+                sims[rows, own[rows]] = -torch.inf
+            top, at = sims.topk(max(k, 1), dim=1)
+            w = torch.softmax(top / self.log_tau.exp(), dim=1)
+            out.append(torch.einsum("qk,qkd->qd", w, bank_vecs[at]))
+        vec = self.scale * torch.cat(out) + self.bias
+        if self.residual is not None:
+            vec = vec + self.residual(F.dropout(text, text_dropout, training=text_dropout > 0))
+        return vec
 
 
 class FusionHead(nn.Module):
@@ -107,8 +174,10 @@ class FusedModel(nn.Module):
         self.users = UserEncoder(cfg)
         self.head = FusionHead(cfg.rerank_hidden)
         self.use_head = False
-        # (text_emb tensor, versions, table): see text_part_table
-        self._text_part_cache: tuple[torch.Tensor, tuple[int, ...], torch.Tensor] | None = None
+        # ((text_emb, has_id), versions, table): see text_part_table
+        self._text_part_cache: (
+            tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, ...], torch.Tensor] | None
+        ) = None
         # bumped by every catalog change; (key, encoder) of serving_encoder
         self._catalog_version = 0
         self._encoder_cache: (
@@ -130,7 +199,22 @@ class FusedModel(nn.Module):
             return int(self.text_emb.shape[1])
         if self.cfg.fusion == "late":
             return self.cfg.dim + int(self.text_emb.shape[1])
-        return self.cfg.dim
+        extra = (1 if self._offset_column else 0) + (self.text_dim if self._text_columns else 0)
+        return self.cfg.dim + extra
+
+    @property
+    def text_dim(self) -> int:
+        return int(self.text_emb.shape[1])
+
+    @property
+    def _text_columns(self) -> bool:
+        """joint with a ``text_weight``: the raw text embedding rides along (late-style)."""
+        return self.cfg.fusion == "joint" and self.cfg.text_weight > 0
+
+    @property
+    def _offset_column(self) -> bool:
+        """joint with a ``cold_offset``: one more coordinate carries it (the user's is 1)."""
+        return self.cfg.fusion == "joint" and self.cfg.cold_offset != 0
 
     # ---- catalog growth (new items take the text path) ---------------------------------
     def extend_catalog(self, text_emb: torch.Tensor) -> None:
@@ -169,7 +253,46 @@ class FusedModel(nn.Module):
         table = self.text_part_table()  # inference: projected once per catalog, not per call
         if table is not None:
             return self.items.id_part(idx, self.has_id) + table[idx]
+        if self.cfg.fusion == "joint" and not self.training:
+            return self.items.id_part(idx, self.has_id) + self._content(idx)
         return self.items(idx, self.text_emb[idx], self.has_id)
+
+    def _content(self, idx: torch.Tensor) -> torch.Tensor:
+        """The text side of items ``idx`` (...,) → (..., D): the text projection for items
+        with a trained ID, the cold tower for the others (at inference)."""
+        part = self.items.text_part(self.text_emb[idx])
+        trained = self.has_id[idx]
+        if self.items.cold is None or bool(trained.all()):
+            return part
+        flat = part.reshape(-1, part.shape[-1]).clone()
+        cold = ~trained.reshape(-1)
+        flat[cold] = self.cold_vectors(idx.reshape(-1)[cold]).to(flat.dtype)
+        return flat.reshape(part.shape)
+
+    def cold_vectors(
+        self, idx: torch.Tensor, *, leave_out_self: bool = False, text_dropout: float = 0.0
+    ) -> torch.Tensor:
+        """The cold tower's vectors of items ``idx`` (M,) → (M, D), from their text alone.
+
+        ``leave_out_self``: an item with a trained ID is not its own neighbour (training the
+        tower, shrinkage), as a new item never is.
+        """
+        cold = self.items.cold
+        assert cold is not None
+        text = self.text_emb[idx]
+        if isinstance(cold, nn.Sequential):
+            return cold(F.dropout(text, text_dropout, training=text_dropout > 0))
+        bank = torch.nonzero(self.has_id).squeeze(-1)
+        with torch.no_grad():
+            bank_vecs = self.items.id_part(bank, self.has_id) + self.items.text_part(
+                self.text_emb[bank]
+            )
+        self_pos = None
+        if leave_out_self:
+            pos = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=idx.device)
+            pos[bank] = torch.arange(len(bank), device=idx.device)
+            self_pos = pos[idx]
+        return cold(text, self.text_emb[bank], bank_vecs, self_pos, text_dropout=text_dropout)
 
     def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Retrieval vectors of items ``idx`` (default: all, index 1..N) → (M, out_dim)."""
@@ -180,7 +303,22 @@ class FusedModel(nn.Module):
             return self.text_emb[idx]
         if fusion == "late":
             return torch.cat([self._fused_items(idx), self.text_emb[idx]], dim=-1)
-        return self._fused_items(idx)
+        fused = self._fused_items(idx)
+        kappa = self.cfg.id_shrinkage
+        if fusion == "joint" and kappa > 0 and self.items.cold is not None:
+            # a rarely bought item's ID vector is noisy: shrink it towards what its text
+            # alone predicts, with the weight of kappa pseudo-interactions
+            n = torch.expm1(self.log_pop[idx]).unsqueeze(-1)
+            lam = n / (n + kappa)
+            fused = lam * fused + (1 - lam) * self.cold_vectors(idx, leave_out_self=True)
+        if self._offset_column:
+            # every item without a trained ID scores cold_offset more: calibrates new items
+            # against trained ones (chosen on validation users, bench/cold_tuning.py)
+            offset = (~self.has_id[idx]).to(fused.dtype).unsqueeze(-1) * self.cfg.cold_offset
+            fused = torch.cat([fused, offset], dim=-1)
+        if self._text_columns:
+            fused = torch.cat([fused, self.text_emb[idx]], dim=-1)
+        return fused
 
     def item_table(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """The trained item vectors, the user encoder's inputs: of ``idx``, or of every index
@@ -223,6 +361,11 @@ class FusedModel(nn.Module):
             w = self.cfg.late_weight
             zt = self.text_user(hist) * (w / self.cfg.text_temperature)
             return torch.cat([u * (1.0 - w), zt], dim=-1)
+        if self._offset_column:
+            u = torch.cat([u, torch.ones_like(u[:, :1])], dim=-1)
+        if self._text_columns:
+            zt = self.text_user(hist) * (self.cfg.text_weight / self.cfg.text_temperature)
+            u = torch.cat([u, zt], dim=-1)
         return u
 
     def serving_encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -284,27 +427,36 @@ class FusedModel(nn.Module):
 
     # ---- fusion head ----------------------------------------------------------------------
     def text_part_table(self) -> torch.Tensor | None:
-        """``text_part`` of every catalog item (N+1, D) for inference, computed once.
+        """The text side (``ItemTower.content``) of every catalog item (N+1, D) for
+        inference, computed once.
 
         Serving projects the same catalog rows again and again (a user's history items on
         every cache miss, ~200 candidates per rerank): at 32 users × 50 history items the
-        projection was half of ``user_vectors``' time. The table
-        is rebuilt whenever ``text_emb`` is replaced or edited in place or the projection's
-        weights change (tensor version counters); None in training mode (gradients flow
-        through the projection there) and when versions cannot be read (inference tensors).
+        projection was half of ``user_vectors``' time. The table is rebuilt whenever
+        ``text_emb`` or ``has_id`` is replaced or edited in place or the towers' weights
+        change (tensor version counters); None in training mode (gradients flow through the
+        projection there) and when versions cannot be read (inference tensors).
         """
         if self.training or self.cfg.fusion != "joint":
             return None
+        params = [*self.items.text_proj.parameters(), self.items.id_emb.weight]
+        if self.items.cold is not None:
+            params += [*self.items.cold.parameters()]
         try:
-            key = (self.text_emb._version, *(p._version for p in self.items.text_proj.parameters()))
+            key = (self.text_emb._version, self.has_id._version, *(p._version for p in params))
         except RuntimeError:  # inference tensors carry no version counter
             return None
         cached = self._text_part_cache
-        if cached is not None and cached[0] is self.text_emb and cached[1] == key:
+        if (
+            cached is not None
+            and cached[0][0] is self.text_emb
+            and cached[0][1] is self.has_id
+            and cached[1] == key
+        ):
             return cached[2]
         with torch.no_grad():
-            table = self.items.text_part(self.text_emb)
-        self._text_part_cache = (self.text_emb, key, table)
+            table = self._content(torch.arange(self.n_items + 1, device=self.text_emb.device))
+        self._text_part_cache = ((self.text_emb, self.has_id), key, table)
         return table
 
     def rerank_features(
@@ -328,7 +480,7 @@ class FusedModel(nn.Module):
             id_dot = torch.einsum("bd,bnd->bn", u, self.items.id_part(cand, self.has_id))
             if self.cfg.fusion == "joint":
                 table = self.text_part_table()
-                part = table[cand] if table is not None else self.items.text_part(text_c)
+                part = table[cand] if table is not None else self._content(cand)
                 text_dot = torch.einsum("bd,bnd->bn", u, part)
             else:
                 text_dot = torch.einsum("bt,bnt->bn", self.text_user(hist), text_c)

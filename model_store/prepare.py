@@ -192,3 +192,26 @@ def with_earlier(batch: Batch, seqs: list[np.ndarray]) -> Batch:
     for r, (o, st) in enumerate(zip(batch.owner.tolist(), starts, strict=True)):
         out[r, :st] = seqs[o][:st]
     return dataclasses.replace(batch, earlier=torch.from_numpy(out))
+
+
+def crop(batch: Batch, rate: float, longest: int, gen: torch.Generator) -> Batch:
+    """A random ``rate`` of the windows cut to their last 1..``longest`` items (inputs,
+    targets and future targets before the cut are dropped): shoppers the service knows for
+    a few items only, which full windows never show the user encoder at the last positions.
+    """
+    b, l = batch.inputs.shape
+    chosen = torch.rand(b, generator=gen) < rate
+    if not bool(chosen.any()):
+        return batch
+    keep = torch.randint(1, longest + 1, (b,), generator=gen)
+    cut = (torch.arange(l)[None, :] < (l - keep)[:, None]) & chosen[:, None]  # (B, L)
+    future = batch.future
+    if future is not None:
+        future = future.masked_fill(cut.unsqueeze(-1), 0)
+    return dataclasses.replace(
+        batch,
+        inputs=batch.inputs.masked_fill(cut, 0),
+        targets=batch.targets.masked_fill(cut, 0),
+        weights=batch.weights.masked_fill(cut, 0.0),
+        future=future,
+    )

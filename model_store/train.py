@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from model_store import bundle as bundle_mod
 from model_store import store as store_mod
+from model_store.bundle import Bundle
 from model_store.config import Config
 from model_store.data import Dataset
 from model_store.errors import ConfigError
@@ -26,6 +28,7 @@ from model_store.trainer import OnEpoch, TrainResult, fit
 
 log = logging.getLogger(__name__)
 HISTORY_KEEP = 200
+UNPUBLISHED = Path("<not published>")
 
 
 def catalog_embeddings(
@@ -90,7 +93,54 @@ def training_manifest(
             history=result.history,
         ),
         rerank=result.rerank,
+        cold=result.cold,
     )
+
+
+@dataclass
+class Trained:
+    """A trained model as the bundle it becomes (not yet written), with how it was made."""
+
+    bundle: Bundle
+    result: TrainResult
+    lora: LoraText | None
+    prep: Prepared
+
+
+def train(
+    dataset: Dataset,
+    cfg: Config,
+    *,
+    cache_dir: Path | None = None,
+    epochs: int | None = None,
+    on_epoch: OnEpoch | None = None,
+    text_progress: Callable[[int], None] | None = None,
+) -> Trained:
+    """Train on ``dataset`` with ``cfg``; the result is an in-memory bundle, exactly what
+    ``train_and_publish`` writes (the evaluation protocols measure it without a store)."""
+    cfg = cfg.checked()
+    if cfg.text.mode == "lora" and cfg.model.fusion != "joint":
+        raise ConfigError("text.mode=lora tunes the LM jointly and needs fusion=joint")
+    prep = prepare(dataset, holdout=cfg.train.holdout)
+    prep.text_emb = catalog_embeddings(dataset, cfg, cache_dir=cache_dir, progress=text_progress)
+    lora = None
+    if cfg.text.mode == "lora":
+        lora = LoraText(cfg.text, dataset.item_texts(), pick_device(cfg.train.device))
+    result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch, lora=lora)
+    histories = {
+        u: [prep.item_ids[i - 1] for i in s[-HISTORY_KEEP:]]
+        for u, s in zip(prep.users, prep.sequences, strict=True)
+    }
+    manifest = training_manifest(store_mod.new_version_name(), cfg, dataset, prep, result)
+    bundle = Bundle(
+        UNPUBLISHED,
+        manifest,
+        result.model,
+        list(prep.item_ids),
+        dataset.items.copy(),
+        histories,
+    )
+    return Trained(bundle, result, lora, prep)
 
 
 def train_and_publish(
@@ -104,26 +154,19 @@ def train_and_publish(
     text_progress: Callable[[int], None] | None = None,
 ) -> tuple[Path, TrainResult]:
     """Train on ``dataset`` with ``cfg`` and publish a new bundle version in ``store``."""
-    cfg = cfg.checked()
-    if cfg.text.mode == "lora" and cfg.model.fusion != "joint":
-        raise ConfigError("text.mode=lora tunes the LM jointly and needs fusion=joint")
-    prep = prepare(dataset, holdout=cfg.train.holdout)
-    prep.text_emb = catalog_embeddings(dataset, cfg, cache_dir=cache_dir, progress=text_progress)
-    lora = None
-    if cfg.text.mode == "lora":
-        lora = LoraText(cfg.text, dataset.item_texts(), pick_device(cfg.train.device))
-    result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch, lora=lora)
-    model = result.model.cpu()
-    histories = {
-        u: [prep.item_ids[i - 1] for i in s[-HISTORY_KEEP:]]
-        for u, s in zip(prep.users, prep.sequences, strict=True)
-    }
-    version = store_mod.new_version_name()
-    manifest = training_manifest(version, cfg, dataset, prep, result)
-    with store_mod.staging(store, version) as staged:
-        bundle_mod.write_bundle_files(staged, model, dataset.items.copy(), histories)
-        if lora is not None:
-            lora.save(staged)
-        path = bundle_mod.publish(store, staged, manifest)
+    trained = train(
+        dataset,
+        cfg,
+        cache_dir=cache_dir,
+        epochs=epochs,
+        on_epoch=on_epoch,
+        text_progress=text_progress,
+    )
+    b = trained.bundle
+    with store_mod.staging(store, b.version) as staged:
+        bundle_mod.write_bundle_files(staged, b.model.cpu(), b.items, b.histories)
+        if trained.lora is not None:
+            trained.lora.save(staged)
+        path = bundle_mod.publish(store, staged, b.manifest)
     log.info("published %s", path)
-    return path, result
+    return path, trained.result

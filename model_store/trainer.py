@@ -22,13 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from model_store.coldstart import fit_cold_tower
 from model_store.config import Config
 from model_store.evaluate import EvalSet, evaluate, metrics_from_ranks, rank_targets
 from model_store.head import fit_head
 from model_store.lm import pick_device
 from model_store.lora import LoraText
 from model_store.losses import align_loss, rs_loss
-from model_store.manifest import RerankInfo
+from model_store.manifest import ColdInfo, RerankInfo
 from model_store.model import FusedModel
 from model_store.optim import (
     WeightAverage,
@@ -36,7 +37,14 @@ from model_store.optim import (
     make_optimizer,
     sampler_log_q,
 )
-from model_store.prepare import Batch, Prepared, seed_everything, windows, with_earlier
+from model_store.prepare import (
+    Batch,
+    Prepared,
+    crop,
+    seed_everything,
+    windows,
+    with_earlier,
+)
 
 OnEpoch = Callable[[dict[str, float]], None]
 
@@ -51,6 +59,7 @@ class TrainResult:
     seconds: float
     seconds_to_best: float
     rerank: RerankInfo
+    cold: ColdInfo
     batch_size: int = 0
 
 
@@ -221,6 +230,8 @@ class Loop:
         steps = 0
         for s in range(0, len(perm), self.batch_size):
             batch = self.data.take(perm[s : s + self.batch_size])
+            if cfg.train.crop_rate > 0:
+                batch = crop(batch, cfg.train.crop_rate, cfg.train.crop_max, self.gen)
             if self.sampler_logq is None:
                 batch = with_earlier(batch, prep.sequences)
             parts = train_step(
@@ -276,7 +287,8 @@ def fit(
     if cfg.model.fusion == "text":  # zero-shot: nothing to train
         metrics = evaluate(model, valid)["all"] if valid is not None else {}
         info = RerankInfo(enabled=False, reason="text fusion is zero-shot")
-        return TrainResult(model, 0, 0, [], metrics, time.perf_counter() - t0, 0.0, info)
+        cold = ColdInfo(enabled=False, reason="text fusion is zero-shot")
+        return TrainResult(model, 0, 0, [], metrics, time.perf_counter() - t0, 0.0, info, cold)
     loop = Loop.start(cfg, prep, model, lora)
     chooser = BestEpoch(
         tr.select_window if valid is not None else 1,
@@ -301,14 +313,18 @@ def fit(
             break
     best = chooser.finish()
     loop.restore(best.snapshot)
+    cold = fit_cold_tower(model, cfg, prep, valid)
     valid_metrics = {
         k.removeprefix("valid_"): v for k, v in best.row.items() if k.startswith("valid_")
     }
+    if cold.enabled and valid is not None:  # the figures of the model as it is published
+        m = metrics_from_ranks(*rank_targets(model, valid, use_head=False), prep.n_items)
+        valid_metrics = {k: v for k, v in m.items() if k != "users"}
     rerank, valid_metrics = fit_rerank(model, cfg, valid, valid_metrics)
     seconds = time.perf_counter() - t0
     return TrainResult(
         model, best.epoch, len(history), history, valid_metrics, seconds,
-        best.row["seconds"], rerank, loop.batch_size,
+        best.row["seconds"], rerank, cold, loop.batch_size,
     )  # fmt: skip
 
 

@@ -13,7 +13,8 @@ from model_store.model import FusedModel, left_pad
 
 def joint_model(n: int = 40, text_dim: int = 12) -> FusedModel:
     torch.manual_seed(0)
-    cfg = ModelConfig(fusion="joint", dim=16, max_len=8, n_layers=2, n_heads=2)
+    # no text columns: the vectors are the fused item vectors alone
+    cfg = ModelConfig(fusion="joint", dim=16, max_len=8, n_layers=2, n_heads=2, text_weight=0)
     text = F.normalize(torch.randn(n + 1, text_dim), dim=-1)
     text[0] = 0
     has_id = torch.ones(n + 1, dtype=torch.bool)
@@ -45,8 +46,8 @@ def test_text_part_table_follows_edits_and_weight_updates() -> None:
     model = joint_model()
     idx = torch.arange(1, model.n_items + 1)
 
-    def live() -> torch.Tensor:
-        return model.items(idx, model.text_emb[idx], model.has_id)
+    def live() -> torch.Tensor:  # computed afresh: the ID part and the text side of each item
+        return model.items.id_part(idx, model.has_id) + model._content(idx)
 
     with torch.no_grad():
         torch.testing.assert_close(model.item_vectors(), live())
