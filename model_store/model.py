@@ -504,10 +504,24 @@ class FusedModel(nn.Module):
     def rerank(
         self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
     ) -> torch.Tensor:
-        """Final scores of candidates ``cand`` (B, N) sorted by retrieval score → (B, N)."""
+        """Final scores of candidates ``cand`` (B, N) sorted by retrieval score → (B, N).
+
+        The head is trained on items with IDs only; for an item without one (added by its
+        text) two of its features (the ID-part dot product, the log popularity) are zero, which
+        the head reads as "never bought" and buries it, undoing the cold tower's calibrated
+        offset (issue 17). So an ID-less candidate is not reranked by the head: it keeps its
+        retrieval score plus the median head correction of the user's candidates with IDs,
+        i.e. its retrieval standing among them.
+        """
         if not self.use_head:
             return retrieval
-        return self.head(self.rerank_features(hist, user, cand, retrieval))
+        fused = self.head(self.rerank_features(hist, user, cand, retrieval))
+        cold = ~self.has_id[cand]
+        if not bool(cold.any()):
+            return fused
+        shift = (fused - retrieval).masked_fill(cold, float("nan"))
+        typical = torch.nanmedian(shift, dim=1, keepdim=True).values.nan_to_num(0.0)
+        return torch.where(cold, retrieval + typical, fused)
 
 
 class _UserVectors(nn.Module):

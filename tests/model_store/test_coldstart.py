@@ -137,3 +137,27 @@ def test_new_items_are_ranked_by_their_text_where_the_old_recipe_buried_them(
     assert new_share <= 2 * 0.1, figures  # no flood: at most twice the cold fraction
     assert new_recall > old_recall + 0.1, figures
     assert old_share < new_share / 2, figures
+
+
+def test_the_head_does_not_bury_items_without_an_id() -> None:
+    """A head trained on items with IDs reads an ID-less item's zero ID-part and popularity
+    as "never bought"; such an item keeps its retrieval score plus the median head
+    correction of the ID'd candidates, so its standing among them is the retrieval's."""
+    model = tiny(ModelConfig(fusion="joint", dim=16, max_len=8, cold_offset=1.0))
+    model.use_head = True
+    with torch.no_grad():  # a head that punishes exactly what ID-less items lack
+        last = model.head.mlp[-1]
+        assert isinstance(last, torch.nn.Linear)
+        last.weight.normal_(0, 3.0)
+        last.bias.fill_(0.5)
+    hist = left_pad([[1, 2, 3]], 8)
+    user = model.user_vectors(hist)
+    cand = torch.arange(1, N + 1)[None, :]
+    retrieval = user @ model.item_vectors()[cand[0] - 1].T
+    fused = model.rerank(hist, user, cand, retrieval)
+    cold = ~model.has_id[cand]
+    shift = (fused - retrieval)[0]
+    warm_shift = model.head(model.rerank_features(hist, user, cand, retrieval))[0] - retrieval[0]
+    assert torch.allclose(shift[~cold[0]], warm_shift[~cold[0]])  # warm items: the head's
+    expected = torch.median(warm_shift[~cold[0]])
+    assert torch.allclose(shift[cold[0]], expected.expand(int(cold.sum())))
