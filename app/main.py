@@ -7,6 +7,7 @@ settings from the environment (what ``fusionrec serve`` does, also with several 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from fastapi import FastAPI
 
 from app import errors
 from app.deps import RateLimiter
+from app.follow import CurrentFollower, notify_current, pubsub_client
 from app.history import HistoryStore, LocalHistory, RedisHistory
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
@@ -83,6 +85,16 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.to_thread(rec.start)
         if gateway is not None and not await gateway.ping():
             log.warning("Redis at the configured URL is not answering; serving without it")
+        follower = None
+        if settings.follow_poll_s > 0:
+            follower = CurrentFollower(
+                rec,
+                settings.store,
+                poll_s=settings.follow_poll_s,
+                redis=pubsub_client(settings.redis_url),
+            )
+            rec.on_publish = functools.partial(notify_current, follower.redis)
+            follower.start()
         try:
             yield State(
                 settings=settings,
@@ -91,6 +103,10 @@ def create_app(settings: Settings) -> FastAPI:
                 limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
             )
         finally:
+            if follower is not None:
+                await follower.stop()
+                if follower.redis is not None:
+                    await follower.redis.aclose()
             if isinstance(rec.history, RedisHistory):
                 await rec.history.drain(settings.history_drain_s)
             await asyncio.to_thread(rec.stop)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -112,6 +112,8 @@ class Recommender:
         self.snapshot: Snapshot | None = None
         self.load_error: str | None = None
         self.versions_served: list[str] = []
+        # called with the new version after this process published one (app.follow)
+        self.on_publish: Callable[[str], Awaitable[None]] | None = None
         self._forgotten: set[str] = set()
         # held by the workers while they compute and by upserts while they mutate
         self._model_lock = threading.Lock()
@@ -337,7 +339,9 @@ class Recommender:
                 apply_and_publish, snap, change, store=self.store, lock=self._model_lock
             )
             self._install(new_snap, full_gc=False)
-            return UpsertResult(new_snap.version, applied.added, applied.updated)
+        if self.on_publish is not None:
+            await self.on_publish(new_snap.version)
+        return UpsertResult(new_snap.version, applied.added, applied.updated)
 
     # ---- users --------------------------------------------------------------------------------
     async def add_event(self, *, user_id: str, item_id: str, timestamp: float | None = None) -> int:

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     # batches still form; alone, a request is not delayed)
     batch_max_wait_ms: float = Field(0.0, ge=0, le=100)
     search_user_weight: float = Field(0.3, ge=0, le=1, description="β of the search blend")
+    follow_poll_s: float = Field(
+        2.0,
+        ge=0,
+        description="seconds between reads of the store's CURRENT pointer; a new version is "
+        "loaded by itself (a Redis pub/sub message makes it immediate); 0 = only on "
+        "POST /admin/reload",
+    )
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")
     faiss_threads: int | None = Field(1, ge=1, description="None = all cores")
