@@ -2,9 +2,10 @@
 
 ``record`` hands a request's events to one writer thread and returns once they are
 durable: committed in the database (many requests share one transaction), or — while the
-database is down — appended and fsynced to a spool file next to it. The spool is written
-back, in order, before anything newer, as soon as the database answers again (also at the
-next start when the process died meanwhile). Rows carry a unique ``event_id``, so a batch
+database is down — appended and fsynced to this process's spool file. The spool is written
+back, in order, before anything newer, as soon as the database answers again; each process
+holds a lock on its own spool file, and a spool whose process died is adopted and written
+back by any writer sharing the spool directory (the next start, another replica). Rows carry a unique ``event_id``, so a batch
 whose commit was acknowledged too late for us to see is not stored twice. So: an event
 answered 200 is in the log or in the spool, and reaches the log exactly once.
 
@@ -20,12 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -77,7 +81,7 @@ class EventLogWriter:
     def __init__(
         self,
         store: EventStore,
-        spool: Path,
+        spool_dir: Path,
         *,
         max_pending: int = 20_000,
         spool_max_bytes: int = 256 * 2**20,
@@ -85,7 +89,15 @@ class EventLogWriter:
         retry_s: float = 1.0,
     ) -> None:
         self.store = store
-        self.spool = spool
+        self.spool_dir = spool_dir
+        # one spool file per process, locked for its life: a file nobody holds was left by a
+        # process that died, and any writer adopts it (writes it back, then deletes it)
+        spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = (
+            spool_dir / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        )
+        self._spool_file: BinaryIO = open(self.spool, "a+b")  # noqa: SIM115 - held for life
+        fcntl.flock(self._spool_file.fileno(), fcntl.LOCK_EX)
         self.max_pending = max_pending
         self.spool_max_bytes = spool_max_bytes
         self.batch = batch
@@ -110,10 +122,7 @@ class EventLogWriter:
         return self._pending
 
     def spooled_bytes(self) -> int:
-        try:
-            return self.spool.stat().st_size
-        except FileNotFoundError:
-            return 0
+        return os.fstat(self._spool_file.fileno()).st_size
 
     async def record(self, events: Sequence[Event]) -> None:
         """Return once ``events`` are committed or spooled (durable either way)."""
@@ -155,13 +164,22 @@ class EventLogWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout_s)
         self.store.close()
+        if not self._thread.is_alive():
+            if self.spooled_bytes() == 0:
+                self.spool.unlink(missing_ok=True)
+            self._spool_file.close()  # a non-empty spool is adopted by the next writer
 
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
-        self._replay()  # a spool left by a process that died during an outage
+        self._replay()  # spools left by processes that died during an outage
         while True:
-            first = self._queue.get()
+            try:
+                # while something waits in a spool, wake up to write it back by ourselves
+                first = self._queue.get(timeout=self.retry_s if self._orphans_or_spool() else None)
+            except queue.Empty:
+                self._replay()
+                continue
             if first is _STOP:
                 self._replay()
                 return
@@ -220,15 +238,15 @@ class EventLogWriter:
         self._next_try = time.monotonic() + self.retry_s
 
     def _spool(self, ops: Sequence[_Op]) -> BaseException | None:
+        f = self._spool_file
         try:
-            self.spool.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.spool, "a+b") as f:
-                if f.tell() and _last_byte(f) != b"\n":
-                    f.write(b"\n")  # a line torn by a crash: keep the next one whole
-                for op in ops:
-                    f.write(op.line().encode() + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
+            f.seek(0, os.SEEK_END)
+            if f.tell() and _last_byte(f) != b"\n":
+                f.write(b"\n")  # a line torn by a failed write: keep the next one whole
+            for op in ops:
+                f.write(op.line().encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
         except OSError as e:
             log.error("event spool %s cannot be written: %s", self.spool, e.strerror)
             return DependencyError(
@@ -237,22 +255,51 @@ class EventLogWriter:
             )
         return None
 
+    def _orphans(self) -> list[Path]:
+        return [p for p in sorted(self.spool_dir.glob("*.jsonl")) if p != self.spool]
+
+    def _orphans_or_spool(self) -> bool:
+        return self.spooled_bytes() > 0 or bool(self._orphans())
+
+    def _adopt(self, path: Path) -> None:
+        """Write back the spool of a dead process (skipped while its owner holds it)."""
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below, after the unlink
+        except FileNotFoundError:
+            return  # adopted by another writer meanwhile
+        try:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # its process is alive
+            if not path.exists():
+                return
+            ops = [_parse(line) for line in f.read().decode("utf-8", "replace").splitlines()]
+            self._apply([op for op in ops if op is not None])
+            path.unlink()
+            log.warning("event spool %s of a stopped process written back", path.name)
+        finally:
+            f.close()
+
     def _replay(self) -> bool:
-        """Write the spool back; True when it is empty (nothing or all written)."""
-        if not self.spool.exists() or self.spooled_bytes() == 0:
-            if self._down_since is not None and time.monotonic() >= self._next_try:
-                self._down_since = None  # the next write tries the database again
-            return self._down_since is None
+        """Write the spools back (ours, then those left by dead processes); True when ours
+        is empty and the database answers."""
         if time.monotonic() < self._next_try:
             return False
         try:
-            with open(self.spool, encoding="utf-8") as f:
-                ops = [_parse(line) for line in f if line.strip()]
-            self._apply([op for op in ops if op is not None])
-        except Exception as e:  # still down: keep the spool as it is
+            if self.spooled_bytes():
+                f = self._spool_file
+                f.seek(0)
+                ops = [_parse(line) for line in f.read().decode("utf-8", "replace").splitlines()]
+                self._apply([op for op in ops if op is not None])
+                f.truncate(0)
+                f.flush()
+                os.fsync(f.fileno())
+            for orphan in self._orphans():
+                self._adopt(orphan)
+        except Exception as e:  # still down: keep the spools as they are
             self._went_down(e)
             return False
-        self.spool.unlink()
         if self._down_since is not None:
             log.warning(
                 "event log %s is back after %.1f s; spooled events written back",

@@ -98,9 +98,9 @@ def test_database_down_spools_then_writes_back_in_order(tmp_path: Path) -> None:
         assert writer.spooled_bytes() > 0
         assert not writer.healthy
         server.start()
+        wait_until(lambda: writer.spooled_bytes() == 0 and writer.healthy)  # by itself
         after = events("a", 5, start=40)
         asyncio.run(writer.record(after))
-        wait_until(lambda: writer.spooled_bytes() == 0 and writer.healthy)
         frame = store.frame()
         assert frame["item_id"].tolist() == [f"i{k}" for k in range(45)]
         assert frame["event_id"].is_unique
@@ -119,24 +119,50 @@ def stopped_pg() -> Iterator[PostgresServer]:
         server.remove()
 
 
-def test_spool_left_by_a_dead_process_is_written_back_at_start(
+DEAD_WRITER = """
+import asyncio, sys, uuid
+from pathlib import Path
+from app.event_log import EventLogWriter
+from model_store.events import Event, EventStore
+w = EventLogWriter(EventStore(sys.argv[1]), Path(sys.argv[2]), retry_s=3600)
+evs = [Event(uuid.uuid4().hex, "b", f"i{k}", "view", 1.0, 1.7e9 + k) for k in range(7)]
+asyncio.run(w.record(evs))
+print("answered", flush=True)
+sys.stdin.read()  # killed here
+"""
+
+
+def test_spool_of_a_killed_process_is_adopted_by_the_next_writer(
     tmp_path: Path, stopped_pg: PostgresServer
 ) -> None:
+    """A process answers 7 events while PostgreSQL is down and is killed -9; a writer
+    started later (a restart, another replica) writes them back, exactly once."""
+    import os
+    import subprocess
+    import sys
+
     spool = tmp_path / "spool"
-    writer = EventLogWriter(EventStore(stopped_pg.url), spool, retry_s=3600)
-    asyncio.run(writer.record(events("b", 7)))
-    assert spool.stat().st_size > 0
-    # the process dies with events in the spool (never closed, never replayed), its last
-    # write torn by the crash (that one was never answered)
-    with open(spool, "ab") as f:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", DEAD_WRITER, stopped_pg.url, str(spool)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"answered"
+    live = EventLogWriter(EventStore(stopped_pg.url), spool, retry_s=0.1)
+    time.sleep(0.5)
+    assert len(list(spool.glob("*.jsonl"))) == 2  # the live owner's spool is not adopted
+    proc.kill()
+    proc.wait(10)
+    (orphan,) = [p for p in spool.glob("*.jsonl") if p != live.spool]
+    with open(orphan, "ab") as f:  # its last write torn by the kill (never answered)
         f.write(b'{"op": "insert", "events": [{"event_id"')
     stopped_pg.start()
+    wait_until(lambda: not orphan.exists())
     store = EventStore(stopped_pg.url)
-    restarted = EventLogWriter(store, spool)
-    asyncio.run(restarted.record(events("b", 1, start=7)))
-    wait_until(lambda: not spool.exists())
-    assert store.frame()["item_id"].tolist() == [f"i{k}" for k in range(8)]
-    restarted.close()
+    assert store.frame()["item_id"].tolist() == [f"i{k}" for k in range(7)]
+    live.close()
 
 
 def test_erase_removes_the_users_events_including_spooled_ones(
@@ -153,7 +179,7 @@ def test_erase_removes_the_users_events_including_spooled_ones(
     assert writer.spooled_bytes() > 0
     stopped_pg.start()
     asyncio.run(writer.record(events("kept", 1, start=3)))
-    wait_until(lambda: not (tmp_path / "spool").exists() and writer.healthy)
+    wait_until(lambda: writer.spooled_bytes() == 0 and writer.healthy)
     frame = store.frame()
     assert set(frame["user_key"]) == {"kept"}
     assert frame["item_id"].tolist() == ["i0", "i1", "i2", "i3"]
