@@ -27,7 +27,7 @@ from pathlib import Path
 from serve import ROOT, Server, ensure_bundle, fixed_rate, saturate
 
 sys.path.insert(0, str(ROOT))
-from tests.helpers.postgres import PostgresServer  # noqa: E402
+from tests.helpers.postgres import PostgresServer
 
 
 def body_for(items: list[str]) -> object:
