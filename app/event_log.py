@@ -5,9 +5,10 @@ durable: committed in the database (many requests share one transaction), or —
 database is down — appended and fsynced to this process's spool file. The spool is written
 back, in order, before anything newer, as soon as the database answers again; each process
 holds a lock on its own spool file, and a spool whose process died is adopted and written
-back by any writer sharing the spool directory (the next start, another replica). Rows carry a unique ``event_id``, so a batch
-whose commit was acknowledged too late for us to see is not stored twice. So: an event
-answered 200 is in the log or in the spool, and reaches the log exactly once.
+back by any writer sharing the spool directory (the next start, another replica). Rows
+carry a unique ``event_id``, so a batch whose commit was acknowledged too late for us to
+see is not stored twice. So: an event answered 200 is in the log or in a spool, and reaches
+the log exactly once.
 
 Bounded: at most ``max_pending`` events wait for the thread and the spool holds at most
 ``spool_max_bytes``; beyond that ``record`` raises :class:`DependencyError` (503 with

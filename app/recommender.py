@@ -218,7 +218,7 @@ class Recommender:
             return stored
         if uhash in self._forgotten:
             return []
-        return snap.bundle.histories.get(user_id, [])
+        return _bundle_history(snap, user_id, uhash)
 
     def _resolve(
         self, snap: Snapshot, ids: Sequence[str], *, report: bool, unknown: list[str]
@@ -396,9 +396,9 @@ class Recommender:
         if weight < 0:
             await self.history.append(negative_key(uhash), [item_id], [])
             stored = await self.history.get(uhash)
-            n = len(stored) if stored is not None else len(snap.bundle.histories.get(user_id, []))
+            n = len(stored if stored is not None else _bundle_history(snap, user_id, uhash))
             return n
-        seed = [] if uhash in self._forgotten else snap.bundle.histories.get(user_id, [])
+        seed = [] if uhash in self._forgotten else _bundle_history(snap, user_id, uhash)
         n = await self.history.append(uhash, [item_id], seed)
         await self.cache.delete([vector_key(v, user=user_id) for v in self.versions_served])
         return n
@@ -413,3 +413,10 @@ class Recommender:
         await self.history.delete(negative_key(uhash))
         if self.event_log is not None:
             await self.event_log.erase(uhash)
+
+
+def _bundle_history(snap: Snapshot, user_id: str, uhash: str) -> list[str]:
+    """The user's history in the bundle: keyed by the raw id in a bundle trained on a
+    dataset, by the user key in one retrained from the event log (which stores keys only)."""
+    histories = snap.bundle.histories
+    return histories.get(user_id) or histories.get(uhash) or []
