@@ -26,9 +26,10 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# redis-server is used by the Redis tests (they start their own on a free port)
+# redis-server and PostgreSQL are used by the tests (they start their own on free ports)
 install-system:
 	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
 
 # The main job: fetch MovieLens-100k, train, index, serve on http://$(HOST):$(PORT)
 run: install

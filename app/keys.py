@@ -3,6 +3,7 @@
 fusionrec:uv:{model_version}:u:{sha256(user_id)}     float32 bytes of a user vector, TTL
 fusionrec:uv:{model_version}:h:{sha256(history)}     same, for an explicit history
 fusionrec:hist:{sha256(user_id)}                     Redis list of item ids, oldest first
+fusionrec:hist:{sha256(user_id)}:neg                 items with negative feedback (dislike)
 """
 
 from __future__ import annotations
@@ -34,3 +35,8 @@ def vector_key(version: str, *, user: str | None = None, history: Sequence[str] 
 
 def history_key(uhash: str) -> str:
     return f"{PREFIX}hist:{uhash}"
+
+
+def negative_key(uhash: str) -> str:
+    """The history-store key of a user's negative feedback (items hidden from them)."""
+    return f"{uhash}:neg"

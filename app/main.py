@@ -7,6 +7,7 @@ settings from the environment (what ``fusionrec serve`` does, also with several 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,6 +18,8 @@ from fastapi import FastAPI
 
 from app import errors
 from app.deps import RateLimiter
+from app.event_log import EventLogWriter
+from app.follow import CurrentFollower, notify_current, pubsub_client
 from app.history import HistoryStore, LocalHistory, RedisHistory
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
@@ -26,6 +29,7 @@ from app.routes import admin, health, items, recommend, users
 from app.settings import Settings
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
+from model_store.events import EventStore
 
 log = logging.getLogger("app")
 
@@ -55,6 +59,15 @@ def build_recommender(
     cache = VectorCache(
         LocalLRU(settings.cache_size, settings.cache_ttl_s), gateway, settings.cache_ttl_s
     )
+    event_log = None
+    url = settings.events_log_url()
+    if url is not None:
+        event_log = EventLogWriter(
+            EventStore(url),
+            settings.store / "events-spool",
+            max_pending=settings.events_max_pending,
+            spool_max_bytes=settings.events_spool_max_bytes,
+        )
     rec = Recommender(
         store=settings.store,
         cache=cache,
@@ -65,6 +78,8 @@ def build_recommender(
         batch_max_size=settings.batch_max_size,
         batch_max_wait_ms=settings.batch_max_wait_ms,
         search_user_weight=settings.search_user_weight,
+        event_log=event_log,
+        event_types=settings.event_types,
     )
     return rec, gateway
 
@@ -83,6 +98,16 @@ def create_app(settings: Settings) -> FastAPI:
         await asyncio.to_thread(rec.start)
         if gateway is not None and not await gateway.ping():
             log.warning("Redis at the configured URL is not answering; serving without it")
+        follower = None
+        if settings.follow_poll_s > 0:
+            follower = CurrentFollower(
+                rec,
+                settings.store,
+                poll_s=settings.follow_poll_s,
+                redis=pubsub_client(settings.redis_url),
+            )
+            rec.on_publish = functools.partial(notify_current, follower.redis)
+            follower.start()
         try:
             yield State(
                 settings=settings,
@@ -91,8 +116,15 @@ def create_app(settings: Settings) -> FastAPI:
                 limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
             )
         finally:
+            if follower is not None:
+                await follower.stop()
+                if follower.redis is not None:
+                    await follower.redis.aclose()
             if isinstance(rec.history, RedisHistory):
                 await rec.history.drain(settings.history_drain_s)
+            if rec.event_log is not None:
+                await rec.event_log.drain(settings.history_drain_s)
+                await asyncio.to_thread(rec.event_log.close)
             await asyncio.to_thread(rec.stop)
             torch.set_num_threads(threads_before)
             if gateway is not None:

@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -34,9 +36,10 @@ import pandas as pd
 import torch
 
 from app.batching import MicroBatcher
+from app.event_log import EventLogWriter
 from app.history import HistoryStore
 from app.inference import ModelWork, RecJob, RecOut, Scored, SearchJob
-from app.keys import user_hash, vector_key
+from app.keys import negative_key, user_hash, vector_key
 from app.metrics import Metrics
 from app.ranking import popular
 from app.snapshot import Snapshot, build_snapshot, freeze_heap
@@ -48,10 +51,12 @@ from model_store.catalog import Change, encode_items, validate_items
 from model_store.errors import (
     BundleError,
     FusionrecError,
+    InvalidInputError,
     NotFoundError,
     NotReadyError,
     ReloadRefusedError,
 )
+from model_store.events import DEFAULT_EVENT_TYPES, DEFAULT_TYPE, Event
 
 log = logging.getLogger("app.recommender")
 Strategy = Literal["personalized", "cold_start"]
@@ -94,8 +99,12 @@ class Recommender:
         batch_max_size: int = 64,
         batch_max_wait_ms: float = 0.0,
         search_user_weight: float = 0.3,
+        event_log: EventLogWriter | None = None,
+        event_types: Mapping[str, float] | None = None,
     ) -> None:
         self.store = store
+        self.event_log = event_log
+        self.event_types = dict(DEFAULT_EVENT_TYPES if event_types is None else event_types)
         self.cache = cache
         self.history = history
         self.metrics = metrics
@@ -112,6 +121,8 @@ class Recommender:
         self.snapshot: Snapshot | None = None
         self.load_error: str | None = None
         self.versions_served: list[str] = []
+        # called with the new version after this process published one (app.follow)
+        self.on_publish: Callable[[str], Awaitable[None]] | None = None
         self._forgotten: set[str] = set()
         # held by the workers while they compute and by upserts while they mutate
         self._model_lock = threading.Lock()
@@ -207,7 +218,7 @@ class Recommender:
             return stored
         if uhash in self._forgotten:
             return []
-        return snap.bundle.histories.get(user_id, [])
+        return _bundle_history(snap, user_id, uhash)
 
     def _resolve(
         self, snap: Snapshot, ids: Sequence[str], *, report: bool, unknown: list[str]
@@ -271,6 +282,10 @@ class Recommender:
         excluded = set(self._resolve(snap, exclude, report=True, unknown=unknown))
         if exclude_history:
             excluded.update(rows)
+        if user_id is not None:
+            disliked = await self.history.get(negative_key(user_hash(user_id)))
+            if disliked:
+                excluded.update(self._resolve(snap, disliked, report=False, unknown=unknown))
         if not rows:
             self._cold_starts.inc()
             items = [
@@ -337,19 +352,53 @@ class Recommender:
                 apply_and_publish, snap, change, store=self.store, lock=self._model_lock
             )
             self._install(new_snap, full_gc=False)
-            return UpsertResult(new_snap.version, applied.added, applied.updated)
+        if self.on_publish is not None:
+            await self.on_publish(new_snap.version)
+        return UpsertResult(new_snap.version, applied.added, applied.updated)
 
     # ---- users --------------------------------------------------------------------------------
-    async def add_event(self, *, user_id: str, item_id: str, timestamp: float | None = None) -> int:
-        """Append to the user's server-side history; returns its length."""
-        del timestamp  # arrival order is the history order; the timestamp is informational
+    async def add_event(
+        self,
+        *,
+        user_id: str,
+        item_id: str,
+        timestamp: float | None = None,
+        type: str = DEFAULT_TYPE,
+        value: float | None = None,
+    ) -> int:
+        """Log the event durably, then apply it: a positive type appends the item to the
+        user's history, a negative one (dislike) hides the item from them. Returns the
+        history's length."""
+        weight = self.event_types.get(type)
+        if weight is None:
+            raise InvalidInputError(
+                f"event type {type!r} is not one of {sorted(self.event_types)} "
+                "(FUSIONREC_EVENT_TYPES)"
+            )
         snap = self.ready()
         if snap.live(item_id) is None:
             raise NotFoundError(
                 f"item_id {item_id!r} is not in the catalog of model version {snap.version}"
             )
         uhash = user_hash(user_id)
-        seed = [] if uhash in self._forgotten else snap.bundle.histories.get(user_id, [])
+        if self.event_log is not None:  # durable first: a 503 here leaves nothing half-done
+            event = Event(
+                event_id=uuid.uuid4().hex,
+                user_key=uhash,
+                item_id=item_id,
+                type=type,
+                weight=weight,
+                timestamp=time.time() if timestamp is None else timestamp,
+                value=value,
+                received=time.time(),
+            )
+            await self.event_log.record([event])
+        if weight < 0:
+            await self.history.append(negative_key(uhash), [item_id], [])
+            stored = await self.history.get(uhash)
+            n = len(stored if stored is not None else _bundle_history(snap, user_id, uhash))
+            return n
+        seed = [] if uhash in self._forgotten else _bundle_history(snap, user_id, uhash)
         n = await self.history.append(uhash, [item_id], seed)
         await self.cache.delete([vector_key(v, user=user_id) for v in self.versions_served])
         return n
@@ -361,3 +410,13 @@ class Recommender:
         await self.cache.delete([vector_key(v, user=user_id) for v in self.versions_served])
         self.cache.local.delete_matching(uhash)
         await self.history.delete(uhash)
+        await self.history.delete(negative_key(uhash))
+        if self.event_log is not None:
+            await self.event_log.erase(uhash)
+
+
+def _bundle_history(snap: Snapshot, user_id: str, uhash: str) -> list[str]:
+    """The user's history in the bundle: keyed by the raw id in a bundle trained on a
+    dataset, by the user key in one retrained from the event log (which stores keys only)."""
+    histories = snap.bundle.histories
+    return histories.get(user_id) or histories.get(uhash) or []

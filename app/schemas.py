@@ -98,8 +98,18 @@ class EventIn(_Strict):
     user_id: Id
     item_id: Id
     timestamp: float | None = Field(
-        None, description="unix seconds; informational, history order is arrival order"
+        None, description="unix seconds (default: arrival); history order is arrival order"
     )
+    type: str = Field(
+        "view",
+        min_length=1,
+        max_length=32,
+        description="one of the configured event types (FUSIONREC_EVENT_TYPES; by default "
+        "view, click, cart, purchase, dislike); a negative-weight type such as dislike hides "
+        "the item from this shopper's recommendations instead of adding it to the history",
+        examples=["purchase"],
+    )
+    value: float | None = Field(None, description="optional number (a price, a rating)")
 
 
 class EventOut(BaseModel):

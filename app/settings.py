@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model_store.events import DEFAULT_EVENT_TYPES, event_types
+
 MIB = 1 << 20
 
 
@@ -53,6 +55,27 @@ class Settings(BaseSettings):
     # batches still form; alone, a request is not delayed)
     batch_max_wait_ms: float = Field(0.0, ge=0, le=100)
     search_user_weight: float = Field(0.3, ge=0, le=1, description="β of the search blend")
+    events_url: str | None = Field(
+        default=None,
+        description="the event log: sqlite:///path.db or postgresql+psycopg://user@host/db; "
+        "unset = SQLite at <store>/events.db; 'off' = no log",
+    )
+    event_types: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_TYPES),
+        description="accepted event types and their training weights (JSON); a negative "
+        "weight is negative feedback: the item is hidden from that shopper",
+    )
+    events_max_pending: int = Field(20_000, ge=1, description="events waiting for the log")
+    events_spool_max_bytes: int = Field(
+        256 * MIB, ge=1024, description="spool (events kept on disk while the log is down)"
+    )
+    follow_poll_s: float = Field(
+        2.0,
+        ge=0,
+        description="seconds between reads of the store's CURRENT pointer; a new version is "
+        "loaded by itself (a Redis pub/sub message makes it immediate); 0 = only on "
+        "POST /admin/reload",
+    )
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")
     faiss_threads: int | None = Field(1, ge=1, description="None = all cores")
@@ -75,6 +98,27 @@ class Settings(BaseSettings):
                 "(leave it unset to disable the admin endpoints)"
             )
         return value
+
+    @field_validator("event_types")
+    @classmethod
+    def _types(cls, value: dict[str, float]) -> dict[str, float]:
+        return event_types(value)
+
+    @field_validator("events_url")
+    @classmethod
+    def _events_scheme(cls, value: str | None) -> str | None:
+        if value is None or value.strip() == "":
+            return None
+        if value != "off" and not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError(
+                "FUSIONREC_EVENTS_URL must be sqlite:///path.db, postgresql+psycopg://… or off"
+            )
+        return value
+
+    def events_log_url(self) -> str | None:
+        if self.events_url == "off":
+            return None
+        return self.events_url or f"sqlite:///{self.store.resolve() / 'events.db'}"
 
     @field_validator("redis_url")
     @classmethod

@@ -113,6 +113,7 @@ def _publish_child(
     rewrite: Sequence[str],
     write: Callable[[Path, Manifest], Manifest],
     expect_current: bool,
+    make_current: bool = True,
 ) -> Path:
     """Stage a child of ``bundle``: link unchanged files, ``write`` the rest, publish.
 
@@ -131,7 +132,7 @@ def _publish_child(
                     f"CURRENT moved from {bundle.version} to {now} while this update ran; "
                     "nothing was published — retry on the new version"
                 )
-        return bundle_mod.publish(store, staged, manifest)
+        return bundle_mod.publish(store, staged, manifest, make_current=make_current)
 
 
 # ---- full build ---------------------------------------------------------------------------
@@ -214,8 +215,10 @@ def index_bundle(
     max_queries: int = 1000,
     threads: int | None = None,
     progress: Progress | None = None,
+    make_current: bool = True,
 ) -> Path:
-    """Index a bundle (default CURRENT) and publish the result as a new version; its path."""
+    """Index a bundle (default CURRENT) and publish the result as a new version; its path.
+    ``make_current=False`` leaves CURRENT alone (the caller moves it when it is ready)."""
     set_faiss_threads(threads)
     p = params or IndexParams()
     bundle = load_bundle(store, version)
@@ -245,7 +248,9 @@ def index_bundle(
             text_section = _section(text_index, staged, files, **text_stats)
         return manifest.model_copy(update={"index": section, "text_index": text_section})
 
-    return _publish_child(store, bundle, rewrite=(), write=write, expect_current=False)
+    return _publish_child(
+        store, bundle, rewrite=(), write=write, expect_current=False, make_current=make_current
+    )
 
 
 # ---- incremental updates ------------------------------------------------------------------

@@ -261,3 +261,16 @@ def load_bundle(store: Path, version: str | None = None, *, device: str = "cpu")
         str(u): [str(i) for i in its] for u, its in zip(hist["user_id"], hist["items"], strict=True)
     }
     return Bundle(path, manifest, model, item_ids, items, histories)
+
+
+def read_items(store: Path, version: str | None = None) -> pd.DataFrame:
+    """The catalog table of a bundle (default: CURRENT) without loading its model: what an
+    export of the event log needs beside the events (upserted items included)."""
+    path = store_mod.resolve_version(store, version)
+    files = read_manifest(path).files
+    if ITEMS_FILE not in files:
+        raise BundleIntegrityError(f"{path}: the manifest lists no {ITEMS_FILE}")
+    verify_files(path, {ITEMS_FILE: files[ITEMS_FILE]})
+    items = pd.read_parquet(path / ITEMS_FILE)
+    items["item_id"] = items["item_id"].astype(str)
+    return items

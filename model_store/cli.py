@@ -21,6 +21,7 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)
 
 data_app = typer.Typer(help="Fetch or generate a dataset directory.", no_args_is_help=True)
+events_app = typer.Typer(help="The event log the service writes.", no_args_is_help=True)
 
 
 def fail(exc: FusionrecError) -> typer.Exit:
@@ -314,9 +315,115 @@ def ablate(
     out.print(report.read_text())
 
 
+@events_app.command("export")
+def events_export(
+    events: Annotated[
+        str, typer.Option(help="the log's URL: sqlite:///store/events.db or postgresql+psycopg://…")
+    ],
+    store: Annotated[Path, typer.Option(help="the store whose CURRENT catalog is exported")],
+    out: Annotated[Path, typer.Option(help="dataset directory to write")],
+    since: Annotated[
+        str | None, typer.Option(help="only events from this time: unix seconds or ISO date")
+    ] = None,
+) -> None:
+    """Write the event log as a dataset directory (interactions.csv with a weight per event
+    type, positive events only; items.csv from CURRENT, upserted items included)."""
+    from model_store.bundle import read_items
+    from model_store.events import EventStore, export_dataset, parse_since
+
+    try:
+        log = EventStore(events)
+        try:
+            n_events, n_items = export_dataset(
+                log, out, items=read_items(store), since=parse_since(since)
+            )
+        finally:
+            log.close()
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    except Exception as exc:  # a database that cannot be read: say which
+        from model_store.events import redact
+
+        console.print(
+            f"[bold red]error:[/] cannot read the event log {redact(events)}: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        )
+        raise typer.Exit(code=2) from exc
+    out.print(f"{n_events} interactions and {n_items} items written to {out}")
+
+
+def parse_every(value: str) -> float:
+    """``--every``: a duration such as 90s, 30m, 6h, 1d (a bare number is seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    scale = units.get(text[-1:], 0)
+    try:
+        seconds = float(text[:-1]) * scale if scale else float(text)
+    except ValueError as e:
+        raise ConfigError(f"--every {value!r} is not a duration (90s, 30m, 6h, 1d)") from e
+    if seconds <= 0:
+        raise ConfigError(f"--every {value!r} must be positive")
+    return seconds
+
+
+def retrain(
+    store: Annotated[Path, typer.Option(help="bundle store root (its CURRENT is the baseline)")],
+    events: Annotated[str, typer.Option(help="the event log URL (sqlite:///… or postgresql…)")],
+    config: Annotated[Path | None, typer.Option(help="JSON config {model, text, train}")] = None,
+    holdout: Annotated[
+        float, typer.Option(min=0.01, max=0.5, help="most recent fraction of events held out")
+    ] = 0.1,
+    margin: Annotated[
+        float, typer.Option(min=0.0, help="publish unless NDCG@10 drops by more than this")
+    ] = 0.005,
+    final: Annotated[
+        bool, typer.Option(help="after a pass, retrain on every event before publishing")
+    ] = True,
+    every: Annotated[
+        str | None, typer.Option(help="run on this schedule (6h, 30m) instead of once")
+    ] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="text-embedding cache")] = None,
+) -> None:
+    """Retrain on the event log; publish and index only when the candidate is not worse than
+    CURRENT on the most recent events (the gate); the decision goes to the store's
+    retrain.jsonl and, when published, to the manifest."""
+    import time
+
+    from model_store.movielens import default_cache_dir
+    from model_store.retrain import retrain as run_retrain
+
+    try:
+        period = parse_every(every) if every is not None else None
+        cfg = load_config(config)
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    while True:
+        try:
+            d = run_retrain(
+                store,
+                events,
+                cfg,
+                holdout=holdout,
+                margin=margin,
+                final=final,
+                cache_dir=cache_dir or default_cache_dir(),
+            )
+            verdict = f"published {d.version}" if d.published else "refused; CURRENT kept"
+            out.print(f"retrain: {verdict}: {d.reason}", highlight=False)
+        except FusionrecError as exc:
+            if period is None:
+                raise fail(exc) from exc
+            console.print(f"[bold red]retrain failed, CURRENT kept:[/] {exc}")
+        if period is None:
+            return
+        time.sleep(period)
+
+
 def register(app: typer.Typer) -> None:
     logging.basicConfig(level=logging.WARNING)
     app.add_typer(data_app, name="data")
+    app.add_typer(events_app, name="events")
     app.command()(train)
     app.command()(evaluate)
     app.command()(ablate)
+    app.command()(retrain)

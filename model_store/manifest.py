@@ -114,6 +114,25 @@ class IndexInfo(_Section):
     update_log: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class GateInfo(_Section):
+    """The quality gate of ``fusionrec retrain`` (model_store.retrain): both figures on the
+    same time-based holdout, the paired difference and what was decided."""
+
+    decision: Literal["published", "refused"]
+    metric: str
+    margin: float
+    candidate: float
+    current: float
+    diff_mean: float
+    diff_lo: float
+    diff_hi: float
+    users: int
+    cut_timestamp: float
+    holdout_fraction: float
+    compared_with: str
+    events: int
+
+
 class CatalogInfo(_Section):
     n_items: int
     n_removed: int
@@ -138,6 +157,7 @@ class Manifest(_Section):
     index: IndexInfo | None = None
     text_index: IndexInfo | None = None
     catalog: CatalogInfo | None = None
+    gate: GateInfo | None = None
     files: dict[str, str] = Field(default_factory=dict)
 
     def to_json(self) -> str:

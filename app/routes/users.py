@@ -12,13 +12,21 @@ router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard])
 
 @router.post("/events", response_model=EventOut)
 async def add_event(body: EventIn, rec: RecommenderDep) -> EventOut:
-    """Append an interaction to the user's history; the user's cached vector is dropped."""
-    n = await rec.add_event(user_id=body.user_id, item_id=body.item_id, timestamp=body.timestamp)
+    """Record an event in the durable log and the user's history (a dislike hides the item
+    instead); answered once the event is durable. The user's cached vector is dropped."""
+    n = await rec.add_event(
+        user_id=body.user_id,
+        item_id=body.item_id,
+        timestamp=body.timestamp,
+        type=body.type,
+        value=body.value,
+    )
     return EventOut(history_length=n)
 
 
 @router.delete("/users/{user_id}", status_code=204, response_class=Response)
 async def forget_user(user_id: str, rec: RecommenderDep) -> Response:
-    """Forget a user: server-side history and cached vectors, in Redis and in process."""
+    """Forget a user: server-side history, negative feedback, cached vectors and their
+    events in the log, in Redis and in process."""
     await rec.forget_user(user_id=user_id)
     return Response(status_code=204)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -34,6 +35,8 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
         "admin_token": ADMIN,
         "rate_limit_rps": 0,
         "device": "cpu",
+        # tests that publish and reload by hand must not race the follower (tests opt in)
+        "follow_poll_s": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -123,3 +126,52 @@ def running_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class ServerProcess:
+    """``fusionrec``'s app in a uvicorn process of its own (env settings), on a free port."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        import os
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "FUSIONREC_DEVICE": "cpu", **env}
+        self.cmd = [
+            sys.executable, "-m", "uvicorn", "--factory", "app.main:app_from_env",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 120) -> ServerProcess:
+        self.proc = subprocess.Popen(self.cmd, env=self.env)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}"
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

@@ -1,0 +1,148 @@
+"""The event log as training data: export round-trips; retrain publishes through the gate,
+and the gate refuses a deliberately worse candidate and keeps CURRENT."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from model_store import store as store_mod
+from model_store.bundle import read_items, read_manifest
+from model_store.config import Config
+from model_store.data import load_dataset
+from model_store.events import Event, EventStore, export_dataset, parse_since
+from model_store.retrain import DECISIONS, retrain, time_holdout
+from tests.helpers.bundles import train_tiny
+
+TINY = {"model": {"fusion": "joint", "dim": 32, "max_len": 20}, "train": {"epochs": 3}}
+
+
+def log_from(interactions: pd.DataFrame, url: str, *, dislikes: int = 0) -> EventStore:
+    store = EventStore(url)
+    rows = [
+        Event(uuid.uuid4().hex, str(u), str(i), "click", 2.0, float(t))
+        for u, i, t in zip(
+            interactions["user_id"], interactions["item_id"], interactions["timestamp"], strict=True
+        )
+    ]
+    rows += [
+        Event(uuid.uuid4().hex, str(u), str(i), "dislike", -1.0, 1e12)
+        for u, i in zip(
+            interactions["user_id"][:dislikes], interactions["item_id"][:dislikes], strict=True
+        )
+    ]
+    store.insert(rows)
+    return store
+
+
+@pytest.fixture
+def setup(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, str, pd.DataFrame]:
+    """CURRENT trained on the oldest 80 % of the events; the log holds all of them."""
+    data = load_dataset(tiny_dataset)
+    inter = data.interactions.sort_values("timestamp", kind="stable")
+    old = inter.iloc[: int(len(inter) * 0.8)]
+    early = tmp_path / "early"
+    early.mkdir()
+    old[["user_id", "item_id", "timestamp"]].to_csv(early / "interactions.csv", index=False)
+    data.items.to_csv(early / "items.csv", index=False)
+    store = tmp_path / "store"
+    train_tiny(early, store)
+    url = f"sqlite:///{tmp_path}/events.db"
+    log_from(inter, url, dislikes=5).close()
+    return store, url, inter
+
+
+def test_export_round_trips_positive_events(
+    setup: tuple[Path, str, pd.DataFrame], tmp_path: Path
+) -> None:
+    store, url, inter = setup
+    log = EventStore(url)
+    items = read_items(store)
+    n, _ = export_dataset(log, tmp_path / "out", items=items)
+    back = load_dataset(tmp_path / "out")
+    assert n == len(inter) == len(back.interactions)  # the 5 dislikes are not interactions
+    assert set(back.interactions["weight"]) == {2.0}
+    pairs = set(zip(back.interactions["user_id"], back.interactions["item_id"], strict=True))
+    assert pairs == set(zip(inter["user_id"], inter["item_id"], strict=True))
+    cut = float(inter["timestamp"].median())
+    n_since, _ = export_dataset(log, tmp_path / "since", items=items, since=cut)
+    assert n_since == int((inter["timestamp"] >= cut).sum())
+
+
+def test_parse_since_takes_seconds_and_iso_dates() -> None:
+    assert parse_since("1700000000") == 1_700_000_000.0
+    assert parse_since("2026-12-01") == pd.Timestamp("2026-12-01", tz="UTC").timestamp()
+
+
+def test_time_holdout_targets_follow_their_histories(setup: tuple[Path, str, pd.DataFrame]) -> None:
+    _, _, inter = setup
+    before, held = time_holdout(inter, 0.1)
+    assert (before["timestamp"] < held.cut).all()
+    assert held.users and len(held.users) == len(set(held.users))
+    first = inter[inter["user_id"] == held.users[0]]
+    assert first[first["timestamp"] >= held.cut]["item_id"].iloc[0] == held.targets[0]
+
+
+def test_retrain_publishes_an_indexed_bundle_with_the_gate(
+    setup: tuple[Path, str, pd.DataFrame],
+) -> None:
+    store, url, _ = setup
+    before = store_mod.current_version(store)
+    d = retrain(store, url, Config.from_dict(TINY), margin=1.0, final=False)
+    assert d.published and d.version is not None
+    assert store_mod.current_version(store) == d.version != before
+    manifest = read_manifest(store / d.version)
+    assert manifest.index is not None
+    assert manifest.gate is not None and manifest.gate.decision == "published"
+    assert manifest.gate.compared_with == before
+    assert manifest.gate.users > 10
+    line = json.loads((store / DECISIONS).read_text().splitlines()[-1])
+    assert line["published"] and line["version"] == d.version
+
+
+def test_the_gate_refuses_a_worse_candidate_and_keeps_current(
+    setup: tuple[Path, str, pd.DataFrame],
+) -> None:
+    store, url, _ = setup
+    before = store_mod.current_version(store)
+    versions = set(store_mod.list_versions(store))
+    worse = Config.from_dict(
+        {"model": {"fusion": "id", "dim": 8, "max_len": 5}, "train": {"epochs": 1, "lr": 1e-7}}
+    )
+    d = retrain(store, url, worse, margin=0.0)
+    assert not d.published and d.gate is not None
+    assert d.gate.candidate < d.gate.current
+    assert store_mod.current_version(store) == before
+    assert set(store_mod.list_versions(store)) == versions  # nothing was published
+    line = json.loads((store / DECISIONS).read_text().splitlines()[-1])
+    assert line["published"] is False and line["gate"]["decision"] == "refused"
+
+
+def test_cli_errors_name_the_setting_without_secrets(tmp_path: Path) -> None:
+    bin_dir = Path(sys.executable).parent
+    r = subprocess.run(
+        [
+            str(bin_dir / "fusionrec"), "events", "export",
+            "--events", "mysql://shop:hunter2@db/x",
+            "--store", str(tmp_path), "--out", str(tmp_path / "o"),
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "hunter2" not in r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run(
+        [
+            str(bin_dir / "fusionrec"), "retrain", "--store", str(tmp_path),
+            "--events", f"sqlite:///{tmp_path}/e.db", "--every", "soon",
+        ],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "--every 'soon'" in r.stdout + r.stderr
