@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -71,6 +72,15 @@ _CORE_STATUS: list[tuple[type[FusionrecError], int, str]] = [
     (NotReadyError, 503, "not_ready"),
     (UnavailableError, 503, "unavailable"),
 ]
+
+
+_ABS_PATH = re.compile(r"(?<![\w:/])/(?:[\w.\-+@]+/)+([\w.\-+@]*)")
+
+
+def hide_paths(text: str) -> str:
+    """``text`` with every absolute file path cut to its last part (``…/catalog.safetensors``):
+    answers and metrics name the file without showing the server's directories."""
+    return _ABS_PATH.sub(r"…/\1", text)
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -136,7 +146,9 @@ def install(app: FastAPI) -> None:
         status, code, headers = status_of(exc)
         if status >= 500 and not isinstance(exc, ApiError):
             log.warning("%s: %s", type(exc).__name__, exc)
-        return JSONResponse(error_body(code, str(exc)), status_code=status, headers=headers)
+        return JSONResponse(
+            error_body(code, hide_paths(str(exc))), status_code=status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -34,19 +34,23 @@ import pandas as pd
 import torch
 
 from app.batching import MicroBatcher
+from app.errors import hide_paths
 from app.history import HistoryStore
 from app.inference import ModelWork, RecJob, RecOut, Scored, SearchJob
-from app.keys import user_hash, vector_key
+from app.keys import user_hash, user_vector_key, vector_key
 from app.metrics import Metrics
 from app.ranking import popular
 from app.snapshot import Snapshot, build_snapshot, freeze_heap
+from app.tombstones import FileTombstones, Tombstones
 from app.updates import apply_and_publish
 from app.vector_cache import VectorCache
+from model_store import private
 from model_store import store as store_mod
 from model_store.bundle import load_bundle
 from model_store.catalog import Change, encode_items, validate_items
 from model_store.errors import (
     BundleError,
+    DependencyError,
     FusionrecError,
     NotFoundError,
     NotReadyError,
@@ -94,10 +98,17 @@ class Recommender:
         batch_max_size: int = 64,
         batch_max_wait_ms: float = 0.0,
         search_user_weight: float = 0.3,
+        tombstones: Tombstones | None = None,
+        user_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.cache = cache
         self.history = history
+        # user ids are hashed with the store's (or the configured) key; forgets are durable
+        self.user_key = user_key if user_key is not None else private.user_key(store)
+        self.tombstones: Tombstones = (
+            tombstones if tombstones is not None else FileTombstones(store)
+        )
         self.metrics = metrics
         self.device = (
             "cuda"
@@ -112,7 +123,6 @@ class Recommender:
         self.snapshot: Snapshot | None = None
         self.load_error: str | None = None
         self.versions_served: list[str] = []
-        self._forgotten: set[str] = set()
         # held by the workers while they compute and by upserts while they mutate
         self._model_lock = threading.Lock()
         self._admin_lock = asyncio.Lock()
@@ -189,7 +199,11 @@ class Recommender:
             except BundleError as exc:
                 self.metrics.reloads.labels("refused").inc()
                 self.metrics.reload_refused.info(
-                    {"version": name, "error": type(exc).__name__, "reason": str(exc)[:500]}
+                    {
+                        "version": name,
+                        "error": type(exc).__name__,
+                        "reason": hide_paths(str(exc))[:500],
+                    }
                 )
                 keeps = f"; still serving {old.version}" if old else ""
                 log.error("reload of %s refused: %s%s", name, exc, keeps)
@@ -200,14 +214,21 @@ class Recommender:
             return ReloadResult(snap.version, old.version if old else None, True)
 
     # ---- history ------------------------------------------------------------------------------
-    async def _stored_history(self, snap: Snapshot, user_id: str) -> list[str]:
-        uhash = user_hash(user_id)
+    def uhash(self, user_id: str) -> str:
+        return user_hash(user_id, self.user_key)
+
+    async def _bundle_history(self, snap: Snapshot, user_id: str, uhash: str) -> list[str]:
+        """The bundle's training history of the user, unless the user was forgotten."""
+        trained = snap.bundle.histories.get(user_id)
+        if not trained or await self.tombstones.contains(uhash):
+            return []
+        return trained
+
+    async def _stored_history(self, snap: Snapshot, user_id: str, uhash: str) -> list[str]:
         stored = await self.history.get(uhash)
         if stored is not None:
             return stored
-        if uhash in self._forgotten:
-            return []
-        return snap.bundle.histories.get(user_id, [])
+        return await self._bundle_history(snap, user_id, uhash)
 
     def _resolve(
         self, snap: Snapshot, ids: Sequence[str], *, report: bool, unknown: list[str]
@@ -238,16 +259,17 @@ class Recommender:
             known = [snap.bundle.item_ids[r] for r in rows[-max_len:]]
             return rows, vector_key(snap.version, history=known) if rows else None
         if user_id is not None:
-            stored = await self._stored_history(snap, user_id)
+            uhash = self.uhash(user_id)
+            stored = await self._stored_history(snap, user_id, uhash)
             rows = self._resolve(snap, stored, report=False, unknown=unknown)
-            return rows, vector_key(snap.version, user=user_id) if rows else None
+            return rows, user_vector_key(uhash) if rows else None
         return [], None
 
     async def _user_vector(self, snap: Snapshot, key: str | None) -> tuple[np.ndarray | None, bool]:
         """(cached vector or None, whether it was a hit)."""
         if key is None:
             return None, False
-        vec = await self.cache.get(key)
+        vec = await self.cache.get(key, tag=snap.version)
         if vec is not None and vec.shape[0] == snap.item_vecs.shape[1]:
             self._cache_hits.inc()
             return vec, True
@@ -281,7 +303,7 @@ class Recommender:
         vec, hit = await self._user_vector(snap, key)
         out = await self._rec.submit(RecJob(snap, rows, vec, excluded, k, explain))
         if not hit and key is not None:
-            await self.cache.set(key, out.vector)
+            await self.cache.set(key, out.vector, tag=snap.version)
         self._personalized.inc()
         return Answer(snap.version, "personalized", out.items, unknown)
 
@@ -299,7 +321,7 @@ class Recommender:
             if vec is None:
                 vec = (await self._rec.submit(RecJob(snap, rows, None, set(), 0, False))).vector
                 if key is not None:
-                    await self.cache.set(key, vec)
+                    await self.cache.set(key, vec, tag=snap.version)
         items = await self._text.submit(SearchJob(snap, query, vec, k))
         strategy: Strategy = "personalized" if vec is not None else "cold_start"
         self.metrics.strategy.labels("search", strategy).inc()
@@ -348,16 +370,22 @@ class Recommender:
             raise NotFoundError(
                 f"item_id {item_id!r} is not in the catalog of model version {snap.version}"
             )
-        uhash = user_hash(user_id)
-        seed = [] if uhash in self._forgotten else snap.bundle.histories.get(user_id, [])
+        uhash = self.uhash(user_id)
+        seed = await self._bundle_history(snap, user_id, uhash)
         n = await self.history.append(uhash, [item_id], seed)
-        await self.cache.delete([vector_key(v, user=user_id) for v in self.versions_served])
+        await self.cache.delete([user_vector_key(uhash)])
         return n
 
     async def forget_user(self, *, user_id: str) -> None:
-        """Erase the user's history and cached vectors (Redis and in-process)."""
-        uhash = user_hash(user_id)
-        self._forgotten.add(uhash)
-        await self.cache.delete([vector_key(v, user=user_id) for v in self.versions_served])
-        self.cache.local.delete_matching(uhash)
+        """Erase the user: a durable tombstone first (so the bundle's history of the user is
+        never served again, by any replica, after restarts, and the next training drops the
+        user), then the user's history and cached vector — a fixed set of keys, no scan."""
+        uhash = self.uhash(user_id)
+        await self.tombstones.add(uhash)  # raises DependencyError when it cannot be recorded
+        if not await self.cache.delete([user_vector_key(uhash)]):
+            raise DependencyError(
+                "cannot reach Redis to erase the user's cached vector; the erasure is "
+                "recorded, retry the DELETE when Redis is back",
+                dependency="redis",
+            )
         await self.history.delete(uhash)

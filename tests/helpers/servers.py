@@ -15,8 +15,11 @@ from typing import Any
 import pytest
 import uvicorn
 
+from app.http_protocol import uvicorn_options
+from app.keys import user_hash
 from app.main import create_app
 from app.settings import Settings
+from model_store import private
 
 ADMIN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -29,18 +32,28 @@ def free_port() -> int:
 
 
 def make_settings(store: Path, **overrides: Any) -> Settings:
+    """Settings of a test server. Writes naming a user are opted in without API keys
+    (``allow_anonymous_writes``), as an operator would do explicitly; the tests of the secure
+    default pass ``allow_anonymous_writes=False`` (tests/app/test_security.py)."""
     values: dict[str, Any] = {
         "store": store,
         "admin_token": ADMIN,
         "rate_limit_rps": 0,
         "device": "cpu",
+        "allow_anonymous_writes": True,
     }
     values.update(overrides)
     return Settings(**values)
 
 
+def store_user_hash(store: Path, user_id: str) -> str:
+    """The hash under which a server on ``store`` (no configured key) keeps ``user_id``."""
+    return user_hash(user_id, private.user_key(store))
+
+
 class LiveServer:
-    """A real uvicorn serving ``create_app(settings)`` on a free port, in a thread."""
+    """A real uvicorn serving ``create_app(settings)`` on a free port, in a thread, with
+    the HTTP limits of ``fusionrec serve`` (``app.http_protocol.uvicorn_options``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
@@ -51,6 +64,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            **uvicorn_options(settings),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
