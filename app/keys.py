@@ -15,10 +15,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from model_store.private import TOMBSTONES_KEY
 from model_store.private import user_hash as _user_hash
 
 PREFIX = "fusionrec:"
-TOMBSTONES_KEY = f"{PREFIX}forgotten"
+__all__ = ["PREFIX", "TOMBSTONES_KEY", "history_key", "user_hash", "user_vector_key"]
 
 
 def user_hash(user_id: str, key: bytes) -> str:

@@ -202,7 +202,7 @@ class Recommender:
                     {
                         "version": name,
                         "error": type(exc).__name__,
-                        "reason": hide_paths(str(exc))[:500],
+                        "reason": hide_paths(str(exc), (self.store,))[:500],
                     }
                 )
                 keeps = f"; still serving {old.version}" if old else ""

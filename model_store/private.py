@@ -12,8 +12,9 @@ the hashes cannot be reversed by trying likely ids. The key comes from the setti
 (``O_EXCL``: two processes starting together end up with the same key).
 
 The tombstone file is the embedded default's durable record of ``DELETE /v1/users/{id}``
-(the Redis setup keeps its tombstones in Redis); training reads it to drop forgotten users
-from the next bundle's data (:func:`drop_forgotten`).
+(the Redis setup keeps its tombstones in the Redis set ``TOMBSTONES_KEY``); training reads
+both (:func:`forgotten_users`) to drop forgotten users from the next bundle's data
+(:func:`drop_forgotten`).
 """
 
 from __future__ import annotations
@@ -26,12 +27,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from model_store.errors import ConfigError
+from model_store.errors import ConfigError, DependencyError
 
 PRIVATE_DIR = ".private"
 USER_KEY_FILE = "user_key"
 TOMBSTONES_FILE = "forgotten"
 USER_KEY_ENV = "FUSIONREC_USER_KEY_SECRET"
+REDIS_URL_ENVS = ("FUSIONREC_REDIS_URL", "REDIS_URL")
+TOMBSTONES_KEY = "fusionrec:forgotten"  # the Redis set of the service's tombstones
 HASH_LEN = 64  # hex digits of an HMAC-SHA256
 
 
@@ -93,6 +96,35 @@ def append_tombstone(path: Path, uhash: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def redis_tombstones(url: str) -> set[str]:
+    """The tombstones the service recorded in Redis (its Redis setup); a batch read of one
+    set (``SSCAN`` over that set only), for training — never on a request path."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
+    try:
+        found = client.sscan_iter(TOMBSTONES_KEY, count=10_000)
+        return {v.decode() if isinstance(v, bytes) else str(v) for v in found}
+    except (redis.RedisError, OSError) as exc:
+        raise DependencyError(
+            f"cannot read the tombstones of forgotten users from Redis ({type(exc).__name__}); "
+            "refusing to train on data that may include them",
+            dependency="redis",
+        ) from exc
+    finally:
+        client.close()
+
+
+def forgotten_users(store: Path, redis_url: str | None = None) -> set[str]:
+    """Every user hash forgotten on ``store``: its tombstone file, plus the Redis set when
+    ``redis_url`` (default: ``FUSIONREC_REDIS_URL`` / ``REDIS_URL``) is set."""
+    url = redis_url or next((os.environ[v] for v in REDIS_URL_ENVS if os.environ.get(v)), None)
+    found = read_tombstones(store)
+    if url:
+        found |= redis_tombstones(url)
+    return found
 
 
 def drop_forgotten(

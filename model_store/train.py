@@ -157,9 +157,10 @@ def train_and_publish(
 ) -> tuple[Path, TrainResult]:
     """Train on ``dataset`` with ``cfg`` and publish a new bundle version in ``store``.
 
-    Users forgotten through the service on this store (its tombstones,
-    ``model_store.private``) are dropped from the training data first."""
-    forgotten = private.read_tombstones(store)
+    Users forgotten through the service on this store (its tombstone file, and the Redis
+    set when ``REDIS_URL`` is set: ``model_store.private``) are dropped from the training
+    data first."""
+    forgotten = private.forgotten_users(store)
     if forgotten:
         key = private.user_key(store, os.environ.get(private.USER_KEY_ENV) or None)
         kept, dropped = private.drop_forgotten(dataset.interactions, forgotten, key)

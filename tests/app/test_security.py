@@ -20,6 +20,7 @@ import redis
 from app.keys import TOMBSTONES_KEY, history_key, user_hash
 from model_store import private
 from model_store import store as store_mod
+from model_store.errors import DependencyError
 from tests.helpers.bundles import clone_version
 from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings, store_user_hash
 
@@ -104,6 +105,39 @@ def test_delete_is_a_fixed_set_of_commands(store: Path, redis_server: RedisServe
     calls.pop("config", None)
     assert sum(calls.values()) <= 4, calls  # SADD tombstone, DEL vector, DEL history
     assert elapsed < 0.5, elapsed
+    print(f"DELETE /v1/users with 200,000 unrelated keys: {elapsed * 1000:.1f} ms, {calls}")
+
+
+def test_a_flood_of_fake_users_stays_under_maxmemory(redis_server: RedisServer) -> None:
+    """Histories have a TTL, so under compose's volatile-lru a flood of fake users is
+    evicted instead of failing writes with OOM: every event is accepted by Redis."""
+    from app.history import LocalHistory, RedisHistory
+    from app.redis_gateway import CircuitBreaker, RedisGateway
+
+    r = _redis(redis_server)
+    base = int(r.info("memory")["used_memory"])
+    limit = base + (2 << 20)
+    r.config_set("maxmemory", limit)
+    r.config_set("maxmemory-policy", "volatile-lru")
+
+    async def flood() -> tuple[int, int]:
+        gateway = RedisGateway(redis_server.url, timeout_s=1.0, breaker=CircuitBreaker(1000, 1.0))
+        history = RedisHistory(gateway, LocalHistory(20), 20, ttl_s=3600)
+        try:
+            for n in range(20_000):
+                await history.append(f"{n:064x}", [f"i{n % 400}"] * 3, [])
+            return gateway.errors, history.pending_users
+        finally:
+            await gateway.close()
+
+    try:
+        errors, pending = asyncio.run(flood())
+        stats, memory = r.info("stats"), r.info("memory")
+    finally:
+        r.close()
+    assert errors == 0 and pending == 0, (errors, pending)  # no OOM error, nothing queued
+    assert int(stats["evicted_keys"]) > 0
+    assert int(memory["used_memory"]) <= limit * 1.05
 
 
 def test_user_ids_are_keyed_hashes(tmp_path: Path) -> None:
@@ -126,6 +160,22 @@ def test_training_drops_forgotten_users() -> None:
     frame = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": ["1", "2", "1", "3"]})
     kept, dropped = private.drop_forgotten(frame, {user_hash("a", key), "f" * 64}, key)
     assert dropped == 1 and kept["user_id"].tolist() == ["b", "c"]
+
+
+def test_training_reads_the_tombstones_of_both_setups(
+    store: Path, redis_server: RedisServer
+) -> None:
+    """What the next training drops: the store's tombstone file and the Redis set."""
+    private.append_tombstone(private.tombstone_path(store), "a" * 64)
+    r = _redis(redis_server)
+    try:
+        r.sadd(TOMBSTONES_KEY, "b" * 64)
+    finally:
+        r.close()
+    assert private.forgotten_users(store, redis_server.url) == {"a" * 64, "b" * 64}
+    redis_server.stop()
+    with pytest.raises(DependencyError, match="refusing to train"):
+        private.forgotten_users(store, redis_server.url)
 
 
 def test_writes_need_a_key_by_default(store: Path) -> None:
