@@ -58,7 +58,6 @@ def register(app: typer.Typer) -> None:
             host=host,
             port=port,
             workers=workers,
-            proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=10,
             **uvicorn_options(settings),

@@ -131,8 +131,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The keyword arguments of ``uvicorn.run``/``uvicorn.Config`` for the HTTP limits."""
     configure(settings)
+    trusted = settings.forwarded_allow_ips
     return {
         "http": GuardedHttpToolsProtocol,
+        # client addresses (rate limits, failed-auth limits) from X-Forwarded-For only when
+        # the operator names the proxies that set it (compose: the nginx LB)
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted or "127.0.0.1",
         "timeout_keep_alive": settings.http_keep_alive_s,
         "limit_concurrency": settings.http_limit_concurrency,
         "h11_max_incomplete_event_size": settings.http_max_header_bytes,

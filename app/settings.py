@@ -107,6 +107,11 @@ class Settings(BaseSettings):
         30.0, gt=0, description="a request body must arrive within this after its headers"
     )
     http_keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections closed")
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="proxies trusted for X-Forwarded-For (comma-separated IPs/networks, or *): "
+        "then the client address of rate limits is the one the proxy saw; unset = none",
+    )
     http_limit_concurrency: int = Field(
         2048, ge=1, description="open connections + tasks before uvicorn answers 503"
     )

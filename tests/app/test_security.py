@@ -365,3 +365,22 @@ def test_serve_warns_when_exposed_without_keys(tmp_path: Path) -> None:
 
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("10.0.0.5")
+
+
+def test_failed_auth_limit_is_per_client_behind_a_trusted_proxy(store: Path) -> None:
+    """With the proxy trusted, one client's failures do not lock out another client."""
+    settings = make_settings(
+        store,
+        api_keys="right-key",
+        auth_fail_rps=0.01,
+        auth_fail_burst=2,
+        forwarded_allow_ips="127.0.0.1",
+    )
+    with LiveServer(settings) as srv:
+
+        def post(client: str, key: str) -> int:
+            headers = {"X-API-Key": key, "X-Forwarded-For": client}
+            return httpx.post(f"{srv.url}/v1/recommend", json={}, headers=headers).status_code
+
+        assert [post("203.0.113.7", "guess") for _ in range(3)] == [401, 401, 429]
+        assert post("198.51.100.9", "right-key") == 200
