@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
@@ -21,15 +22,29 @@ def register(app: typer.Typer) -> None:
         import uvicorn
         from pydantic import ValidationError
 
+        from app.http_protocol import uvicorn_options
         from app.middleware import install_log_redaction
-        from app.settings import Settings
+        from app.settings import Settings, settings_error_message
 
         os.environ["FUSIONREC_STORE"] = str(store.resolve())
         try:
             settings = Settings()  # refuse bad settings before forking
         except ValidationError as exc:
-            typer.echo(f"error: invalid settings:\n{exc}", err=True)
-            raise typer.Exit(code=2) from exc
+            # pydantic's own text echoes every input value, secrets included
+            typer.echo(f"error: invalid settings:\n{settings_error_message(exc)}", err=True)
+            raise typer.Exit(code=2) from None
+        if not _loopback(host) and not settings.api_keys:
+            typer.echo(
+                f"warning: serving on {host} (reachable from other machines) without "
+                "FUSIONREC_API_KEYS: anyone who can connect can read recommendations"
+                + (
+                    " and write or erase any user's history (FUSIONREC_ALLOW_ANONYMOUS_WRITES)"
+                    if settings.allow_anonymous_writes
+                    else ""
+                )
+                + "; set FUSIONREC_API_KEYS or bind 127.0.0.1",
+                err=True,
+            )
         if workers > 1 and settings.redis_url is None:
             typer.echo(
                 "warning: with --workers > 1 and no REDIS_URL each worker keeps its own "
@@ -43,7 +58,16 @@ def register(app: typer.Typer) -> None:
             host=host,
             port=port,
             workers=workers,
-            proxy_headers=False,
             server_header=False,
             timeout_graceful_shutdown=10,
+            **uvicorn_options(settings),
         )
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -43,6 +43,15 @@ class RateLimiter:
             self._buckets.popitem(last=False)
         return None if allowed else (1.0 - tokens) / self.rate
 
+    def exhausted(self, client: str) -> float | None:
+        """The seconds until ``client`` has a token again, or None when it has one (takes
+        nothing)."""
+        if self.rate <= 0 or client not in self._buckets:
+            return None
+        tokens, last = self._buckets[client]
+        tokens = min(self.burst, tokens + (time.monotonic() - last) * self.rate)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
 
 async def get_recommender(request: Request) -> Recommender:
     rec: Recommender = request.state.recommender
@@ -80,6 +89,32 @@ def _rate_limit(request: Request, client: str) -> None:
         )
 
 
+def _ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _check_failures(request: Request, realm: str) -> None:
+    """429 while this client has used up its failed credential attempts: the credential is
+    then not even compared (FUSIONREC_AUTH_FAIL_RPS / _BURST)."""
+    failures: RateLimiter = request.state.auth_failures
+    wait = failures.exhausted(f"{realm}:{_ip(request)}")
+    if wait is not None:
+        metrics: Metrics = request.state.metrics
+        metrics.rate_limited.inc()
+        raise ApiError(
+            429,
+            "too_many_failed_attempts",
+            f"too many failed {realm} credential attempts from this client "
+            f"(FUSIONREC_AUTH_FAIL_RPS/_BURST); retry after {wait:.0f} s",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
+
+
+def _record_failure(request: Request, realm: str) -> None:
+    failures: RateLimiter = request.state.auth_failures
+    failures.take(f"{realm}:{_ip(request)}")
+
+
 async def client_guard(request: Request) -> None:
     """API key (when FUSIONREC_API_KEYS is set) and the per-client rate limit.
 
@@ -95,12 +130,28 @@ async def client_guard(request: Request) -> None:
                 "missing_api_key",
                 "this server requires an X-API-Key header (FUSIONREC_API_KEYS)",
             )
+        _check_failures(request, "api-key")
         if not any(
             hmac.compare_digest(key.encode(), k.get_secret_value().encode())
             for k in settings.api_keys
         ):
+            _record_failure(request, "api-key")
             raise ApiError(401, "invalid_api_key", "the X-API-Key header is not a valid key")
     _rate_limit(request, _client_id(request, key if settings.api_keys else None))
+
+
+async def write_guard(request: Request) -> None:
+    """Writes naming a user (events, erasure) need an API key unless the operator opted out:
+    with FUSIONREC_API_KEYS unset they are refused (403) unless
+    FUSIONREC_ALLOW_ANONYMOUS_WRITES=true. Runs after ``client_guard``, which checks a key."""
+    settings: Settings = request.state.settings
+    if not settings.api_keys and not settings.allow_anonymous_writes:
+        raise ApiError(
+            403,
+            "api_key_required",
+            "writes that name a user need an API key: set FUSIONREC_API_KEYS on the server "
+            "and send X-API-Key (or opt out with FUSIONREC_ALLOW_ANONYMOUS_WRITES=true)",
+        )
 
 
 async def admin_guard(request: Request, settings: SettingsDep) -> None:
@@ -121,9 +172,11 @@ async def admin_guard(request: Request, settings: SettingsDep) -> None:
             "admin endpoint: send 'Authorization: Bearer <FUSIONREC_ADMIN_TOKEN>'",
             headers=challenge,
         )
+    _check_failures(request, "admin")
     scheme, _, credential = header.partition(" ")
     expected = settings.admin_token.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), expected):
+        _record_failure(request, "admin")
         raise ApiError(
             401,
             "invalid_token",
@@ -134,4 +187,5 @@ async def admin_guard(request: Request, settings: SettingsDep) -> None:
 
 
 ClientGuard = Depends(client_guard)
+WriteGuard = Depends(write_guard)
 AdminGuard = Depends(admin_guard)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -71,6 +73,21 @@ _CORE_STATUS: list[tuple[type[FusionrecError], int, str]] = [
     (NotReadyError, 503, "not_ready"),
     (UnavailableError, 503, "unavailable"),
 ]
+
+
+_ABS_PATH = re.compile(r"(?<![\w:/])/(?:[\w.\-+@]+/)+([\w.\-+@]*)")
+
+
+def hide_paths(text: str, roots: tuple[Path, ...] = ()) -> str:
+    """``text`` with each of ``roots`` (the store) written ``STORE`` and every other absolute
+    file path cut to its last part (``…/catalog.safetensors``): answers and metrics name the
+    version and the file without showing the server's directories."""
+    for root in roots:
+        forms = {str(root.resolve())} | ({str(root)} if root.is_absolute() else set())
+        for form in sorted(forms, key=len, reverse=True):
+            if len(form) > 1:
+                text = text.replace(form, "STORE")
+    return _ABS_PATH.sub(r"…/\1", text)
 
 
 def error_body(code: str, message: str) -> dict[str, Any]:
@@ -132,11 +149,15 @@ def install(app: FastAPI) -> None:
     """Register the handlers that give every error the same JSON shape."""
 
     @app.exception_handler(FusionrecError)
-    async def _core(_: Request, exc: FusionrecError) -> JSONResponse:
+    async def _core(request: Request, exc: FusionrecError) -> JSONResponse:
         status, code, headers = status_of(exc)
         if status >= 500 and not isinstance(exc, ApiError):
             log.warning("%s: %s", type(exc).__name__, exc)
-        return JSONResponse(error_body(code, str(exc)), status_code=status, headers=headers)
+        settings = getattr(request.state, "settings", None)
+        roots = (settings.store,) if settings is not None else ()
+        return JSONResponse(
+            error_body(code, hide_paths(str(exc), roots)), status_code=status, headers=headers
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

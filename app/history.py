@@ -5,24 +5,32 @@ written back to Redis, in arrival order, once it answers again (see :class:`Redi
 so an event that was answered 200 is lost only if this process exits before Redis comes
 back. Forgetting a user is the exception: if Redis cannot be reached the erasure raises
 ``DependencyError``, because silently keeping a user's data is worse than a retry.
+
+Everything is bounded: a history keeps its last ``max_len`` events and expires ``ttl_s``
+after its last write (Redis ``EXPIRE``; in process on read and by LRU order); the in-process
+store has a byte budget (least recently written users evicted first); the queue of events
+waiting for Redis holds at most ``max_pending`` users, and an event of one more user is
+refused with ``DependencyError`` (503, Retry-After) instead of growing it or dropping an
+accepted event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-
-from app.keys import PREFIX, history_key
+from app.keys import history_key
 from app.redis_gateway import RedisGateway
 from model_store.errors import DependencyError
 
 log = logging.getLogger("app.history")
 MAX_LOCAL_USERS = 1_000_000
+USER_OVERHEAD = 400  # bytes of a user's dict slot, deque and hash besides the item ids
+ITEM_OVERHEAD = 60  # bytes of one str object besides its characters
 
 
 class HistoryStore(Protocol):
@@ -36,38 +44,72 @@ class HistoryStore(Protocol):
 
 
 class LocalHistory:
-    """Server-side histories in process memory (the embedded default)."""
+    """Server-side histories in process memory (the embedded default): at most
+    ``max_bytes`` (estimated) and ``MAX_LOCAL_USERS`` users, each expiring ``ttl_s`` after
+    its last write (0 = never)."""
 
-    def __init__(self, max_len: int) -> None:
+    def __init__(self, max_len: int, *, ttl_s: float = 0, max_bytes: int | None = None) -> None:
         self.max_len = max_len
-        self._data: OrderedDict[str, deque[str]] = OrderedDict()
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        # uhash -> (items, monotonic time of the last write, estimated bytes)
+        self._data: OrderedDict[str, tuple[deque[str], float, int]] = OrderedDict()
+
+    @staticmethod
+    def _cost(uhash: str, items: deque[str]) -> int:
+        return USER_OVERHEAD + len(uhash) + sum(len(i) + ITEM_OVERHEAD for i in items)
 
     async def get(self, uhash: str) -> list[str] | None:
-        items = self._data.get(uhash)
-        return None if items is None else list(items)
+        entry = self._data.get(uhash)
+        if entry is None:
+            return None
+        if self.ttl_s and time.monotonic() - entry[1] > self.ttl_s:
+            self._pop(uhash)
+            return None
+        return list(entry[0])
 
     async def append(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
-        stored = self._data.get(uhash)
-        if stored is None:
-            stored = self._data[uhash] = deque(seed, maxlen=self.max_len)
+        entry = self._data.get(uhash)
+        if entry is not None and self.ttl_s and time.monotonic() - entry[1] > self.ttl_s:
+            self._pop(uhash)
+            entry = None
+        stored = deque(seed, maxlen=self.max_len) if entry is None else entry[0]
+        self._pop(uhash)
         stored.extend(items)
-        self._data.move_to_end(uhash)
-        while len(self._data) > MAX_LOCAL_USERS:
-            self._data.popitem(last=False)
+        cost = self._cost(uhash, stored)
+        self._data[uhash] = (stored, time.monotonic(), cost)
+        self.bytes += cost
+        while len(self._data) > 1 and (
+            len(self._data) > MAX_LOCAL_USERS
+            or (self.max_bytes is not None and self.bytes > self.max_bytes)
+        ):
+            self._pop(next(iter(self._data)))
         return len(stored)
 
+    def _pop(self, uhash: str) -> None:
+        entry = self._data.pop(uhash, None)
+        if entry is not None:
+            self.bytes -= entry[2]
+
     async def delete(self, uhash: str) -> None:
-        self._data.pop(uhash, None)
+        self._pop(uhash)
+
+    def __len__(self) -> int:
+        return len(self._data)
 
 
-# KEYS[1] = history list; ARGV = max_len, n_seed, seed..., new items...
+# KEYS[1] = history list; ARGV = max_len, ttl_s (0 = none), n_seed, seed..., new items...
 _APPEND_LUA = """
-local n_seed = tonumber(ARGV[2])
+local n_seed = tonumber(ARGV[3])
 if redis.call('EXISTS', KEYS[1]) == 0 and n_seed > 0 then
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, 3, 2 + n_seed))
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 4, 3 + n_seed))
 end
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 3 + n_seed, #ARGV))
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 4 + n_seed, #ARGV))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+if tonumber(ARGV[2]) > 0 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+end
 return redis.call('LLEN', KEYS[1])
 """
 
@@ -83,10 +125,22 @@ class RedisHistory:
     background flush started after any successful Redis call.
     """
 
-    def __init__(self, redis: RedisGateway, fallback: LocalHistory, max_len: int) -> None:
+    def __init__(
+        self,
+        redis: RedisGateway,
+        fallback: LocalHistory,
+        max_len: int,
+        *,
+        ttl_s: int = 0,
+        max_pending: int = MAX_LOCAL_USERS,
+        retry_after_s: float = 5.0,
+    ) -> None:
         self.redis = redis
         self.fallback = fallback
         self.max_len = max_len
+        self.ttl_s = ttl_s
+        self.max_pending = max_pending
+        self.retry_after_s = retry_after_s
         self._append: Any = redis.client.register_script(_APPEND_LUA)
         # uhash -> (seed, events accepted while Redis was down, oldest first)
         self._pending: OrderedDict[str, tuple[list[str], list[str]]] = OrderedDict()
@@ -122,20 +176,25 @@ class RedisHistory:
     ) -> tuple[bool, int]:
         key = history_key(uhash)
         seed = list(seed)[-self.max_len :]
-        args = [self.max_len, len(seed), *seed, *items]
+        args = [self.max_len, self.ttl_s, len(seed), *seed, *items]
         ok, n = await self.redis.run(lambda r: self._append(keys=[key], args=args, client=r))
         return ok, int(n or 0)
 
     async def _queue(self, uhash: str, items: Sequence[str], seed: Sequence[str]) -> int:
         entry = self._pending.get(uhash)
         if entry is None:
+            if len(self._pending) >= self.max_pending:
+                raise DependencyError(
+                    f"Redis is unavailable and events of {len(self._pending)} users are "
+                    "already waiting to be written back (FUSIONREC_HISTORY_MAX_PENDING_USERS); "
+                    "this event was not accepted, retry later",
+                    dependency="redis",
+                    retry_after_s=self.retry_after_s,
+                )
             self._pending[uhash] = (list(seed)[-self.max_len :], list(items))
         else:
             entry[1].extend(items)
             del entry[1][: -self.max_len]
-        while len(self._pending) > MAX_LOCAL_USERS:
-            self._pending.popitem(last=False)
-            log.warning("too many users with events pending for Redis; dropped the oldest")
         return await self.fallback.append(uhash, items, seed)
 
     async def _replay(self, uhash: str) -> bool:
@@ -187,18 +246,18 @@ class RedisHistory:
         return len(self._pending)
 
     async def delete(self, uhash: str) -> None:
+        """Erase the user's history: one ``DEL`` of a known key (no keyspace scan)."""
         self._pending.pop(uhash, None)
         await self.fallback.delete(uhash)
-
-        async def erase(r: aioredis.Redis) -> int:
-            keys = [k async for k in r.scan_iter(match=f"{PREFIX}*{uhash}*", count=1000)]
-            return int(await r.delete(history_key(uhash), *keys))
-
-        # scanning may take longer than one cache call; still bounded
-        ok, _ = await self.redis.run(erase, timeout_s=max(2.0, self.redis.timeout_s * 20))
+        key = history_key(uhash)
+        ok, _ = await self.redis.run(lambda r: r.delete(key))
         if not ok:
             raise DependencyError(
                 "cannot reach Redis to erase the user's data; nothing was kept "
                 "in this process, retry the DELETE when Redis is back",
                 dependency="redis",
             )
+
+    @property
+    def pending_users(self) -> int:
+        return len(self._pending)

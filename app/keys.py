@@ -1,9 +1,14 @@
 """Redis key names and the hashing of user ids (the only form in which one is stored).
 
-fusionrec:uv:{model_version}:u:{sha256(user_id)}     float32 bytes of a user vector, TTL
-fusionrec:uv:{model_version}:h:{sha256(history)}     same, for an explicit history
-fusionrec:hist:{sha256(user_id)}                     Redis list of item ids, oldest first
-fusionrec:hist:{sha256(user_id)}:neg                 items with negative feedback (dislike)
+fusionrec:uv:u:{uhash}                    version, newline, float32 bytes of a user vector; TTL
+fusionrec:uv:{version}:h:{sha256(history)}  the same, for an explicit history
+fusionrec:hist:{uhash}                    Redis list of item ids, oldest first; TTL
+fusionrec:hist:{uhash}:neg                items with negative feedback (dislike); TTL
+fusionrec:forgotten                       Redis set of the uhashes of forgotten users
+
+``uhash`` is ``HMAC-SHA256(user key, user id)`` (``model_store.private.user_hash``). Every key
+that holds a user's data is named by the uhash alone, so erasing a user deletes a fixed set
+of keys (:func:`user_keys`) and never scans the keyspace.
 """
 
 from __future__ import annotations
@@ -11,12 +16,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from model_store.private import TOMBSTONES_KEY
+from model_store.private import user_hash as _user_hash
+
 PREFIX = "fusionrec:"
+__all__ = ["PREFIX", "TOMBSTONES_KEY", "history_key", "user_hash", "user_vector_key"]
 
 
-def user_hash(user_id: str) -> str:
-    """The only form in which a user id is stored or logged."""
-    return hashlib.sha256(b"user\0" + user_id.encode()).hexdigest()
+def user_hash(user_id: str, key: bytes) -> str:
+    """The only form in which a user id is stored or logged (keyed: not reversible)."""
+    return _user_hash(user_id, key)
 
 
 def history_hash(item_ids: Sequence[str]) -> str:
@@ -27,10 +36,14 @@ def history_hash(item_ids: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def vector_key(version: str, *, user: str | None = None, history: Sequence[str] = ()) -> str:
-    if user is not None:
-        return f"{PREFIX}uv:{version}:u:{user_hash(user)}"
+def vector_key(version: str, *, history: Sequence[str]) -> str:
+    """The cache key of the vector of an explicit history (no user in it)."""
     return f"{PREFIX}uv:{version}:h:{history_hash(history)}"
+
+
+def user_vector_key(uhash: str) -> str:
+    """The cache key of a user's vector: one per user, its value tagged with the version."""
+    return f"{PREFIX}uv:u:{uhash}"
 
 
 def history_key(uhash: str) -> str:
@@ -40,3 +53,8 @@ def history_key(uhash: str) -> str:
 def negative_key(uhash: str) -> str:
     """The history-store key of a user's negative feedback (items hidden from them)."""
     return f"{uhash}:neg"
+
+
+def user_keys(uhash: str) -> list[str]:
+    """Every Redis key that holds data of the user (what an erasure deletes)."""
+    return [history_key(uhash), history_key(negative_key(uhash)), user_vector_key(uhash)]

@@ -15,6 +15,7 @@ from typing import TypedDict
 
 import torch
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from app import errors
 from app.deps import RateLimiter
@@ -26,9 +27,12 @@ from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_r
 from app.recommender import Recommender
 from app.redis_gateway import CircuitBreaker, RedisGateway
 from app.routes import admin, health, items, recommend, users
-from app.settings import Settings
+from app.settings import Settings, settings_error_message
+from app.tombstones import FileTombstones, RedisTombstones, Tombstones
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
+from model_store import private
+from model_store.errors import ConfigError
 from model_store.events import EventStore
 
 log = logging.getLogger("app")
@@ -39,6 +43,7 @@ class State(TypedDict):
     recommender: Recommender
     metrics: Metrics
     limiter: RateLimiter
+    auth_failures: RateLimiter
 
 
 def build_recommender(
@@ -47,17 +52,36 @@ def build_recommender(
     """The service core for ``settings``: Redis (when configured) behind its breaker, the
     vector cache and history store over it, and the recommender using them."""
     gateway: RedisGateway | None = None
-    local_history = LocalHistory(settings.history_max_len)
+    local_history = LocalHistory(
+        settings.history_max_len,
+        ttl_s=settings.history_ttl_s,
+        max_bytes=settings.history_max_bytes,
+    )
     history: HistoryStore = local_history
+    tombstones: Tombstones
     if settings.redis_url:
         gateway = RedisGateway(
             settings.redis_url,
             timeout_s=settings.redis_timeout_s,
             breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
         )
-        history = RedisHistory(gateway, local_history, settings.history_max_len)
+        history = RedisHistory(
+            gateway,
+            local_history,
+            settings.history_max_len,
+            ttl_s=settings.history_ttl_s,
+            max_pending=settings.history_max_pending_users,
+            retry_after_s=settings.breaker_reset_s,
+        )
+        tombstones = RedisTombstones(gateway)
+    else:
+        tombstones = FileTombstones(settings.store)
+    secret = settings.user_key_secret
+    user_key = private.user_key(settings.store, secret.get_secret_value() if secret else None)
     cache = VectorCache(
-        LocalLRU(settings.cache_size, settings.cache_ttl_s), gateway, settings.cache_ttl_s
+        LocalLRU(settings.cache_size, settings.cache_ttl_s, settings.cache_max_bytes),
+        gateway,
+        settings.cache_ttl_s,
     )
     event_log = None
     url = settings.events_log_url()
@@ -80,6 +104,8 @@ def build_recommender(
         search_user_weight=settings.search_user_weight,
         event_log=event_log,
         event_types=settings.event_types,
+        tombstones=tombstones,
+        user_key=user_key,
     )
     return rec, gateway
 
@@ -114,6 +140,7 @@ def create_app(settings: Settings) -> FastAPI:
                 recommender=rec,
                 metrics=metrics,
                 limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+                auth_failures=RateLimiter(settings.auth_fail_rps, settings.auth_fail_burst),
             )
         finally:
             if follower is not None:
@@ -147,5 +174,10 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """Factory for ``uvicorn --factory``: settings from the environment."""
-    return create_app(Settings())
+    """Factory for ``uvicorn --factory``: settings from the environment (an invalid one is
+    refused with a message that names it and never echoes a secret)."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError("invalid settings:\n" + settings_error_message(exc)) from None
+    return create_app(settings)

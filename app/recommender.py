@@ -36,20 +36,24 @@ import pandas as pd
 import torch
 
 from app.batching import MicroBatcher
+from app.errors import hide_paths
 from app.event_log import EventLogWriter
 from app.history import HistoryStore
 from app.inference import ModelWork, RecJob, RecOut, Scored, SearchJob
-from app.keys import negative_key, user_hash, vector_key
+from app.keys import negative_key, user_hash, user_vector_key, vector_key
 from app.metrics import Metrics
 from app.ranking import popular
 from app.snapshot import Snapshot, build_snapshot, freeze_heap
+from app.tombstones import FileTombstones, Tombstones
 from app.updates import apply_and_publish
 from app.vector_cache import VectorCache
+from model_store import private
 from model_store import store as store_mod
 from model_store.bundle import load_bundle
 from model_store.catalog import Change, encode_items, validate_items
 from model_store.errors import (
     BundleError,
+    DependencyError,
     FusionrecError,
     InvalidInputError,
     NotFoundError,
@@ -101,12 +105,19 @@ class Recommender:
         search_user_weight: float = 0.3,
         event_log: EventLogWriter | None = None,
         event_types: Mapping[str, float] | None = None,
+        tombstones: Tombstones | None = None,
+        user_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.event_log = event_log
         self.event_types = dict(DEFAULT_EVENT_TYPES if event_types is None else event_types)
         self.cache = cache
         self.history = history
+        # user ids are hashed with the store's (or the configured) key; forgets are durable
+        self.user_key = user_key if user_key is not None else private.user_key(store)
+        self.tombstones: Tombstones = (
+            tombstones if tombstones is not None else FileTombstones(store)
+        )
         self.metrics = metrics
         self.device = (
             "cuda"
@@ -123,7 +134,6 @@ class Recommender:
         self.versions_served: list[str] = []
         # called with the new version after this process published one (app.follow)
         self.on_publish: Callable[[str], Awaitable[None]] | None = None
-        self._forgotten: set[str] = set()
         # held by the workers while they compute and by upserts while they mutate
         self._model_lock = threading.Lock()
         self._admin_lock = asyncio.Lock()
@@ -200,7 +210,11 @@ class Recommender:
             except BundleError as exc:
                 self.metrics.reloads.labels("refused").inc()
                 self.metrics.reload_refused.info(
-                    {"version": name, "error": type(exc).__name__, "reason": str(exc)[:500]}
+                    {
+                        "version": name,
+                        "error": type(exc).__name__,
+                        "reason": hide_paths(str(exc), (self.store,))[:500],
+                    }
                 )
                 keeps = f"; still serving {old.version}" if old else ""
                 log.error("reload of %s refused: %s%s", name, exc, keeps)
@@ -211,14 +225,24 @@ class Recommender:
             return ReloadResult(snap.version, old.version if old else None, True)
 
     # ---- history ------------------------------------------------------------------------------
-    async def _stored_history(self, snap: Snapshot, user_id: str) -> list[str]:
-        uhash = user_hash(user_id)
+    def uhash(self, user_id: str) -> str:
+        return user_hash(user_id, self.user_key)
+
+    async def _bundle_history(self, snap: Snapshot, user_id: str, uhash: str) -> list[str]:
+        """The bundle's training history of the user, unless the user was forgotten: keyed by
+        the raw id in a bundle trained on a dataset, by the user key in one retrained from the
+        event log (which stores keys only)."""
+        histories = snap.bundle.histories
+        trained = histories.get(user_id) or histories.get(uhash)
+        if not trained or await self.tombstones.contains(uhash):
+            return []
+        return trained
+
+    async def _stored_history(self, snap: Snapshot, user_id: str, uhash: str) -> list[str]:
         stored = await self.history.get(uhash)
         if stored is not None:
             return stored
-        if uhash in self._forgotten:
-            return []
-        return _bundle_history(snap, user_id, uhash)
+        return await self._bundle_history(snap, user_id, uhash)
 
     def _resolve(
         self, snap: Snapshot, ids: Sequence[str], *, report: bool, unknown: list[str]
@@ -249,16 +273,17 @@ class Recommender:
             known = [snap.bundle.item_ids[r] for r in rows[-max_len:]]
             return rows, vector_key(snap.version, history=known) if rows else None
         if user_id is not None:
-            stored = await self._stored_history(snap, user_id)
+            uhash = self.uhash(user_id)
+            stored = await self._stored_history(snap, user_id, uhash)
             rows = self._resolve(snap, stored, report=False, unknown=unknown)
-            return rows, vector_key(snap.version, user=user_id) if rows else None
+            return rows, user_vector_key(uhash) if rows else None
         return [], None
 
     async def _user_vector(self, snap: Snapshot, key: str | None) -> tuple[np.ndarray | None, bool]:
         """(cached vector or None, whether it was a hit)."""
         if key is None:
             return None, False
-        vec = await self.cache.get(key)
+        vec = await self.cache.get(key, tag=snap.version)
         if vec is not None and vec.shape[0] == snap.item_vecs.shape[1]:
             self._cache_hits.inc()
             return vec, True
@@ -283,7 +308,7 @@ class Recommender:
         if exclude_history:
             excluded.update(rows)
         if user_id is not None:
-            disliked = await self.history.get(negative_key(user_hash(user_id)))
+            disliked = await self.history.get(negative_key(self.uhash(user_id)))
             if disliked:
                 excluded.update(self._resolve(snap, disliked, report=False, unknown=unknown))
         if not rows:
@@ -296,7 +321,7 @@ class Recommender:
         vec, hit = await self._user_vector(snap, key)
         out = await self._rec.submit(RecJob(snap, rows, vec, excluded, k, explain))
         if not hit and key is not None:
-            await self.cache.set(key, out.vector)
+            await self.cache.set(key, out.vector, tag=snap.version)
         self._personalized.inc()
         return Answer(snap.version, "personalized", out.items, unknown)
 
@@ -314,7 +339,7 @@ class Recommender:
             if vec is None:
                 vec = (await self._rec.submit(RecJob(snap, rows, None, set(), 0, False))).vector
                 if key is not None:
-                    await self.cache.set(key, vec)
+                    await self.cache.set(key, vec, tag=snap.version)
         items = await self._text.submit(SearchJob(snap, query, vec, k))
         strategy: Strategy = "personalized" if vec is not None else "cold_start"
         self.metrics.strategy.labels("search", strategy).inc()
@@ -380,7 +405,7 @@ class Recommender:
             raise NotFoundError(
                 f"item_id {item_id!r} is not in the catalog of model version {snap.version}"
             )
-        uhash = user_hash(user_id)
+        uhash = self.uhash(user_id)
         if self.event_log is not None:  # durable first: a 503 here leaves nothing half-done
             event = Event(
                 event_id=uuid.uuid4().hex,
@@ -396,27 +421,27 @@ class Recommender:
         if weight < 0:
             await self.history.append(negative_key(uhash), [item_id], [])
             stored = await self.history.get(uhash)
-            n = len(stored if stored is not None else _bundle_history(snap, user_id, uhash))
-            return n
-        seed = [] if uhash in self._forgotten else _bundle_history(snap, user_id, uhash)
+            if stored is None:
+                stored = await self._bundle_history(snap, user_id, uhash)
+            return len(stored)
+        seed = await self._bundle_history(snap, user_id, uhash)
         n = await self.history.append(uhash, [item_id], seed)
-        await self.cache.delete([vector_key(v, user=user_id) for v in self.versions_served])
+        await self.cache.delete([user_vector_key(uhash)])
         return n
 
     async def forget_user(self, *, user_id: str) -> None:
-        """Erase the user's history and cached vectors (Redis and in-process)."""
-        uhash = user_hash(user_id)
-        self._forgotten.add(uhash)
-        await self.cache.delete([vector_key(v, user=user_id) for v in self.versions_served])
-        self.cache.local.delete_matching(uhash)
+        """Erase the user: a durable tombstone first (so the bundle's history of the user is
+        never served again, by any replica, after restarts, and the next training drops the
+        user), then the user's history and cached vector — a fixed set of keys, no scan."""
+        uhash = self.uhash(user_id)
+        await self.tombstones.add(uhash)  # raises DependencyError when it cannot be recorded
+        if not await self.cache.delete([user_vector_key(uhash)]):
+            raise DependencyError(
+                "cannot reach Redis to erase the user's cached vector; the erasure is "
+                "recorded, retry the DELETE when Redis is back",
+                dependency="redis",
+            )
         await self.history.delete(uhash)
         await self.history.delete(negative_key(uhash))
         if self.event_log is not None:
             await self.event_log.erase(uhash)
-
-
-def _bundle_history(snap: Snapshot, user_id: str, uhash: str) -> list[str]:
-    """The user's history in the bundle: keyed by the raw id in a bundle trained on a
-    dataset, by the user key in one retrained from the event log (which stores keys only)."""
-    histories = snap.bundle.histories
-    return histories.get(user_id) or histories.get(uhash) or []

@@ -7,15 +7,27 @@ hyper-parameters are not here: they live inside the bundle (``model_store.config
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model_store.events import DEFAULT_EVENT_TYPES, event_types
 
 MIB = 1 << 20
+DAY = 86_400
+# fields whose value never appears in a message (the Redis URL may carry a password)
+SECRET_FIELDS = frozenset({"admin_token", "api_keys", "user_key_secret", "redis_url"})
+_URL_PASSWORD = re.compile(r"(//[^:/@\s]*:)[^@/\s]+@")
 
 
 class Settings(BaseSettings):
@@ -79,6 +91,53 @@ class Settings(BaseSettings):
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")
     faiss_threads: int | None = Field(1, ge=1, description="None = all cores")
+    # ---- privacy and safe defaults (README, section Security) ----
+    user_key_secret: SecretStr | None = Field(
+        None,
+        description="HMAC key of user ids (16+ characters); unset = a random key generated "
+        "once and kept in STORE/.private/user_key (mode 0600). Every replica needs the same",
+    )
+    allow_anonymous_writes: bool = Field(
+        False,
+        description="accept POST /v1/events and DELETE /v1/users/* without an API key "
+        "(only when FUSIONREC_API_KEYS is unset); off by default",
+    )
+    auth_fail_rps: float = Field(
+        0.2, ge=0, description="failed credential attempts refilled per second per client; 0 = off"
+    )
+    auth_fail_burst: int = Field(10, ge=1, description="failed attempts before 429")
+    history_ttl_s: int = Field(
+        30 * DAY, ge=0, description="a history expires this long after its last event; 0 = never"
+    )
+    history_max_bytes: int = Field(
+        256 * MIB, ge=MIB, description="byte budget of the in-process histories (LRU eviction)"
+    )
+    history_max_pending_users: int = Field(
+        100_000,
+        ge=1,
+        description="users whose events wait for Redis to come back; one more answers 503",
+    )
+    cache_max_bytes: int = Field(
+        256 * MIB, ge=MIB, description="byte budget of the in-process vector cache"
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send its request headers within this"
+    )
+    http_max_header_bytes: int = Field(
+        64 * 1024, ge=4096, description="request line + headers larger than this: 431, closed"
+    )
+    http_body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body must arrive within this after its headers"
+    )
+    http_keep_alive_s: float = Field(5.0, gt=0, description="idle keep-alive connections closed")
+    forwarded_allow_ips: str | None = Field(
+        None,
+        description="proxies trusted for X-Forwarded-For (comma-separated IPs/networks, or *): "
+        "then the client address of rate limits is the one the proxy saw; unset = none",
+    )
+    http_limit_concurrency: int = Field(
+        2048, ge=1, description="open connections + tasks before uvicorn answers 503"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -120,6 +179,15 @@ class Settings(BaseSettings):
             return None
         return self.events_url or f"sqlite:///{self.store.resolve() / 'events.db'}"
 
+    @field_validator("user_key_secret")
+    @classmethod
+    def _strong_user_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() == "":
+            return None
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("FUSIONREC_USER_KEY_SECRET must be at least 16 characters")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
@@ -134,3 +202,25 @@ class Settings(BaseSettings):
         if not self.store.is_dir():
             raise ValueError(f"FUSIONREC_STORE={self.store} is not a directory")
         return self
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of any ``scheme://user:password@`` URL replaced."""
+    return _URL_PASSWORD.sub(r"\1***@", text)
+
+
+def settings_error_message(exc: ValidationError) -> str:
+    """One line per invalid setting: its variable, what is wrong and, for settings that
+    are not secret, the value given (pydantic's own text echoes every input)."""
+    lines: list[str] = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        name = loc[0] if loc else ""
+        var = f"FUSIONREC_{name.upper()}" if name else "settings"
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        got: Any = err.get("input")
+        shown = ""
+        if name and name not in SECRET_FIELDS and not isinstance(got, (dict, list)):
+            shown = f" (got {redact_url(repr(got))[:80]})"
+        lines.append(f"{var}: {redact_url(msg)}{shown}")
+    return "\n".join(lines)

@@ -128,7 +128,7 @@ def child_manifest(parent: Manifest, version: str) -> Manifest:
 def verify_files(directory: Path, files: dict[str, str]) -> None:
     """Check that each listed file exists under ``directory`` with its sha256."""
     for name, digest in files.items():
-        f = directory / name
+        f = store_mod.contained(directory, name, what=f"{directory / MANIFEST}: file")
         if not f.is_file():
             raise BundleIntegrityError(
                 f"{directory}: file {name} listed in the manifest is missing"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -119,6 +120,18 @@ def with_overrides(cfg: Config, values: dict[tuple[str, str], object]) -> Config
     return Config.from_dict(raw, source="command-line options")
 
 
+def check_store(store: Path) -> None:
+    """``--store`` must be (or become) a writable directory; checked before any work."""
+    if store.exists() and not store.is_dir():
+        raise ConfigError(f"--store {store} is a file, not a store directory")
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--store {store}: cannot create the store directory: {exc}") from exc
+    if not os.access(store, os.W_OK | os.X_OK):
+        raise ConfigError(f"--store {store} is not writable by this user")
+
+
 def epochs_to_retrain(store: Path) -> int:
     """--no-holdout without --epochs: the best epoch of the CURRENT bundle."""
     from model_store.bundle import read_manifest
@@ -165,6 +178,7 @@ def train(
     from model_store.train import train_and_publish
 
     try:
+        check_store(store)  # before a training that could not be published
         cfg = with_overrides(
             load_config(config),
             {
@@ -182,6 +196,11 @@ def train(
                 cfg, {("train", "holdout"): False, ("train", "epochs"): retrain_epochs}
             )
         dataset = load_dataset(data, text_columns=cfg.text.text_columns)
+        if dataset.duplicates_dropped:
+            out.print(
+                f"{dataset.duplicates_dropped} duplicate interaction row(s) (same user_id, "
+                "item_id and timestamp) counted once"
+            )
         if cold_items > 0:
             from model_store.protocols import cold_items as pick_cold
             from model_store.protocols import without_items

@@ -12,6 +12,7 @@ first line after the CSV header, or the first row of a parquet file).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyarrow as pa
 
 from model_store.errors import DataError
 
+log = logging.getLogger(__name__)
 ID_COLUMNS = ("user_id", "item_id")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 _SUFFIXES = (".csv", ".parquet")
@@ -46,6 +48,8 @@ class Dataset:
     items: pd.DataFrame
     text_columns: tuple[str, ...]
     source: Path
+    # exact duplicate rows (same user, item and timestamp) collapsed into their first
+    duplicates_dropped: int = 0
 
     def item_texts(self) -> list[str]:
         """One text per row of ``items``, formatted like :func:`format_item_text`."""
@@ -319,6 +323,22 @@ def load_dataset(path: Path, *, text_columns: Sequence[str] | None = None) -> Da
             f"{ipath}: field 'item_id': {len(unknown)} item id(s) absent from the items file "
             f"(first at {_row(first)}): {_show(list(unknown))}"
         )
+    # the documented rule: rows with the same user, item and timestamp are one interaction
+    # (the first row's weight is kept); how many were collapsed is reported
+    dup = pd.DataFrame(
+        {"u": raw["user_id"].to_numpy(), "i": raw["item_id"].to_numpy(), "t": timestamps}
+    ).duplicated(keep="first")
+    duplicates = int(dup.sum())
+    if duplicates:
+        keep = np.flatnonzero(~dup.to_numpy())
+        log.warning(
+            "%s: %d duplicate interaction row(s) (same user_id, item_id and timestamp) "
+            "collapsed into their first occurrence",
+            ipath,
+            duplicates,
+        )
+        raw = raw.take(keep).reset_index(drop=True)
+        timestamps, weights = timestamps[keep], weights[keep]
     order = _canonical_order(raw["user_id"], timestamps)
     interactions = pd.DataFrame(
         {
@@ -328,7 +348,13 @@ def load_dataset(path: Path, *, text_columns: Sequence[str] | None = None) -> Da
             "weight": weights[order],
         }
     )
-    return Dataset(interactions=interactions, items=items, text_columns=columns, source=path)
+    return Dataset(
+        interactions=interactions,
+        items=items,
+        text_columns=columns,
+        source=path,
+        duplicates_dropped=duplicates,
+    )
 
 
 def _position_from_end(interactions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from model_store.errors import BundleError, BundleNotFoundError
+from model_store.errors import BundleError, BundleIntegrityError, BundleNotFoundError
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
@@ -42,6 +42,25 @@ def new_version_name() -> str:
     return f"v{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
 
+def contained(root: Path, name: str, *, what: str) -> Path:
+    """``root / name`` when ``name`` is one plain entry of ``root`` that resolves inside it
+    (no separators, ``..``, absolute paths or symlinks leading out); else
+    ``BundleIntegrityError``: a store never serves or copies files from elsewhere."""
+    path = root / name
+    plain = bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name
+    if plain:
+        try:
+            plain = path.resolve().parent == root.resolve()
+        except (OSError, RuntimeError):
+            plain = False
+    if not plain:
+        raise BundleIntegrityError(
+            f"{what} {name!r} does not name an entry inside {root}; refusing to use it "
+            "(a store only serves its own files)"
+        )
+    return path
+
+
 def current_version(store: Path) -> str:
     pointer = store / CURRENT
     try:
@@ -50,7 +69,9 @@ def current_version(store: Path) -> str:
         raise BundleNotFoundError(
             f"no bundle published in {store} (no {CURRENT} file); run `fusionrec train` first"
         ) from exc
-    if not name or not (store / name).is_dir():
+    if not name:
+        raise BundleNotFoundError(f"{pointer} is empty; publish a bundle")
+    if not contained(store, name, what=f"{pointer}: version").is_dir():
         raise BundleNotFoundError(f"{pointer} names version {name!r}, which does not exist")
     return name
 
@@ -67,7 +88,7 @@ def list_versions(store: Path) -> list[str]:
 
 def resolve_version(store: Path, version: str | None) -> Path:
     name = version or current_version(store)
-    path = store / name
+    path = contained(store, name, what="bundle version")
     if not (path / MANIFEST).is_file():
         raise BundleNotFoundError(
             f"bundle version {name!r} not found in {store}; available: {list_versions(store)}"
@@ -126,6 +147,7 @@ def commit(store: Path, staged: Path, version: str, *, make_current: bool = True
 def copy_into(src: Path, dst: Path, names: list[str]) -> None:
     """Hard-link (or copy) unchanged files of a parent version into a staged one."""
     for name in names:
+        contained(src, name, what=f"{src / MANIFEST}: file")
         try:
             os.link(src / name, dst / name)
         except OSError:

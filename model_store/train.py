@@ -7,13 +7,15 @@ disk), assembles the manifest and publishes the bundle atomically (``bundle.publ
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from model_store import bundle as bundle_mod
+from model_store import private
 from model_store import store as store_mod
 from model_store.bundle import Bundle
 from model_store.config import Config
@@ -153,7 +155,18 @@ def train_and_publish(
     on_epoch: OnEpoch | None = None,
     text_progress: Callable[[int], None] | None = None,
 ) -> tuple[Path, TrainResult]:
-    """Train on ``dataset`` with ``cfg`` and publish a new bundle version in ``store``."""
+    """Train on ``dataset`` with ``cfg`` and publish a new bundle version in ``store``.
+
+    Users forgotten through the service on this store (its tombstone file, and the Redis
+    set when ``REDIS_URL`` is set: ``model_store.private``) are dropped from the training
+    data first."""
+    forgotten = private.forgotten_users(store)
+    if forgotten:
+        key = private.user_key(store, os.environ.get(private.USER_KEY_ENV) or None)
+        kept, dropped = private.drop_forgotten(dataset.interactions, forgotten, key)
+        if dropped:
+            log.warning("dropped %d forgotten user(s) from the training data", dropped)
+            dataset = replace(dataset, interactions=kept)
     trained = train(
         dataset,
         cfg,

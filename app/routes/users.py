@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.deps import ClientGuard, RecommenderDep
+from app.deps import ClientGuard, RecommenderDep, WriteGuard
 from app.schemas import EventIn, EventOut
 
-router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard])
+router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard, WriteGuard])
 
 
 @router.post("/events", response_model=EventOut)
@@ -26,7 +26,8 @@ async def add_event(body: EventIn, rec: RecommenderDep) -> EventOut:
 
 @router.delete("/users/{user_id}", status_code=204, response_class=Response)
 async def forget_user(user_id: str, rec: RecommenderDep) -> Response:
-    """Forget a user: server-side history, negative feedback, cached vectors and their
-    events in the log, in Redis and in process."""
+    """Forget a user: a durable tombstone first (every replica and the next training honour
+    it), then the server-side history, negative feedback, cached vector and their events in
+    the log, in Redis and in process."""
     await rec.forget_user(user_id=user_id)
     return Response(status_code=204)

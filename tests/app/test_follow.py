@@ -32,6 +32,7 @@ def replicas(store: Path, redis: RedisServer | None, poll_s: float) -> list[Serv
         "FUSIONREC_ADMIN_TOKEN": ADMIN,
         "FUSIONREC_RATE_LIMIT_RPS": "0",
         "FUSIONREC_FOLLOW_POLL_S": str(poll_s),
+        "FUSIONREC_ALLOW_ANONYMOUS_WRITES": "true",
     }
     if redis is not None:
         env["FUSIONREC_REDIS_URL"] = redis.url

@@ -8,9 +8,8 @@ from pathlib import Path
 import redis
 from fastapi.testclient import TestClient
 
-from app.keys import user_hash
 from app.main import create_app
-from tests.helpers.servers import RedisServer, make_settings
+from tests.helpers.servers import RedisServer, make_settings, store_user_hash
 
 
 def _keys(server: RedisServer) -> list[str]:
@@ -30,7 +29,7 @@ def test_redis_cache_history_outage_and_forget(store: Path, redis_server: RedisS
         breaker_reset_s=30,
     )
     user = "shopper-42"
-    uh = user_hash(user)
+    uh = store_user_hash(store, user)
     with TestClient(create_app(settings)) as c:
         assert c.get("/readyz").json()["redis"] == "closed"
         for item in ("i1", "i2", "i3"):

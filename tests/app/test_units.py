@@ -7,7 +7,7 @@ import logging
 from typer.testing import CliRunner
 
 from app.deps import RateLimiter
-from app.keys import history_hash, user_hash, vector_key
+from app.keys import history_hash, user_hash, user_vector_key, vector_key
 from app.middleware import RedactUserIds
 from app.redis_gateway import CircuitBreaker
 from app.vector_cache import LocalLRU
@@ -47,8 +47,10 @@ def test_lru_and_keys() -> None:
     lru.get("a")
     lru.set("c", b"3")
     assert lru.get("b") is None and lru.get("a") == b"1" and len(lru) == 2
-    assert "alice" not in vector_key("v1", user="alice")
-    assert vector_key("v1", user="alice").endswith(user_hash("alice"))
+    key = b"k" * 32
+    assert "alice" not in user_vector_key(user_hash("alice", key))
+    assert user_vector_key(user_hash("alice", key)).endswith(user_hash("alice", key))
+    assert vector_key("v1", history=["a"]) != vector_key("v2", history=["a"])
     assert history_hash(["a", "b"]) != history_hash(["ab"])
 
 

@@ -16,8 +16,11 @@ import httpx
 import pytest
 import uvicorn
 
+from app.http_protocol import uvicorn_options
+from app.keys import user_hash
 from app.main import create_app
 from app.settings import Settings
+from model_store import private
 
 ADMIN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -30,6 +33,9 @@ def free_port() -> int:
 
 
 def make_settings(store: Path, **overrides: Any) -> Settings:
+    """Settings of a test server. Writes naming a user are opted in without API keys
+    (``allow_anonymous_writes``), as an operator would do explicitly; the tests of the secure
+    default pass ``allow_anonymous_writes=False`` (tests/app/test_security.py)."""
     values: dict[str, Any] = {
         "store": store,
         "admin_token": ADMIN,
@@ -37,13 +43,20 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
         "device": "cpu",
         # tests that publish and reload by hand must not race the follower (tests opt in)
         "follow_poll_s": 0,
+        "allow_anonymous_writes": True,
     }
     values.update(overrides)
     return Settings(**values)
 
 
+def store_user_hash(store: Path, user_id: str) -> str:
+    """The hash under which a server on ``store`` (no configured key) keeps ``user_id``."""
+    return user_hash(user_id, private.user_key(store))
+
+
 class LiveServer:
-    """A real uvicorn serving ``create_app(settings)`` on a free port, in a thread."""
+    """A real uvicorn serving ``create_app(settings)`` on a free port, in a thread, with
+    the HTTP limits of ``fusionrec serve`` (``app.http_protocol.uvicorn_options``)."""
 
     def __init__(self, settings: Settings) -> None:
         self.port = free_port()
@@ -54,6 +67,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
+            **uvicorn_options(settings),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -89,6 +89,11 @@ def test_compose_structure() -> None:
     assert s["api"]["environment"]["REDIS_URL"].startswith("redis://redis:")
     assert s["api"]["env_file"] == [{"path": "deploy/api.env", "required": False}]
     assert "ports" not in s["api"], "replicas are reached through the LB only"
+    # secure defaults (issue 19): the LB on loopback unless told otherwise, keys required
+    assert s["lb"]["ports"] == ["${FUSIONREC_LB_BIND:-127.0.0.1}:${FUSIONREC_PORT:-8080}:8080"]
+    assert "FUSIONREC_API_KEYS" not in s["api"]["environment"], "api.env must not be overridden"
+    serve = (ROOT / "deploy" / "api-serve.sh").read_text()
+    assert "FUSIONREC_ALLOW_NO_API_KEYS" in serve and "exit 2" in serve
     assert s["lb"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert s["loadtest"]["profiles"] == ["loadtest"]
     assert "http://lb:8080" in s["loadtest"]["command"]
@@ -101,7 +106,7 @@ def test_compose_structure() -> None:
     ignored = (ROOT / "deploy" / ".gitignore").read_text().split()
     assert "api.env" in ignored
     example = (ROOT / "deploy" / "api.env.example").read_text()
-    assert "FUSIONREC_ADMIN_TOKEN=" in example
+    assert "FUSIONREC_ADMIN_TOKEN=" in example and "\nFUSIONREC_API_KEYS=" in example
 
 
 TINY_CONFIG = {"model": {"dim": 32, "max_len": 20}, "train": {"rerank": False}}
@@ -155,6 +160,20 @@ def test_indexer_job_publishes_then_skips(job_store: Path, tiny_dataset: Path) -
     assert sorted(p.name for p in job_store.iterdir() if p.is_dir()) == versions
 
 
+def test_api_command_refuses_to_start_without_keys(tmp_path: Path) -> None:
+    """Secure by default: no FUSIONREC_API_KEYS and no explicit opt-out -> exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FUSIONREC_")}
+    env["FUSIONREC_STORE"] = str(tmp_path)
+    r = subprocess.run(
+        ["sh", str(ROOT / "deploy" / "api-serve.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and "FUSIONREC_API_KEYS" in r.stderr, r.stderr
+
+
 def test_api_command_serves_and_drains_on_sigterm(job_store: Path, tmp_path: Path) -> None:
     """The api container's command on the job's store: /readyz answers; SIGTERM during load
     lets requests in flight complete, then new connections are refused (no 5xx)."""
@@ -168,7 +187,9 @@ def test_api_command_serves_and_drains_on_sigterm(job_store: Path, tmp_path: Pat
         "FUSIONREC_PORT": str(port),
         "FUSIONREC_RATE_LIMIT_RPS": "0",
         "FUSIONREC_DEVICE": "cpu",
+        "FUSIONREC_ALLOW_NO_API_KEYS": "true",  # explicit opt-out: the load sends no key
     }
+    env.pop("FUSIONREC_API_KEYS", None)
     log = (tmp_path / "serve.log").open("wb")
     proc = subprocess.Popen(
         ["sh", str(ROOT / "deploy" / "api-serve.sh")], env=env, stdout=log, stderr=subprocess.STDOUT

@@ -16,11 +16,11 @@ import httpx
 import pytest
 import redis
 
-from app.keys import history_key, user_hash
+from app.keys import history_key
 from model_store import store as store_mod
 from tests.helpers.bundles import clone_version
 from tests.helpers.load import LoadThread, metric
-from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings
+from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings, store_user_hash
 
 HISTORIES = [[f"i{(7 * h + j) % 400}" for j in range(5)] for h in range(8)]
 
@@ -38,10 +38,10 @@ def _redis(server: RedisServer) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=2)
 
 
-def _stored(server: RedisServer, user: str) -> list[str]:
+def _stored(server: RedisServer, store: Path, user: str) -> list[str]:
     r = _redis(server)
     try:
-        return [x.decode() for x in r.lrange(history_key(user_hash(user)), 0, -1)]
+        return [x.decode() for x in r.lrange(history_key(store_user_hash(store, user)), 0, -1)]
     finally:
         r.close()
 
@@ -112,7 +112,7 @@ def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> No
         metric(metrics_after, "fusionrec_user_vector_cache_total", result="hit") > hits_at_restart
     )
     # the events of the outage were written back, in order, before the next one
-    assert _is_subsequence([*during, "i9"], _stored(rel_redis, "outage-shopper"))
+    assert _is_subsequence([*during, "i9"], _stored(rel_redis, rel_store, "outage-shopper"))
 
 
 def test_events_during_redis_outage_are_not_lost(
@@ -133,7 +133,7 @@ def test_events_during_redis_outage_are_not_lost(
     with LiveServer(settings) as srv:
         for item in ("i1", "i2"):
             _post_event(srv.url, "kept", item)
-        assert _stored(rel_redis, "kept") == ["i1", "i2"]
+        assert _stored(rel_redis, rel_store, "kept") == ["i1", "i2"]
         os.kill(rel_redis.proc.pid, signal.SIGSTOP)
         try:
             for item in ("i3", "i4", "i5"):
@@ -147,10 +147,10 @@ def test_events_during_redis_outage_are_not_lost(
         _wait_breaker_closed(srv.url)
         _post_event(srv.url, "kept", "i6")
         deadline = time.monotonic() + 10
-        while not _stored(rel_redis, "quiet") and time.monotonic() < deadline:
+        while not _stored(rel_redis, rel_store, "quiet") and time.monotonic() < deadline:
             time.sleep(0.1)
-        kept = _stored(rel_redis, "kept")
-        quiet = _stored(rel_redis, "quiet")
+        kept = _stored(rel_redis, rel_store, "kept")
+        quiet = _stored(rel_redis, rel_store, "quiet")
     # at least once: a write that timed out while Redis was frozen may also have been
     # executed when it resumed, so an event can appear twice, but none is missing
     assert _is_subsequence(["i1", "i2", "i3", "i4", "i5", "i6"], kept), kept
@@ -181,7 +181,7 @@ def test_shutdown_writes_back_events_of_a_redis_outage(
         finally:
             os.kill(rel_redis.proc.pid, signal.SIGCONT)
     assert not srv.thread.is_alive()
-    assert _is_subsequence(["i1", "i2", "i3", "i4"], _stored(rel_redis, "leaving"))
+    assert _is_subsequence(["i1", "i2", "i3", "i4"], _stored(rel_redis, rel_store, "leaving"))
 
 
 def test_hot_reload_under_load_versions_existed(rel_store: Path) -> None:
