@@ -64,6 +64,7 @@ def main() -> None:
         "FUSIONREC_RATE_LIMIT_RPS": "0",
         "FUSIONREC_FOLLOW_POLL_S": "0",
         "FUSIONREC_DEVICE": "cpu",
+        "FUSIONREC_ALLOW_ANONYMOUS_WRITES": "true",
     }
     cases = {
         "off": "off",

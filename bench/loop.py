@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
 
-    from app.keys import user_hash
+    from model_store import private
     from indexer.publish import index_bundle
     from model_store import movielens
     from model_store.bundle import load_bundle
@@ -75,10 +75,11 @@ def main() -> None:
     stale = load_bundle(store)
 
     url = f"sqlite:///{work}/events-{uuid.uuid4().hex[:6]}.db"
+    key = private.user_key(store)  # the store's user-id key, as the service hashes with it
     log = EventStore(url)
     log.insert(
         [
-            Event(uuid.uuid4().hex, user_hash(str(u)), str(i), "view", 1.0, float(t))
+            Event(uuid.uuid4().hex, private.user_hash(str(u), key), str(i), "view", 1.0, float(t))
             for u, i, t in zip(
                 part_a["user_id"], part_a["item_id"], part_a["timestamp"], strict=True
             )
@@ -91,6 +92,7 @@ def main() -> None:
         "FUSIONREC_RATE_LIMIT_RPS": "0",
         "FUSIONREC_FOLLOW_POLL_S": "0",
         "FUSIONREC_DEVICE": "cpu",
+        "FUSIONREC_ALLOW_ANONYMOUS_WRITES": "true",
     }
     server = Server("app.main:app_from_env", env, ROOT)
     server.wait()

@@ -45,7 +45,12 @@ def log_from(interactions: pd.DataFrame, url: str, *, dislikes: int = 0) -> Even
 def setup(tiny_dataset: Path, tmp_path: Path) -> tuple[Path, str, pd.DataFrame]:
     """CURRENT trained on the oldest 80 % of the events; the log holds all of them."""
     data = load_dataset(tiny_dataset)
-    inter = data.interactions.sort_values("timestamp", kind="stable")
+    inter = data.interactions.copy()
+    # every shopper active all along (the synthetic users' times do not overlap): the k-th
+    # event of each user at step k, so a time cut splits every history
+    codes = inter["user_id"].astype("category").cat.codes.to_numpy()
+    inter["timestamp"] = 1_700_000_000 + inter.groupby("user_id").cumcount() * 1000 + codes
+    inter = inter.sort_values("timestamp", kind="stable")
     old = inter.iloc[: int(len(inter) * 0.8)]
     early = tmp_path / "early"
     early.mkdir()
