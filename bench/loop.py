@@ -41,9 +41,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
 
-    from model_store import private
     from indexer.publish import index_bundle
-    from model_store import movielens
+    from model_store import movielens, private
     from model_store.bundle import load_bundle
     from model_store.config import Config
     from model_store.data import load_dataset
