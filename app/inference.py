@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -53,6 +53,10 @@ class RecOut:
     items: list[Scored] = field(default_factory=list)
 
 
+SearchMode = Literal["dense", "hybrid"]
+RRF_K = 60  # reciprocal rank fusion: 1 / (RRF_K + rank), Cormack et al. 2009
+
+
 @dataclass
 class SearchJob:
     snap: Snapshot
@@ -60,6 +64,8 @@ class SearchJob:
     vector: np.ndarray | None
     k: int
     allowed: np.ndarray | None = None  # filter mask over catalog rows; None = every live row
+    mode: SearchMode = "dense"
+    offset: int = 0  # results skipped (pagination): the page is [offset, offset + k)
 
 
 def _dot(q: np.ndarray, table: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -84,10 +90,18 @@ def by_snapshot(jobs: list[Any]) -> list[list[int]]:
 class ModelWork:
     """The batch functions of the two micro-batchers."""
 
-    def __init__(self, *, lock: threading.Lock, candidates: int, search_user_weight: float):
+    def __init__(
+        self,
+        *,
+        lock: threading.Lock,
+        candidates: int,
+        search_user_weight: float,
+        min_similarity: float = 0.3,
+    ):
         self.lock = lock
         self.candidates = candidates
         self.search_user_weight = search_user_weight
+        self.min_similarity = min_similarity
 
     # ---- recommend --------------------------------------------------------------------------
     def recommend_batch(self, jobs: list[RecJob]) -> list[RecOut]:
@@ -195,7 +209,9 @@ class ModelWork:
             snap = jobs[idx[0]].snap
             assert snap.text is not None
             q = snap.text.encode([jobs[i].query for i in idx])  # (B, T), outside the lock
-            n = min(max(self.candidates, max(jobs[i].k for i in idx)), snap.n_items)
+            n = min(
+                max(self.candidates, max(jobs[i].k + jobs[i].offset for i in idx)), snap.n_items
+            )
             plain = [b for b, i in enumerate(idx) if jobs[i].allowed is None]
             cos = np.full((len(idx), n), -np.inf, dtype=np.float32)
             cand = np.full((len(idx), n), -1, dtype=np.int64)
@@ -209,16 +225,45 @@ class ModelWork:
                     cos[b], cand[b] = c_b[0], r_b[0]
             for b, i in enumerate(idx):
                 job = jobs[i]
+                score, rows_b = cos[b], cand[b]
+                if job.mode == "hybrid":
+                    score, rows_b = self._hybrid(snap, job, cos[b], cand[b], n)
                 user = None
                 if job.vector is not None:
-                    ok = np.maximum(cand[b], 0)
+                    ok = np.maximum(rows_b, 0)
                     user = snap.item_vecs[ok] @ job.vector
-                rows, scores = ranking.blend(cos[b], cand[b], user, self.search_user_weight, job.k)
+                want = job.k + job.offset
+                rows, scores = ranking.blend(score, rows_b, user, self.search_user_weight, want)
+                rows, scores = rows[job.offset :], scores[job.offset :]
                 out[i] = [
                     Scored(snap.bundle.item_ids[int(r)], float(s))
                     for r, s in zip(rows, scores, strict=True)
                 ]
         return out
+
+    def _hybrid(
+        self, snap: Snapshot, job: SearchJob, cos: np.ndarray, cand: np.ndarray, n: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Dense candidates and BM25 matches fused by reciprocal rank → (scores, rows); a
+        dense-only candidate needs a cosine ≥ ``min_similarity`` (the relevance floor)."""
+        with self.lock:
+            lex_rows, _ = snap.lexical.search(job.query, n)
+        mask = job.allowed if job.allowed is not None else snap.attrs.visible
+        inside = lex_rows < len(mask)
+        lex_rows = lex_rows[inside & mask[np.where(inside, lex_rows, 0)]]
+        dense_ok = np.isfinite(cos) & (cand >= 0)
+        d_rows, d_cos = cand[dense_ok], cos[dense_ok]
+        fused: dict[int, float] = {}
+        for rank, r in enumerate(d_rows.tolist()):
+            if d_cos[rank] >= self.min_similarity:
+                fused[r] = 1.0 / (RRF_K + rank + 1)
+        for rank, r in enumerate(lex_rows.tolist()):
+            fused[r] = fused.get(r, 0.0) + 1.0 / (RRF_K + rank + 1)
+        if not fused:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        rows = np.fromiter(fused, dtype=np.int64, count=len(fused))
+        scores = np.fromiter(fused.values(), dtype=np.float32, count=len(fused))
+        return scores, rows
 
     def _text_allowed(
         self, snap: Snapshot, q: np.ndarray, n: int, allowed: np.ndarray

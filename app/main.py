@@ -65,6 +65,8 @@ def build_recommender(
         batch_max_size=settings.batch_max_size,
         batch_max_wait_ms=settings.batch_max_wait_ms,
         search_user_weight=settings.search_user_weight,
+        search_mode=settings.search_mode,
+        search_min_similarity=settings.search_min_similarity,
     )
     return rec, gateway
 

@@ -47,7 +47,7 @@ import torch
 
 from app.batching import MicroBatcher
 from app.history import HistoryStore
-from app.inference import ModelWork, RecJob, RecOut, Scored, SearchJob
+from app.inference import ModelWork, RecJob, RecOut, Scored, SearchJob, SearchMode
 from app.keys import user_hash, vector_key
 from app.metrics import Metrics
 from app.ranking import allowed_popular, popular
@@ -108,6 +108,8 @@ class Recommender:
         batch_max_size: int = 64,
         batch_max_wait_ms: float = 0.0,
         search_user_weight: float = 0.3,
+        search_mode: SearchMode = "dense",
+        search_min_similarity: float = 0.3,
     ) -> None:
         self.store = store
         self.cache = cache
@@ -131,8 +133,12 @@ class Recommender:
         self._model_lock = threading.Lock()
         self._admin_lock = asyncio.Lock()
         self.work = ModelWork(
-            lock=self._model_lock, candidates=candidates, search_user_weight=search_user_weight
+            lock=self._model_lock,
+            candidates=candidates,
+            search_user_weight=search_user_weight,
+            min_similarity=search_min_similarity,
         )
+        self.search_mode: SearchMode = search_mode
         wait = batch_max_wait_ms / 1000.0
         self._rec = MicroBatcher[RecJob, RecOut](
             "recommend",
@@ -326,6 +332,8 @@ class Recommender:
         k: int,
         filter: Mapping[str, Any] | None = None,
         fields: Sequence[str] | None = None,
+        mode: SearchMode | None = None,
+        offset: int = 0,
     ) -> Answer:
         snap = self.ready()
         if snap.text is None:
@@ -341,7 +349,8 @@ class Recommender:
                 vec = (await self._rec.submit(RecJob(snap, rows, None, set(), 0, False))).vector
                 if key is not None:
                     await self.cache.set(key, vec)
-        items = await self._text.submit(SearchJob(snap, query, vec, k, allowed))
+        job = SearchJob(snap, query, vec, k, allowed, mode or self.search_mode, offset)
+        items = await self._text.submit(job)
         strategy: Strategy = "personalized" if vec is not None else "cold_start"
         self.metrics.strategy.labels("search", strategy).inc()
         return Answer(snap.version, strategy, self._with_fields(snap, items, names), unknown)

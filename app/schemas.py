@@ -63,6 +63,14 @@ class SearchRequest(_Strict):
     k: int = Field(10, ge=1, le=1000)
     filter: dict[str, dict[str, Any]] | None = FilterField
     fields: list[FieldName] | None = FieldsField
+    mode: Literal["dense", "hybrid"] | None = Field(
+        None,
+        description="dense (query-text cosine) or hybrid (dense + BM25 with typo tolerance, "
+        "fused by reciprocal rank, with a relevance floor); default: the server's "
+        "FUSIONREC_SEARCH_MODE",
+        examples=["hybrid"],
+    )
+    offset: int = Field(0, ge=0, le=1000, description="results to skip (pagination)")
 
     @field_validator("query")
     @classmethod

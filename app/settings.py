@@ -53,6 +53,16 @@ class Settings(BaseSettings):
     # batches still form; alone, a request is not delayed)
     batch_max_wait_ms: float = Field(0.0, ge=0, le=100)
     search_user_weight: float = Field(0.3, ge=0, le=1, description="β of the search blend")
+    search_mode: Literal["dense", "hybrid"] = Field(
+        "dense", description="search when a request names no `mode`: dense, or dense + BM25"
+    )
+    search_min_similarity: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="hybrid search's relevance floor: a result needs a lexical match or a "
+        "query-text cosine at least this (a nonsense query returns nothing)",
+    )
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")
     faiss_threads: int | None = Field(1, ge=1, description="None = all cores")

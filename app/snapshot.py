@@ -17,6 +17,7 @@ import torch
 
 from indexer.build import build_index
 from indexer.index import ItemIndex
+from indexer.lexical import LexicalIndex
 from indexer.publish import load_index, load_text_index
 from model_store.attributes import AttributeTable
 from model_store.bundle import Bundle
@@ -42,6 +43,7 @@ class Snapshot:
     text: TextEncoder | None  # the bundle's own text model (queries, new items)
     text_error: str | None
     attrs: AttributeTable  # filterable columns, visible rows, cached filter masks
+    lexical: LexicalIndex  # BM25 over the text columns (hybrid search), follows upserts
 
     @property
     def n_items(self) -> int:
@@ -97,6 +99,7 @@ def build_snapshot(bundle: Bundle, *, device: str) -> Snapshot:
         text=text,
         text_error=text_error,
         attrs=attribute_table(bundle, index.removed),
+        lexical=LexicalIndex.build(bundle.items, bundle.text_columns),
     )
 
 

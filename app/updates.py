@@ -61,6 +61,9 @@ def apply_and_publish(
                 model.serving_encoder()
         raise
     bundle.path, bundle.manifest = path, read_manifest(path)
+    rows = np.asarray([row_of[str(i)] for i in change.records["item_id"]], dtype=np.int64)
+    with lock:
+        snap.lexical.upsert(rows, change.records)
     new_snap = replace(
         snap,
         version=bundle.version,

@@ -63,5 +63,7 @@ async def search(body: SearchRequest, rec: RecommenderDep) -> Response:
             k=body.k,
             filter=body.filter,
             fields=body.fields,
+            mode=body.mode,
+            offset=body.offset,
         )
     )
