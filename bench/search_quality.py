@@ -93,6 +93,16 @@ def main() -> None:
                 g: sum(i in gen[g] for i in search(f"{g} movies", mode, 10)) / 10 for g in genres
             }
             pages = [search("space adventure", mode, 5, o) for o in (0, 5, 10)]
+            if mode == "dense":  # dense scores are cosines: where a relevance floor can sit
+                top = client.post("/v1/search", json={"query": "zzzzqqqq", "k": 1, "mode": mode})
+                results["nonsense_top_cosine"] = top.json()["items"][0]["score"]
+                tops = [
+                    client.post(
+                        "/v1/search", json={"query": f"{g} movies", "k": 10, "mode": mode}
+                    ).json()["items"][-1]["score"]
+                    for g in genres
+                ]
+                results["genre_query_10th_cosine_min"] = min(tops)
             results[mode] = {
                 "titles": n,
                 "exact_title_at_1": round(exact / n, 4),

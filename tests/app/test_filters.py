@@ -330,7 +330,9 @@ def test_hidden_and_deleted_items_never_appear(
         assert c.get(f"/v1/items/{seed}").json()["fields"]["price"] == 1234.5
 
 
-def test_hybrid_search_typos_floor_and_pages(client: TestClient, items: pd.DataFrame) -> None:
+def test_hybrid_search_typos_floor_and_pages(
+    client: TestClient, items: pd.DataFrame, attr_store: Path
+) -> None:
     title = str(visible(items).iloc[3]["title"])
     for mode in ("dense", "hybrid"):
         r = client.post("/v1/search", json={"query": title, "k": 5, "mode": mode})
@@ -340,9 +342,17 @@ def test_hybrid_search_typos_floor_and_pages(client: TestClient, items: pd.DataF
     typo = " ".join(w[0] + w[2] + w[1] + w[3:] if len(w) >= 4 else w for w in title.split())
     got = client.post("/v1/search", json={"query": typo, "k": 5, "mode": "hybrid"}).json()
     assert str(visible(items).index[3]) in [i["item_id"] for i in got["items"]], typo
-    # nonsense returns nothing in hybrid mode
-    r = client.post("/v1/search", json={"query": "zzzzqqqq", "k": 5, "mode": "hybrid"})
-    assert r.status_code == 200 and r.json()["items"] == []
+    # the relevance floor: with it above the nonsense query's best cosine, hybrid search
+    # returns nothing for it (no lexical match either) and still finds the title
+    dense = client.post("/v1/search", json={"query": "zzzzqqqq", "k": 1, "mode": "dense"}).json()
+    floor = dense["items"][0]["score"] + 0.01
+    with TestClient(
+        create_app(make_settings(attr_store, search_min_similarity=floor, search_mode="hybrid"))
+    ) as strict:
+        r = strict.post("/v1/search", json={"query": "zzzzqqqq", "k": 5})
+        assert r.status_code == 200 and r.json()["items"] == []
+        r = strict.post("/v1/search", json={"query": title, "k": 5})
+        assert r.json()["items"][0]["item_id"] == str(visible(items).index[3])
     # pages are stable and do not overlap
     full = client.post("/v1/search", json={"query": "red sale", "k": 12, "mode": "hybrid"}).json()
     pages = [
