@@ -106,6 +106,8 @@ def build_recommender(
         event_types=settings.event_types,
         tombstones=tombstones,
         user_key=user_key,
+        search_mode=settings.search_mode,
+        search_min_similarity=settings.search_min_similarity,
     )
     return rec, gateway
 

@@ -69,6 +69,27 @@ def popular(
     return out
 
 
+def without(mask: np.ndarray, exclude: set[int]) -> np.ndarray:
+    """A filter mask over catalog rows with the ``exclude`` rows turned off (a copy)."""
+    if not exclude:
+        return mask
+    out = mask.copy()
+    e = np.fromiter(exclude, dtype=np.int64, count=len(exclude))
+    out[e[(e >= 0) & (e < len(out))]] = False
+    return out
+
+
+def allowed_popular(
+    order: np.ndarray, scores: np.ndarray, allowed: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The popularity order restricted to ``allowed`` rows (all when None)."""
+    if allowed is None:
+        return order, scores
+    inside = order < len(allowed)
+    keep = inside & allowed[np.where(inside, order, 0)]
+    return order[keep], scores[keep]
+
+
 def zscore(x: np.ndarray) -> np.ndarray:
     out: np.ndarray = (x - x.mean()) / (x.std() + 1e-6)
     return out
@@ -124,6 +145,36 @@ def explanations(
                     }
                     for t in top
                 ],
+            }
+        )
+    return out
+
+
+def similar_explanations(
+    *, text: np.ndarray, ids: np.ndarray, has_id: np.ndarray, scores: np.ndarray
+) -> list[dict[str, Any]]:
+    """What makes each result close to the seed item (row 0 of ``text``, ``ids`` and
+    ``has_id``; the results follow): the cosine of their LM text embeddings, the cosine of
+    their trained ID embeddings (the collaborative part; None when either item has no
+    trained ID: added by text only) and the fused-vector cosine ``scores``."""
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        out: np.ndarray = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-9)
+        return out
+
+    t, e = unit(text), unit(ids)
+    text_sim = t[1:] @ t[0]
+    id_sim = e[1:] @ e[0]
+    out: list[dict[str, Any]] = []
+    for n in range(len(scores)):
+        collab = float(id_sim[n]) if bool(has_id[0]) and bool(has_id[n + 1]) else None
+        out.append(
+            {
+                "vector_similarity": float(scores[n]),
+                "text_similarity": float(text_sim[n]),
+                "collaborative_similarity": collab,
+                "seed_has_id": bool(has_id[0]),
+                "item_has_id": bool(has_id[n + 1]),
             }
         )
     return out

@@ -1,8 +1,19 @@
 """The serving core the routes call: one snapshot at a time, micro-batched model work.
 
 Nothing here knows HTTP: routes call the keyword-only coroutines ``recommend``, ``search``,
-``upsert_items``, ``item``, ``add_event``, ``forget_user`` and ``reload``, which raise the
-domain errors of ``model_store.errors``.
+``similar``, ``upsert_items``, ``patch_item``, ``delete_item``, ``item``, ``items``,
+``add_event``, ``forget_user`` and ``reload``, which raise the domain errors of
+``model_store.errors``.
+
+**Filters and fields** (``model_store.attributes``). A request's ``filter`` is validated
+against the snapshot's attribute types and turned into a cached boolean mask over catalog
+rows (hidden and deleted rows never in it); retrieval then searches only the allowed rows
+(``indexer.index.search_allowed``), so a filtered answer holds ``k`` items when ``k`` match.
+``fields`` are read from the snapshot's attribute table for the returned rows only.
+
+**Similar items.** Cosine between the fused item vectors (what the index holds); an item
+added by text only has one through its text path. The explanation gives the LM-text and the
+ID-embedding (collaborative) cosines separately.
 
 **Recommend.** history (request > stored > bundle's training history) → user vector (cache
 keyed by model version + user id hash or history hash; on a miss encoded in the
@@ -16,7 +27,9 @@ a user the retrieval score reorders the candidates (``ranking.blend``, β =
 **Upsert.** ``indexer.catalog``: validated, encoded through the text path outside any lock,
 applied to the live model and index under the model lock, published as a new CURRENT
 bundle version (``indexer.publish.persist_update``) so a restart keeps it; if publishing
-fails the change is undone.
+fails the change is undone. ``patch_item`` is an upsert of some fields (attributes alone
+reuse the item's text embedding: no LM work); ``delete_item`` removes the item from the
+index through ``indexer.catalog.remove_items`` and publishes the same way.
 """
 
 from __future__ import annotations
@@ -32,25 +45,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 
 from app.batching import MicroBatcher
 from app.errors import hide_paths
 from app.event_log import EventLogWriter
 from app.history import HistoryStore
-from app.inference import ModelWork, RecJob, RecOut, Scored, SearchJob
+from app.inference import ModelWork, RecJob, RecOut, Scored, SearchJob, SearchMode
 from app.keys import negative_key, user_hash, user_vector_key, vector_key
 from app.metrics import Metrics
-from app.ranking import popular
+from app.ranking import allowed_popular, popular
 from app.snapshot import Snapshot, build_snapshot, freeze_heap
 from app.tombstones import FileTombstones, Tombstones
-from app.updates import apply_and_publish
+from app.updates import apply_and_publish, remove_and_publish
 from app.vector_cache import VectorCache
 from model_store import private
 from model_store import store as store_mod
+from model_store.attributes import check_fields, parse_filter
 from model_store.bundle import load_bundle
-from model_store.catalog import Change, encode_items, validate_items
+from model_store.catalog import Change, current_text, encode_items, validate_items
 from model_store.errors import (
     BundleError,
     DependencyError,
@@ -107,6 +120,8 @@ class Recommender:
         event_types: Mapping[str, float] | None = None,
         tombstones: Tombstones | None = None,
         user_key: bytes | None = None,
+        search_mode: SearchMode = "dense",
+        search_min_similarity: float = 0.3,
     ) -> None:
         self.store = store
         self.event_log = event_log
@@ -138,8 +153,12 @@ class Recommender:
         self._model_lock = threading.Lock()
         self._admin_lock = asyncio.Lock()
         self.work = ModelWork(
-            lock=self._model_lock, candidates=candidates, search_user_weight=search_user_weight
+            lock=self._model_lock,
+            candidates=candidates,
+            search_user_weight=search_user_weight,
+            min_similarity=search_min_similarity,
         )
+        self.search_mode: SearchMode = search_mode
         wait = batch_max_wait_ms / 1000.0
         self._rec = MicroBatcher[RecJob, RecOut](
             "recommend",
@@ -300,8 +319,12 @@ class Recommender:
         exclude: Sequence[str] = (),
         exclude_history: bool = True,
         explain: bool = False,
+        filter: Mapping[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
     ) -> Answer:
         snap = self.ready()
+        allowed = snap.attrs.mask(parse_filter(filter, snap.attrs.types))
+        names = check_fields(fields, snap.attrs.types)
         unknown: list[str] = []
         rows, key = await self._history_rows(snap, user_id, history, unknown)
         excluded = set(self._resolve(snap, exclude, report=True, unknown=unknown))
@@ -313,24 +336,49 @@ class Recommender:
                 excluded.update(self._resolve(snap, disliked, report=False, unknown=unknown))
         if not rows:
             self._cold_starts.inc()
+            order, order_scores = allowed_popular(snap.popular, snap.popular_scores, allowed)
             items = [
                 Scored(snap.bundle.item_ids[r], s)
-                for r, s in popular(snap.popular, snap.popular_scores, k, excluded)
+                for r, s in popular(order, order_scores, k, excluded)
             ]
-            return Answer(snap.version, "cold_start", items, unknown)
+            return Answer(
+                snap.version, "cold_start", self._with_fields(snap, items, names), unknown
+            )
         vec, hit = await self._user_vector(snap, key)
-        out = await self._rec.submit(RecJob(snap, rows, vec, excluded, k, explain))
+        out = await self._rec.submit(RecJob(snap, rows, vec, excluded, k, explain, allowed))
         if not hit and key is not None:
             await self.cache.set(key, out.vector, tag=snap.version)
         self._personalized.inc()
-        return Answer(snap.version, "personalized", out.items, unknown)
+        return Answer(
+            snap.version, "personalized", self._with_fields(snap, out.items, names), unknown
+        )
+
+    @staticmethod
+    def _with_fields(snap: Snapshot, items: list[Scored], names: list[str]) -> list[Scored]:
+        """The requested catalog fields attached to each result."""
+        if names:
+            rows = [snap.row_of[i.item_id] for i in items]
+            for item, values in zip(items, snap.attrs.fields(rows, names), strict=True):
+                item.fields = values
+        return items
 
     async def search(
-        self, *, query: str, user_id: str | None, history: Sequence[str] | None, k: int
+        self,
+        *,
+        query: str,
+        user_id: str | None,
+        history: Sequence[str] | None,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
+        mode: SearchMode | None = None,
+        offset: int = 0,
     ) -> Answer:
         snap = self.ready()
         if snap.text is None:
             raise NotReadyError(f"search is unavailable: {snap.text_error}")
+        allowed = snap.attrs.mask(parse_filter(filter, snap.attrs.types))
+        names = check_fields(fields, snap.attrs.types)
         unknown: list[str] = []
         rows, key = await self._history_rows(snap, user_id, history, unknown)
         vec: np.ndarray | None = None
@@ -340,10 +388,34 @@ class Recommender:
                 vec = (await self._rec.submit(RecJob(snap, rows, None, set(), 0, False))).vector
                 if key is not None:
                     await self.cache.set(key, vec, tag=snap.version)
-        items = await self._text.submit(SearchJob(snap, query, vec, k))
+        job = SearchJob(snap, query, vec, k, allowed, mode or self.search_mode, offset)
+        items = await self._text.submit(job)
         strategy: Strategy = "personalized" if vec is not None else "cold_start"
         self.metrics.strategy.labels("search", strategy).inc()
-        return Answer(snap.version, strategy, items, unknown)
+        return Answer(snap.version, strategy, self._with_fields(snap, items, names), unknown)
+
+    async def similar(
+        self,
+        *,
+        item_id: str,
+        k: int,
+        filter: Mapping[str, Any] | None = None,
+        fields: Sequence[str] | None = None,
+        explain: bool = False,
+    ) -> Answer:
+        """Items closest to ``item_id`` in the fused item-vector space (cosine); an item
+        added by text only has a vector too (its text path)."""
+        snap = self.ready()
+        row = snap.live(item_id)
+        if row is None:
+            raise NotFoundError(
+                f"item {item_id!r} is not in the catalog of model version {snap.version}"
+            )
+        allowed = snap.attrs.mask(parse_filter(filter, snap.attrs.types))
+        names = check_fields(fields, snap.attrs.types)
+        mask = snap.attrs.visible if allowed is None else allowed
+        items = await asyncio.to_thread(self.work.similar, snap, row, k, mask, explain)
+        return Answer(snap.version, "personalized", self._with_fields(snap, items, names), [])
 
     # ---- items --------------------------------------------------------------------------------
     def item(self, *, item_id: str) -> tuple[str, dict[str, Any], bool]:
@@ -354,13 +426,31 @@ class Recommender:
             raise NotFoundError(
                 f"item {item_id!r} is not in the catalog of model version {snap.version}"
             )
-        record = snap.bundle.items.iloc[row].to_dict()
-        fields = {
-            c: (None if pd.isna(v) else v)
-            for c, v in record.items()
-            if c != "item_id" and c in snap.bundle.text_columns
-        }
+        fields = snap.attrs.fields([row], list(snap.attrs.types))[0]
         return snap.version, fields, bool(snap.bundle.model.has_id[row + 1])
+
+    def items(
+        self, *, item_ids: Sequence[str], fields: Sequence[str] | None = None
+    ) -> tuple[str, list[tuple[str, dict[str, Any], bool]], list[str]]:
+        """(model version, (item_id, fields, trained) of each live item in order, the ids
+        not in the catalog). ``fields`` None = every field."""
+        snap = self.ready()
+        names = check_fields(fields, snap.attrs.types) if fields else list(snap.attrs.types)
+        found: list[tuple[str, int]] = []
+        missing: list[str] = []
+        for item_id in dict.fromkeys(item_ids):
+            row = snap.live(item_id)
+            if row is None:
+                missing.append(item_id)
+            else:
+                found.append((item_id, row))
+        values = snap.attrs.fields([r for _, r in found], names)
+        has_id = snap.bundle.model.has_id
+        out = [
+            (item_id, v, bool(has_id[row + 1]))
+            for (item_id, row), v in zip(found, values, strict=True)
+        ]
+        return snap.version, out, missing
 
     async def upsert_items(self, *, items: Sequence[Mapping[str, Any]]) -> UpsertResult:
         """Add or edit items; live at once, persisted as a new CURRENT bundle version."""
@@ -377,9 +467,62 @@ class Recommender:
                 apply_and_publish, snap, change, store=self.store, lock=self._model_lock
             )
             self._install(new_snap, full_gc=False)
-        if self.on_publish is not None:
-            await self.on_publish(new_snap.version)
+        await self._published(new_snap.version)
         return UpsertResult(new_snap.version, applied.added, applied.updated)
+
+    async def patch_item(self, *, item_id: str, values: Mapping[str, Any]) -> UpsertResult:
+        """Edit some fields of a live item (text fields are re-encoded; attributes such as
+        ``available`` alone need no LM work); persisted as a new CURRENT bundle version."""
+        if not values:
+            raise InvalidInputError("the body names no field to change")
+        if "item_id" in values:
+            raise InvalidInputError("item_id: cannot be changed by PATCH (it is in the path)")
+        async with self._admin_lock:
+            snap = self.ready()
+            if snap.live(item_id) is None:
+                raise NotFoundError(
+                    f"item {item_id!r} is not in the catalog of model version {snap.version}"
+                )
+            records = validate_items(snap.bundle, [{"item_id": item_id, **values}])
+            if set(values) & set(snap.bundle.text_columns):
+                if snap.text is None:
+                    raise NotReadyError(f"text edits are unavailable: {snap.text_error}")
+                emb = await asyncio.to_thread(
+                    encode_items, snap.bundle, records, device=self.device
+                )
+            else:
+                emb = current_text(snap.bundle, records)
+            new_snap, applied = await asyncio.to_thread(
+                apply_and_publish,
+                snap,
+                Change(records, emb),
+                store=self.store,
+                lock=self._model_lock,
+            )
+            self._install(new_snap, full_gc=False)
+        await self._published(new_snap.version)
+        return UpsertResult(new_snap.version, applied.added, applied.updated)
+
+    async def delete_item(self, *, item_id: str) -> str:
+        """Delete an item from every answer (its catalog row stays, marked removed);
+        persisted as a new CURRENT bundle version, which is returned."""
+        async with self._admin_lock:
+            snap = self.ready()
+            if snap.live(item_id) is None:
+                raise NotFoundError(
+                    f"item {item_id!r} is not in the catalog of model version {snap.version}"
+                )
+            new_snap = await asyncio.to_thread(
+                remove_and_publish, snap, [item_id], store=self.store, lock=self._model_lock
+            )
+            self._install(new_snap, full_gc=False)
+        await self._published(new_snap.version)
+        return new_snap.version
+
+    async def _published(self, version: str) -> None:
+        """Tell the other replicas (app.follow) that this process made ``version`` CURRENT."""
+        if self.on_publish is not None:
+            await self.on_publish(version)
 
     # ---- users --------------------------------------------------------------------------------
     async def add_event(

@@ -14,6 +14,31 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FILTER_EXAMPLE: dict[str, dict[str, Any]] = {
+    "genres": {"contains": "Comedy"},
+    "year": {"gte": 1990, "lt": 2000},
+    "available": {"eq": True},
+    "brand": {"in": ["a", "b"]},
+}
+FilterField = Field(
+    None,
+    description=(
+        "conditions on item attributes, all of which must hold: {field: {operator: value}}; "
+        "operators eq, ne, in (a list), contains (one part of a list-valued or '|'-joined "
+        "text field), gt, gte, lt, lte (numbers). Fields: the catalog's text columns, its "
+        "declared attributes and `available`. An unknown field or operator is a 422."
+    ),
+    examples=[FILTER_EXAMPLE],
+)
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+FieldsField = Field(
+    None,
+    max_length=64,
+    description="catalog fields returned with each item (text columns and attributes)",
+    examples=[["title", "genres"]],
+)
+
+
 class RecommendRequest(_Strict):
     user_id: Id | None = Field(
         None, description="uses the server-side history when `history` is not given"
@@ -27,6 +52,8 @@ class RecommendRequest(_Strict):
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
     exclude_history: bool = True
     explain: bool = False
+    filter: dict[str, dict[str, Any]] | None = FilterField
+    fields: list[FieldName] | None = FieldsField
 
 
 class SearchRequest(_Strict):
@@ -34,6 +61,16 @@ class SearchRequest(_Strict):
     user_id: Id | None = None
     history: list[Id] | None = Field(None, max_length=MAX_LIST)
     k: int = Field(10, ge=1, le=1000)
+    filter: dict[str, dict[str, Any]] | None = FilterField
+    fields: list[FieldName] | None = FieldsField
+    mode: Literal["dense", "hybrid"] | None = Field(
+        None,
+        description="dense (query-text cosine) or hybrid (dense + BM25 with typo tolerance, "
+        "fused by reciprocal rank, with a relevance floor); default: the server's "
+        "FUSIONREC_SEARCH_MODE",
+        examples=["hybrid"],
+    )
+    offset: int = Field(0, ge=0, le=1000, description="results to skip (pagination)")
 
     @field_validator("query")
     @classmethod
@@ -61,6 +98,7 @@ class ScoredItem(BaseModel):
     item_id: str
     score: float
     explanation: Explanation | None = None
+    fields: dict[str, Any] | None = Field(None, description="the requested `fields`")
 
 
 class RecommendResponse(BaseModel):
@@ -92,6 +130,62 @@ class ItemOut(BaseModel):
     model_version: str
     fields: dict[str, Any]
     trained: bool = Field(description="has a trained ID embedding (else: text path only)")
+
+
+class SimilarRequest(_Strict):
+    k: int = Field(10, ge=1, le=1000)
+    filter: dict[str, dict[str, Any]] | None = FilterField
+    fields: list[FieldName] | None = FieldsField
+    explain: bool = False
+
+
+class SimilarExplanation(BaseModel):
+    vector_similarity: float = Field(description="cosine of the fused item vectors (the score)")
+    text_similarity: float = Field(description="cosine of the LM text embeddings")
+    collaborative_similarity: float | None = Field(
+        description="cosine of the trained ID embeddings; null when either item has none "
+        "(added by text only)"
+    )
+    seed_has_id: bool
+    item_has_id: bool
+
+
+class SimilarItem(BaseModel):
+    item_id: str
+    score: float
+    explanation: SimilarExplanation | None = None
+    fields: dict[str, Any] | None = None
+
+
+class SimilarResponse(BaseModel):
+    model_version: str
+    item_id: str
+    items: list[SimilarItem]
+
+
+class ItemsBatchGet(_Strict):
+    ids: list[Id] = Field(min_length=1, max_length=MAX_LIST, examples=[["1", "50", "181"]])
+    fields: list[FieldName] | None = FieldsField
+
+
+class ItemsBatch(BaseModel):
+    model_version: str
+    items: list[ItemOut]
+    not_found: list[str] = Field(description="ids not in the catalog (or deleted)")
+
+
+class ItemPatch(BaseModel):
+    """Fields to change: text columns (re-encoded) and attributes such as `available`."""
+
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={"examples": [{"available": False}, {"title": "New title"}]},
+    )
+
+
+class DeleteResponse(BaseModel):
+    model_version: str
+    deleted: str
 
 
 class EventIn(_Strict):

@@ -88,6 +88,16 @@ class Settings(BaseSettings):
         "loaded by itself (a Redis pub/sub message makes it immediate); 0 = only on "
         "POST /admin/reload",
     )
+    search_mode: Literal["dense", "hybrid"] = Field(
+        "dense", description="search when a request names no `mode`: dense, or dense + BM25"
+    )
+    search_min_similarity: float = Field(
+        0.3,
+        ge=-1,
+        le=1,
+        description="hybrid search's relevance floor: a result needs a lexical match or a "
+        "query-text cosine at least this (a nonsense query returns nothing)",
+    )
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")
     faiss_threads: int | None = Field(1, ge=1, description="None = all cores")

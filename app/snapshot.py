@@ -17,7 +17,9 @@ import torch
 
 from indexer.build import build_index
 from indexer.index import ItemIndex
+from indexer.lexical import LexicalIndex
 from indexer.publish import load_index, load_text_index
+from model_store.attributes import AttributeTable
 from model_store.bundle import Bundle
 from model_store.errors import FusionrecError
 from model_store.text_encoder import TextEncoder, text_encoder_for
@@ -40,6 +42,8 @@ class Snapshot:
     popular_scores: np.ndarray  # their log(1 + training count)
     text: TextEncoder | None  # the bundle's own text model (queries, new items)
     text_error: str | None
+    attrs: AttributeTable  # filterable columns, visible rows, cached filter masks
+    lexical: LexicalIndex  # BM25 over the text columns (hybrid search), follows upserts
 
     @property
     def n_items(self) -> int:
@@ -94,7 +98,13 @@ def build_snapshot(bundle: Bundle, *, device: str) -> Snapshot:
         popular_scores=order_scores,
         text=text,
         text_error=text_error,
+        attrs=attribute_table(bundle, index.removed),
+        lexical=LexicalIndex.build(bundle.items, bundle.text_columns),
     )
+
+
+def attribute_table(bundle: Bundle, removed: set[int]) -> AttributeTable:
+    return AttributeTable(bundle.items, bundle.attribute_types, removed)
 
 
 def freeze_heap(*, full: bool) -> None:

@@ -1,5 +1,5 @@
-"""Item upserts on the live service: the catalog change applied under the model lock,
-published as the new CURRENT version, and the snapshot that serves it.
+"""Catalog changes on the live service (upsert, attribute edit, delete): the change applied
+under the model lock, published as the new CURRENT version, and the snapshot that serves it.
 
 The validation and the LM encoding happen before (``model_store.catalog.validate_items`` and
 ``encode_items``, outside any lock); only the cheap in-place part holds the lock, so
@@ -9,13 +9,14 @@ requests wait for microseconds, not for the language model.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from app.snapshot import Snapshot
+from app.snapshot import Snapshot, attribute_table, popular_rows
 from indexer import catalog
 from indexer.publish import persist_update
 from model_store.bundle import read_manifest
@@ -60,6 +61,9 @@ def apply_and_publish(
                 model.serving_encoder()
         raise
     bundle.path, bundle.manifest = path, read_manifest(path)
+    rows = np.asarray([row_of[str(i)] for i in change.records["item_id"]], dtype=np.int64)
+    with lock:
+        snap.lexical.upsert(rows, change.records)
     new_snap = replace(
         snap,
         version=bundle.version,
@@ -67,5 +71,37 @@ def apply_and_publish(
         item_vecs=item_vecs,
         popular=np.concatenate([snap.popular, new_rows]),
         popular_scores=np.concatenate([snap.popular_scores, np.zeros(n_new, np.float32)]),
+        attrs=attribute_table(bundle, snap.index.removed),
     )
     return new_snap, applied
+
+
+def remove_and_publish(
+    snap: Snapshot, ids: Sequence[str], *, store: Path, lock: threading.Lock
+) -> Snapshot:
+    """Take ``ids`` out of the live index (their rows stay, marked removed), publish the new
+    CURRENT version and return the snapshot that serves it; undone if publishing fails."""
+    bundle = snap.bundle
+    with lock:
+        removed = catalog.remove_items(bundle, snap.index, ids, text_index=snap.text_index)
+    try:
+        path = persist_update(
+            store,
+            bundle,
+            snap.index,
+            note={"op": "remove", "removed": len(removed.rows), "by": "service"},
+            text_index=snap.text_index,
+        )
+    except BaseException:
+        with lock:
+            removed.undo()
+        raise
+    bundle.path, bundle.manifest = path, read_manifest(path)
+    order, scores = popular_rows(bundle, snap.index.removed)
+    return replace(
+        snap,
+        version=bundle.version,
+        popular=order,
+        popular_scores=scores,
+        attrs=attribute_table(bundle, snap.index.removed),
+    )

@@ -1,11 +1,12 @@
 """The catalog update of an indexed bundle: ``model_store.catalog`` plus the indexes.
 
-Both ``fusionrec index add|remove`` and the service's ``POST /v1/items`` go through here:
+Both ``fusionrec index add|remove`` and the service's ``POST /v1/items``, ``PATCH`` and
+``DELETE /v1/items/{id}`` go through here:
 ``model_store.catalog.prepare_change`` (validate and encode, slow, no lock), then
 ``apply_change`` (cheap, in place: the bundle's catalog and model, the item vectors in the
 index and the search index), which returns an ``Applied`` whose ``undo`` puts everything
 back for a publish that fails afterwards. ``remove_items`` takes items out of the index
-(their catalog rows stay, marked removed).
+(their catalog rows stay, marked removed) and returns a ``Removed`` that can be undone too.
 """
 
 from __future__ import annotations
@@ -91,19 +92,41 @@ def upsert_items(
     return apply_change(bundle, index, change, text_index=text_index)
 
 
+@dataclass
+class Removed:
+    """What ``remove_items`` did, and how to take it back (a publish that fails)."""
+
+    rows: list[int]
+    index: ItemIndex
+    text_index: ItemIndex | None
+    _vectors: np.ndarray
+    _text: np.ndarray
+
+    def undo(self) -> None:
+        r = np.asarray(self.rows, dtype=np.int64)
+        self.index.add(self._vectors, r)
+        if self.text_index is not None:
+            self.text_index.add(self._text, r)
+
+
 def remove_items(
     bundle: Bundle, index: ItemIndex, ids: Sequence[str], *, text_index: ItemIndex | None = None
-) -> list[int]:
+) -> Removed:
     """Remove items from the index and mark them removed; their catalog rows stay.
 
-    Unknown ids raise NotFoundError (naming them) and nothing changes. Returns the rows.
+    Unknown ids raise NotFoundError (naming them) and nothing changes.
     """
     row_of = {item: k for k, item in enumerate(bundle.item_ids)}
     unknown = [i for i in ids if str(i) not in row_of]
     if unknown:
         raise NotFoundError(f"unknown item id(s) {unknown[:10]}; nothing was removed")
-    rows = [row_of[str(i)] for i in ids]
+    rows = list(dict.fromkeys(row_of[str(i)] for i in ids))
+    model = bundle.model
+    with torch.no_grad():
+        idx = torch.as_tensor(np.asarray(rows, dtype=np.int64) + 1).to(model.text_emb.device)
+        vectors = model.item_vectors(idx).float().cpu().numpy()
+        text = model.text_emb[idx].float().cpu().numpy()
     index.remove(rows)
     if text_index is not None:
         text_index.remove(rows)
-    return rows
+    return Removed(rows, index, text_index, vectors, text)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -292,3 +292,73 @@ def check_fits(
                 f"{directory}: index holds row {int(rows[-1])} but the catalog has "
                 f"{n_items} items; the index does not belong to this bundle"
             )
+
+
+# ---- filtered search ----------------------------------------------------------------------
+
+EXACT_MAX_ROWS = 65_536  # allowed rows up to this are scored exactly, not through the index
+OVERFETCH_ROUNDS = 4
+
+
+def exact_top(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` of ``scores`` (B, R) over candidate ``rows`` (R,) → (scores, rows) (B, k),
+    best first, padded with (−inf, −1)."""
+    n = scores.shape[1]
+    if n == 0 or k <= 0:
+        return empty_result(len(scores), max(k, 0))
+    kk = min(k, n)
+    part = (
+        np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        if kk < n
+        else np.tile(np.arange(n), (len(scores), 1))
+    )
+    top = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-top, axis=1, kind="stable")
+    pos = np.take_along_axis(part, order, axis=1)
+    out_s = np.take_along_axis(scores, pos, axis=1).astype(np.float32)
+    out_r = rows[pos].astype(np.int64)
+    out_r = np.where(np.isfinite(out_s), out_r, -1)
+    return pad_to(np.where(out_r >= 0, out_s, -np.inf).astype(np.float32), out_r, k)
+
+
+def search_allowed(
+    index: ItemIndex | None,
+    queries: np.ndarray,
+    k: int,
+    allowed: np.ndarray,
+    exact: Callable[[np.ndarray], np.ndarray],
+    *,
+    exact_max: int = EXACT_MAX_ROWS,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` among the ``allowed`` catalog rows only (a boolean mask over rows) →
+    (scores (B, k), rows (B, k)), padded with (−inf, −1) when fewer rows are allowed.
+
+    A non-allowed row is never returned. Up to ``exact_max`` allowed rows are scored
+    exactly (``exact(rows)`` → (B, R) scores); above, the index is over-fetched by the
+    inverse of the mask's selectivity, ×4 per round for at most ``OVERFETCH_ROUNDS``
+    rounds, and whatever still has fewer than ``k`` results is scored exactly. Without an
+    ``index`` every query is scored exactly.
+    """
+    q = as_f32(np.atleast_2d(queries))
+    k = int(k)
+    rows_ok = np.flatnonzero(allowed).astype(np.int64)
+    if k <= 0 or len(rows_ok) == 0:
+        return empty_result(len(q), max(k, 0))
+    want = min(k, len(rows_ok))
+    if index is not None and len(rows_ok) > exact_max and index.ntotal > 0:
+        n = min(index.ntotal, int(np.ceil(want * index.ntotal / len(rows_ok) * 1.25)) + 16)
+        for _ in range(OVERFETCH_ROUNDS):
+            scores, rows = index.search(q, n)
+            inside = (rows >= 0) & (rows < len(allowed))
+            ok = inside & allowed[np.where(inside, rows, 0)]
+            if (ok.sum(axis=1) >= want).all():
+                out_s, out_r = empty_result(len(q), k)
+                for b in range(len(q)):
+                    keep = np.flatnonzero(ok[b])[:k]
+                    out_s[b, : len(keep)] = scores[b, keep]
+                    out_r[b, : len(keep)] = rows[b, keep]
+                return out_s, out_r
+            if n >= index.ntotal:
+                break
+            n = min(index.ntotal, n * 4)
+    return exact_top(np.asarray(exact(rows_ok), dtype=np.float32), rows_ok, k)

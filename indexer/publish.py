@@ -335,8 +335,8 @@ def remove_items(store: Path, ids: Sequence[str], *, version: str | None = None)
     bundle = load_bundle(store, version)
     index = load_index(bundle)
     text_index = load_text_index(bundle)
-    rows = catalog.remove_items(bundle, index, ids, text_index=text_index)
-    note = {"op": "remove", "removed": len(rows)}
+    removed = catalog.remove_items(bundle, index, ids, text_index=text_index)
+    note = {"op": "remove", "removed": len(removed.rows)}
     return persist_update(
         store, bundle, index, note=note, expect_current=version is None, text_index=text_index
     )

@@ -31,6 +31,7 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
 from model_store import store as store_mod
+from model_store.attributes import AttrType, attribute_types
 from model_store.config import Config
 from model_store.errors import BundleIntegrityError, BundleNotFoundError
 from model_store.manifest import FORMAT, Manifest
@@ -168,7 +169,7 @@ class Bundle:
     manifest: Manifest
     model: FusedModel
     item_ids: list[str]  # row k ↔ model index k + 1
-    items: pd.DataFrame  # item_id + text columns
+    items: pd.DataFrame  # item_id + text columns + attribute columns
     histories: dict[str, list[str]]
 
     @property
@@ -182,6 +183,11 @@ class Bundle:
     @property
     def text_columns(self) -> list[str]:
         return list(self.manifest.data.text_columns)
+
+    @property
+    def attribute_types(self) -> dict[str, AttrType]:
+        """Every filterable field and its type (text columns, declared ones, ``available``)."""
+        return attribute_types(self.text_columns, self.manifest.data.attributes)
 
     def index_of(self) -> dict[str, int]:
         return {item: k + 1 for k, item in enumerate(self.item_ids)}

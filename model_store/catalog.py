@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from model_store.attributes import check_value, coerce_column
 from model_store.bundle import Bundle
 from model_store.data import format_item_text
 from model_store.errors import ConfigError, InvalidInputError
@@ -33,9 +34,10 @@ MAX_ID = 256
 
 
 def validate_items(bundle: Bundle, items: Sequence[Mapping[str, object]]) -> pd.DataFrame:
-    """The complete records (item_id + every text column) of an upsert; raises
-    InvalidInputError naming the first bad item and field."""
+    """The complete records (item_id + every text column + every attribute) of an upsert;
+    raises InvalidInputError naming the first bad item and field."""
     columns = bundle.text_columns
+    attrs = {k: v for k, v in bundle.attribute_types.items() if k not in columns}
     row_of = {item: k for k, item in enumerate(bundle.item_ids)}
     seen: set[str] = set()
     records: list[dict[str, object]] = []
@@ -49,10 +51,11 @@ def validate_items(bundle: Bundle, items: Sequence[Mapping[str, object]]) -> pd.
         if item_id in seen:
             raise InvalidInputError(f"items[{n}].item_id: {item_id!r} appears twice")
         seen.add(item_id)
-        bad = sorted(set(raw) - {"item_id", *columns})
+        bad = sorted(set(raw) - {"item_id", *columns, *attrs})
         if bad:
             raise InvalidInputError(
-                f"items[{n}]: unknown field(s) {bad}; valid text fields of this catalog: {columns}"
+                f"items[{n}]: unknown field(s) {bad}; valid text fields of this catalog: "
+                f"{columns}; attributes: {attrs}"
             )
         record: dict[str, object] = {"item_id": item_id}
         old = row_of.get(item_id)
@@ -68,12 +71,30 @@ def validate_items(bundle: Bundle, items: Sequence[Mapping[str, object]]) -> pd.
                 record[c] = bundle.items.iloc[old][c]
             else:
                 record[c] = None
+        for c, kind in attrs.items():
+            if c in raw:
+                value = raw[c]
+                record[c] = None if value is None else check_value(f"items[{n}].{c}", kind, value)
+            elif old is not None and c in bundle.items.columns:
+                value = bundle.items.iloc[old][c]
+                record[c] = None if pd.isna(value) else value
+            else:
+                record[c] = None
         if not any(isinstance(record[c], str) and str(record[c]).strip() for c in columns):
             raise InvalidInputError(
                 f"items[{n}] ({item_id!r}) has no text: give at least one of {columns}"
             )
         records.append(record)
-    return pd.DataFrame.from_records(records, columns=["item_id", *columns])
+    return pd.DataFrame.from_records(records, columns=["item_id", *columns, *attrs])
+
+
+def current_text(bundle: Bundle, records: pd.DataFrame) -> np.ndarray:
+    """The text embeddings the (existing) items of ``records`` have now: an edit of
+    attributes only keeps its text, so it needs no LM work."""
+    row_of = bundle.index_of()
+    idx = torch.as_tensor([row_of[str(i)] for i in records["item_id"]], dtype=torch.long)
+    emb = bundle.model.text_emb[idx.to(bundle.model.text_emb.device)]
+    return np.ascontiguousarray(emb.float().cpu().numpy())
 
 
 def encode_items(
@@ -159,6 +180,12 @@ def apply_to_bundle(bundle: Bundle, change: Change) -> BundleChange:
     old_items, old_ids = bundle.items, bundle.item_ids
     items = bundle.items.copy()
     cols = [c for c in change.records.columns if c != "item_id"]
+    types = bundle.attribute_types
+    for c in cols:
+        if c not in items.columns:  # an attribute set for the first time (``available``)
+            items[c] = pd.Series([None] * len(items), dtype=object)
+        elif c not in bundle.text_columns:  # stored form: no bool dtype that None would upcast
+            items[c] = coerce_column(items[c], types[c])
     for n, r in upd:
         items.loc[items.index[r], cols] = change.records.iloc[n][cols].to_numpy()
     with torch.no_grad():
@@ -166,7 +193,11 @@ def apply_to_bundle(bundle: Bundle, change: Change) -> BundleChange:
             model.replace_text(torch.from_numpy(upd_rows + 1), emb[[n for n, _ in upd]])
         if new:
             model.extend_catalog(emb[new])
-    bundle.items = pd.concat([items, change.records.iloc[new]], ignore_index=True)
+    merged = pd.concat([items, change.records.iloc[new]], ignore_index=True)
+    for c, kind in types.items():
+        if c in merged.columns and c not in bundle.text_columns:
+            merged[c] = coerce_column(merged[c], kind)
+    bundle.items = merged
     bundle.item_ids = old_ids + [ids[n] for n in new]
     return BundleChange(
         bundle,

@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from model_store.attributes import AttrType, coerce_column, declared_types
 from model_store.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class Dataset:
     source: Path
     # exact duplicate rows (same user, item and timestamp) collapsed into their first
     duplicates_dropped: int = 0
+    # the other item columns, kept typed for filters (model_store.attributes)
+    attributes: dict[str, AttrType] = field(default_factory=dict)
 
     def item_texts(self) -> list[str]:
         """One text per row of ``items``, formatted like :func:`format_item_text`."""
@@ -273,7 +276,7 @@ def _canonical_order(users: pd.Series, timestamps: np.ndarray) -> np.ndarray:
 
 def _load_items(
     path_without_suffix: Path, text_columns: Sequence[str] | None
-) -> tuple[pd.DataFrame, tuple[str, ...]]:
+) -> tuple[pd.DataFrame, tuple[str, ...], dict[str, AttrType]]:
     items, path = read_table(path_without_suffix)
     _require(items, path, ["item_id"])
     dup_mask = items["item_id"].duplicated(keep=False).to_numpy()
@@ -302,7 +305,10 @@ def _load_items(
         values = items[column]
         text = values.astype(str)
         out[column] = text.where(values.notna().to_numpy(), "")
-    return out.reset_index(drop=True), columns
+    attributes = declared_types(items, columns)
+    for column, kind in attributes.items():
+        out[column] = coerce_column(items[column], kind).to_numpy()
+    return out.reset_index(drop=True), columns, attributes
 
 
 def load_dataset(path: Path, *, text_columns: Sequence[str] | None = None) -> Dataset:
@@ -310,7 +316,7 @@ def load_dataset(path: Path, *, text_columns: Sequence[str] | None = None) -> Da
     path = Path(path)
     if not path.is_dir():
         raise DataError(f"dataset directory {path} does not exist or is not a directory")
-    items, columns = _load_items(path / "items", text_columns)
+    items, columns, attributes = _load_items(path / "items", text_columns)
     raw, ipath = read_table(path / "interactions")
     _require(raw, ipath, INTERACTION_COLUMNS)
     timestamps = _timestamps(raw["timestamp"], ipath)
@@ -354,6 +360,7 @@ def load_dataset(path: Path, *, text_columns: Sequence[str] | None = None) -> Da
         text_columns=columns,
         source=path,
         duplicates_dropped=duplicates,
+        attributes=attributes,
     )
 
 

@@ -37,6 +37,8 @@ class DataInfo(_Section):
     n_interactions: int
     text_columns: list[str]
     holdout: bool
+    # filterable columns besides the text ones, typed by the dataset (model_store.attributes)
+    attributes: dict[str, Literal["text", "number", "bool"]] = Field(default_factory=dict)
 
 
 class Dims(_Section):

@@ -152,7 +152,10 @@ def write_dataset(raw_dir: Path, out: Path) -> Path:
     out = Path(out)
     df = _raw_interactions(raw_dir)
     _atomic_csv(df[["user_id", "item_id", "timestamp", "rating"]], out / "interactions.csv")
-    _atomic_csv(_raw_items(raw_dir), out / "items.csv")
+    items = _raw_items(raw_dir)
+    # a numeric attribute for filters (``{"year": {"gte": 1990}}``), not a text column
+    items["year"] = pd.to_numeric(items["release_date"].str[-4:], errors="coerce").astype("Int64")
+    _atomic_csv(items, out / "items.csv")
     return out
 
 

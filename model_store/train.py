@@ -75,6 +75,7 @@ def training_manifest(
             n_interactions=len(dataset.interactions),
             text_columns=list(dataset.text_columns),
             holdout=cfg.train.holdout,
+            attributes=dict(dataset.attributes),
         ),
         dims=Dims(text=int(model.text_emb.shape[1]), model=cfg.model.dim, vector=model.out_dim),
         item_vocab_hash=bundle_mod.vocab_hash(prep.item_ids),

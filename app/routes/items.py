@@ -1,19 +1,117 @@
-"""GET /v1/items/{item_id} and POST /v1/items (admin)."""
+"""GET /v1/items/{item_id}, GET /v1/items?ids=, POST /v1/items:batchGet, similar items
+(GET and POST /v1/items/{item_id}/similar), and the admin catalog changes: POST /v1/items
+(upsert), PATCH and DELETE /v1/items/{item_id}."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from app.deps import AdminGuard, ClientGuard, RecommenderDep
-from app.schemas import ItemOut, ItemsUpsert, UpsertResponse
+from app.recommender import Answer, Recommender
+from app.schemas import (
+    DeleteResponse,
+    ItemOut,
+    ItemPatch,
+    ItemsBatch,
+    ItemsBatchGet,
+    ItemsUpsert,
+    SimilarRequest,
+    SimilarResponse,
+    UpsertResponse,
+)
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
+
+FieldsQuery = Annotated[
+    list[str] | None,
+    Query(
+        max_length=64,
+        description="catalog fields to return with each item (repeat, or comma-separated)",
+    ),
+]
+
+
+def _names(fields: list[str] | None) -> list[str] | None:
+    if fields is None:
+        return None
+    return [f.strip() for part in fields for f in part.split(",") if f.strip()]
+
+
+def _batch(rec: Recommender, ids: list[str], fields: list[str] | None) -> ItemsBatch:
+    version, found, missing = rec.items(item_ids=ids, fields=fields)
+    return ItemsBatch(
+        model_version=version,
+        items=[ItemOut(item_id=i, model_version=version, fields=f, trained=t) for i, f, t in found],
+        not_found=missing,
+    )
+
+
+def _similar(item_id: str, answer: Answer) -> Response:
+    """The SimilarResponse shape, encoded directly: keys of what was not asked for are left
+    out, while a null collaborative similarity (a text-only item) is kept."""
+    items: list[dict[str, Any]] = []
+    for s in answer.items:
+        item: dict[str, Any] = {"item_id": s.item_id, "score": s.score}
+        if s.explanation is not None:
+            item["explanation"] = s.explanation
+        if s.fields is not None:
+            item["fields"] = s.fields
+        items.append(item)
+    body = {"model_version": answer.model_version, "item_id": item_id, "items": items}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("", response_model=ItemsBatch, dependencies=[ClientGuard])
+async def get_items(
+    rec: RecommenderDep,
+    ids: Annotated[
+        list[str], Query(min_length=1, max_length=1000, description="item ids (repeat or a,b,c)")
+    ],
+    fields: FieldsQuery = None,
+) -> ItemsBatch:
+    """Many items at once; ids not in the catalog are listed in `not_found`."""
+    wanted = _names(ids) or []
+    return _batch(rec, wanted[:1000], _names(fields))
+
+
+@router.post(":batchGet", response_model=ItemsBatch, dependencies=[ClientGuard])
+async def batch_get_items(body: ItemsBatchGet, rec: RecommenderDep) -> ItemsBatch:
+    """Many items at once; ids not in the catalog are listed in `not_found`."""
+    return _batch(rec, list(body.ids), body.fields)
 
 
 @router.get("/{item_id}", response_model=ItemOut, dependencies=[ClientGuard])
 async def get_item(item_id: str, rec: RecommenderDep) -> ItemOut:
     version, fields, trained = rec.item(item_id=item_id)
     return ItemOut(item_id=item_id, model_version=version, fields=fields, trained=trained)
+
+
+@router.get("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
+async def similar_items(
+    item_id: str,
+    rec: RecommenderDep,
+    k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    fields: FieldsQuery = None,
+    explain: bool = False,
+) -> Response:
+    """Items closest to this one in the fused item space (text-only items included)."""
+    answer = await rec.similar(item_id=item_id, k=k, fields=_names(fields), explain=explain)
+    return _similar(item_id, answer)
+
+
+@router.post("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
+async def similar_items_filtered(
+    item_id: str, body: SimilarRequest, rec: RecommenderDep
+) -> Response:
+    """Like the GET form, with a `filter` and `fields` in the body."""
+    answer = await rec.similar(
+        item_id=item_id, k=body.k, filter=body.filter, fields=body.fields, explain=body.explain
+    )
+    return _similar(item_id, answer)
 
 
 @router.post("", response_model=UpsertResponse, dependencies=[AdminGuard])
@@ -23,3 +121,20 @@ async def upsert_items(body: ItemsUpsert, rec: RecommenderDep) -> UpsertResponse
     return UpsertResponse(
         model_version=result.model_version, added=result.added, updated=result.updated
     )
+
+
+@router.patch("/{item_id}", response_model=UpsertResponse, dependencies=[AdminGuard])
+async def patch_item(item_id: str, body: ItemPatch, rec: RecommenderDep) -> UpsertResponse:
+    """Change some fields of an item (`available: false` hides it from every list);
+    live at once and persisted as a new bundle version."""
+    result = await rec.patch_item(item_id=item_id, values=body.model_dump())
+    return UpsertResponse(
+        model_version=result.model_version, added=result.added, updated=result.updated
+    )
+
+
+@router.delete("/{item_id}", response_model=DeleteResponse, dependencies=[AdminGuard])
+async def delete_item(item_id: str, rec: RecommenderDep) -> DeleteResponse:
+    """Delete an item: never returned again by any endpoint, on every replica that reloads."""
+    version = await rec.delete_item(item_id=item_id)
+    return DeleteResponse(model_version=version, deleted=item_id)

@@ -23,6 +23,8 @@ def _response(answer: Answer) -> Response:
         item: dict[str, Any] = {"item_id": s.item_id, "score": s.score}
         if s.explanation is not None:
             item["explanation"] = s.explanation
+        if s.fields is not None:
+            item["fields"] = s.fields
         items.append(item)
     body = {
         "model_version": answer.model_version,
@@ -44,6 +46,8 @@ async def recommend(body: RecommendRequest, rec: RecommenderDep) -> Response:
             exclude=body.exclude,
             exclude_history=body.exclude_history,
             explain=body.explain,
+            filter=body.filter,
+            fields=body.fields,
         )
     )
 
@@ -52,5 +56,14 @@ async def recommend(body: RecommendRequest, rec: RecommenderDep) -> Response:
 async def search(body: SearchRequest, rec: RecommenderDep) -> Response:
     """Items matching a text query, reordered for the user when a user or history is given."""
     return _response(
-        await rec.search(query=body.query, user_id=body.user_id, history=body.history, k=body.k)
+        await rec.search(
+            query=body.query,
+            user_id=body.user_id,
+            history=body.history,
+            k=body.k,
+            filter=body.filter,
+            fields=body.fields,
+            mode=body.mode,
+            offset=body.offset,
+        )
     )

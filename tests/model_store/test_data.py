@@ -65,7 +65,9 @@ def test_item_texts_format(tmp_path: Path) -> None:
     assert format_item_text({"year": 1995, "t": float("nan")}, ["year", "t"]) == "year: 1995"
     ds2 = load_dataset(tmp_path, text_columns=["genres"])
     assert ds2.item_texts() == ["genres: Drama|War", "", "genres: Comedy"]
-    assert list(ds2.items.columns) == ["item_id", "genres"]
+    # a column that is not a text column stays, as a (filterable) text attribute
+    assert list(ds2.items.columns) == ["item_id", "genres", "title"]
+    assert ds2.attributes == {"title": "text"}
 
 
 def test_csv_and_parquet_load_identically(tmp_path: Path) -> None:
