@@ -22,7 +22,7 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
 from app.recommender import Recommender
 from app.redis_gateway import CircuitBreaker, RedisGateway
-from app.routes import admin, health, items, recommend, users
+from app.routes import admin, demo, health, items, recommend, users
 from app.settings import Settings
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
@@ -108,6 +108,8 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     for module in (recommend, items, users, admin, health):
         app.include_router(module.router)
+    if settings.demo:
+        demo.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_log_redaction()

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")
     faiss_threads: int | None = Field(1, ge=1, description="None = all cores")
+    demo: bool = Field(True, description="serve the demo storefront page at /demo")
 
     @field_validator("api_keys", mode="before")
     @classmethod
