@@ -351,18 +351,18 @@ def report(
     from model_store.report import HTML
 
     try:
-        if (store is None) == (ablation is None):
-            raise ConfigError(
-                "give exactly one of --store (a training) or --ablation (a directory)"
-            )
-        if store is not None:
+        if store is not None and ablation is None:
             page = _training_page(store, version)
-        else:
-            page = Path(str(ablation)) / HTML
+        elif ablation is not None and store is None:
+            page = ablation / HTML
             if not page.is_file():
                 raise ConfigError(
                     f"no {HTML} in {ablation}: run `fusionrec ablate --out {ablation}`"
                 )
+        else:
+            raise ConfigError(
+                "give exactly one of --store (a training) or --ablation (a directory)"
+            )
     except FusionrecError as exc:
         raise fail(exc) from exc
     out.print(str(page), soft_wrap=True, markup=False, highlight=False)

@@ -105,7 +105,8 @@ function card(scored) {
     title,
     el("div", { className: "meta" },
       el("span", { className: "id", textContent: scored.item_id }),
-      el("span", { className: "score", textContent: `score ${scored.score.toFixed(4)}` })));
+      el("span", { className: "score",
+        textContent: scored.score === null ? "new" : `score ${scored.score.toFixed(4)}` })));
   const why = explanationText(scored.explanation);
   if (why) {
     node.title = why;
@@ -209,7 +210,7 @@ async function addItem(event) {
     state.items.delete(itemId);
     const verb = out.added.includes(itemId) ? "added" : "updated";
     say(`${verb} ${itemId}: live at once as model version ${out.model_version}`);
-    $("added-items").prepend(card({ item_id: itemId, score: 0 }));
+    $("added-items").prepend(card({ item_id: itemId, score: null }));
     await loadReady();
   } catch (err) {
     say(err.message, "error");
