@@ -14,7 +14,7 @@ export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export HF_HOME ?= $(CURDIR)/.cache/huggingface
 
-.PHONY: install install-system run data train index serve test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak clean
+.PHONY: install install-system run data train index serve report test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -26,10 +26,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# redis-server and PostgreSQL are used by the tests (they start their own on free ports)
+# redis-server and PostgreSQL are used by the tests (they start their own on free ports),
+# chromium by the demo page's browser test (Playwright drives the system browser; it
+# downloads none)
 install-system:
-	@command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server; }
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
+	@command -v redis-server >/dev/null && command -v chromium >/dev/null \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq redis-server chromium postgresql; }
 
 # The main job: fetch MovieLens-100k, train, index, serve on http://$(HOST):$(PORT)
 run: install
@@ -37,6 +40,11 @@ run: install
 	$(VENV)/bin/fusionrec train --data $(DATA) --store $(STORE) $(TRAIN_ARGS)
 	$(VENV)/bin/fusionrec index --store $(STORE)
 	$(VENV)/bin/fusionrec serve --store $(STORE) --host $(HOST) --port $(PORT)
+
+# the training report of the CURRENT bundle (report.html in it): its path, opened when a
+# browser is there
+report: install
+	$(VENV)/bin/fusionrec report --store $(STORE) --open
 
 test: install install-system
 	$(VENV)/bin/pytest -q

@@ -26,7 +26,7 @@ from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
 from app.recommender import Recommender
 from app.redis_gateway import CircuitBreaker, RedisGateway
-from app.routes import admin, health, items, recommend, users
+from app.routes import admin, demo, health, items, recommend, users
 from app.settings import Settings, settings_error_message
 from app.tombstones import FileTombstones, RedisTombstones, Tombstones
 from app.vector_cache import LocalLRU, VectorCache
@@ -169,6 +169,8 @@ def create_app(settings: Settings) -> FastAPI:
     errors.install(app)
     for module in (recommend, items, users, admin, health):
         app.include_router(module.router)
+    if settings.demo:
+        demo.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_log_redaction()

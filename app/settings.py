@@ -148,6 +148,7 @@ class Settings(BaseSettings):
     http_limit_concurrency: int = Field(
         2048, ge=1, description="open connections + tasks before uvicorn answers 503"
     )
+    demo: bool = Field(True, description="serve the demo storefront page at /demo")
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""`fusionrec data|train|evaluate|ablate` — the model-side commands."""
+"""`fusionrec data|train|evaluate|ablate|report` — the model-side commands."""
 
 from __future__ import annotations
 
@@ -241,6 +241,9 @@ def train(
         raise fail(exc) from exc
     out.print(f"bundle: {path}")
     out.print(
+        f"report: {path / 'report.html'} (fusionrec report --store {store} --open)", soft_wrap=True
+    )
+    out.print(
         f"best epoch {result.best_epoch} of {result.epochs_run}; "
         f"{result.seconds:.1f} s; fusion head: {result.rerank.reason}"
     )
@@ -332,6 +335,59 @@ def ablate(
     except (FusionrecError, ValueError) as exc:
         raise fail(exc if isinstance(exc, FusionrecError) else ConfigError(str(exc))) from exc
     out.print(report.read_text())
+    page = report.with_suffix(".html")
+    out.print(f"report: {page} (fusionrec report --ablation {out_dir} --open)", soft_wrap=True)
+
+
+def _training_page(store: Path, version: str | None) -> Path:
+    """The bundle's report.html; a bundle trained before reports gets one written from its
+    manifest under reports/ (a published bundle is never changed)."""
+    from model_store.bundle import read_manifest
+    from model_store.store import resolve_version
+    from model_store.training_report import REPORT, write_training_report
+
+    path = resolve_version(store, version)
+    if (path / REPORT).is_file():
+        return path / REPORT
+    manifest = read_manifest(path)
+    return write_training_report(manifest, Path("reports") / f"train-{manifest.version}")
+
+
+def report(
+    store: Annotated[
+        Path | None, typer.Option(help="bundle store: the training report of a version")
+    ] = None,
+    version: Annotated[str | None, typer.Option(help="bundle version (default: CURRENT)")] = None,
+    ablation: Annotated[
+        Path | None, typer.Option(help="an `ablate --out` directory: its ablation.html")
+    ] = None,
+    open_page: Annotated[
+        bool, typer.Option("--open", help="also open it in the default web browser")
+    ] = False,
+) -> None:
+    """Print the path of the HTML report of a training (--store) or an ablation (--ablation)."""
+    import webbrowser
+
+    from model_store.report import HTML
+
+    try:
+        if store is not None and ablation is None:
+            page = _training_page(store, version)
+        elif ablation is not None and store is None:
+            page = ablation / HTML
+            if not page.is_file():
+                raise ConfigError(
+                    f"no {HTML} in {ablation}: run `fusionrec ablate --out {ablation}`"
+                )
+        else:
+            raise ConfigError(
+                "give exactly one of --store (a training) or --ablation (a directory)"
+            )
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    out.print(str(page), soft_wrap=True, markup=False, highlight=False)
+    if open_page and not webbrowser.open(page.resolve().as_uri()):
+        console.print("no web browser here: open the path above")
 
 
 @events_app.command("export")
@@ -446,3 +502,4 @@ def register(app: typer.Typer) -> None:
     app.command()(evaluate)
     app.command()(ablate)
     app.command()(retrain)
+    app.command()(report)

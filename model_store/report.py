@@ -1,5 +1,6 @@
 """The ablation report: tables by protocol, paired comparisons with bootstrap intervals,
-the cold share, a plot, and every run's per-user ranks as JSON (``reports/``)."""
+the cold share, a plot, and every run's per-user ranks as JSON (``reports/``); the same
+tables as Markdown (``ablation.md``) and as an HTML page with the plot (``ablation.html``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from model_store import pages
 from model_store.ablate import Ablation, Run
+from model_store.pages import Table
 from model_store.protocols import PROTOCOLS, Protocol, Stage, UserRanks
 from model_store.stats import Paired, paired_bootstrap, per_user, seed_mean
 
 METRICS = ("ndcg@10", "recall@10", "recall@20")
 COMPARE = ("ndcg@10", "recall@20")
 BASELINES = ("id", "text", "late")
+MARKDOWN, HTML, JSON, PLOT = "ablation.md", "ablation.html", "ablation.json", "ablation.png"
 PROTOCOL_TITLES = {
     "warm": "warm — every user",
     "tail": "long tail — the target has ≤ 50 training interactions",
@@ -55,7 +59,7 @@ def _by_label(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return out
 
 
-def _row(label: str, runs: list[Run], protocol: Protocol, stage: Stage) -> str | None:
+def _row(label: str, runs: list[Run], protocol: Protocol, stage: Stage) -> list[str] | None:
     per_seed = [ranks_of(r, protocol, stage) for r in runs]
     if not all(per_seed):
         return None
@@ -66,82 +70,109 @@ def _row(label: str, runs: list[Run], protocol: Protocol, stage: Stage) -> str |
         spread = statistics.stdev(vals) if len(vals) > 1 else 0.0
         cells.append(f"{statistics.mean(vals):.4f} ± {spread:.4f}")
     n = len(per_seed[0].users) if per_seed[0] is not None else 0
-    share = ""
     if protocol == "cold":
         shares = [r.cold.cold_share[stage] for r in runs if r.cold is not None]
-        share = f" | {statistics.mean(shares):.3f}"
-    return f"| {label} | {len(runs)} | {n} | " + " | ".join(cells) + share + " |"
+        cells.append(f"{statistics.mean(shares):.3f}")
+    return [label, str(len(runs)), str(n), *cells]
+
+
+def protocol_rows(by: dict[str, list[Run]], protocol: Protocol, stage: Stage) -> Table | None:
+    header = ["strategy", "seeds", "users", *METRICS]
+    if protocol == "cold":
+        header.append("cold share of top-20 slots")
+    rows = [r for label, runs in by.items() if (r := _row(label, runs, protocol, stage))]
+    return Table(header, rows, PROTOCOL_TITLES[protocol]) if rows else None
 
 
 def protocol_table(by: dict[str, list[Run]], protocol: Protocol, stage: Stage) -> list[str]:
-    head = "| strategy | seeds | users | " + " | ".join(m for m in METRICS)
-    sep = "|---|---|---|" + "---|" * len(METRICS)
-    if protocol == "cold":
-        head, sep = head + " | cold share of top-20 slots", sep + "---|"
-    rows = [r for label, runs in by.items() if (r := _row(label, runs, protocol, stage))]
-    return [head + " |", sep, *rows] if rows else []
+    table = protocol_rows(by, protocol, stage)
+    return table.markdown() if table else []
 
 
-def comparisons(by: dict[str, list[Run]], stage: Stage) -> list[str]:
+def comparison_rows(by: dict[str, list[Run]], stage: Stage) -> Table | None:
     """joint against each baseline, per protocol and metric: mean difference [95 % CI]."""
     if "joint" not in by:
-        return []
-    lines = [
-        "| protocol | joint vs | " + " | ".join(f"Δ {m} [95 % CI]" for m in COMPARE) + " |",
-        "|---|---|" + "---|" * len(COMPARE),
-    ]
+        return None
+    table = Table(
+        ["protocol", "joint vs", *(f"Δ {m} [95 % CI]" for m in COMPARE)],
+        caption="joint against the baselines (paired)",
+    )
     for protocol in PROTOCOLS:
         for other in BASELINES:
             if other not in by or ranks_of(by["joint"][0], protocol, stage) is None:
                 continue
             cells = [str(compare(by["joint"], by[other], protocol, stage, m)) for m in COMPARE]
-            lines.append(f"| {protocol} | {other} | " + " | ".join(cells) + " |")
-    return lines
+            table.rows.append([protocol, other, *cells])
+    return table
 
 
-def write_report(ablation: Ablation, out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    by = _by_label(ablation.runs)
-    lines = [
-        "# Ablation: fusion strategies by protocol",
-        "",
+def comparisons(by: dict[str, list[Run]], stage: Stage) -> list[str]:
+    table = comparison_rows(by, stage)
+    return table.markdown() if table else []
+
+
+def _intro(ablation: Ablation) -> str:
+    return (
         f"Data: `{ablation.data}`, {ablation.n_items} items. Leave-one-out per user; every "
         "ranking over the whole catalog with the history excluded. Mean ± std over seeds; "
         "paired differences are per-user metrics averaged over seeds, 95 % bootstrap "
         "intervals from 10,000 resamples of the users. Cold items: "
         f"{ablation.cold_fraction:.0%} of the catalog (cold seed {ablation.cold_seed}) held "
-        "out of training, then added through the catalog path of `POST /v1/items`.",
-    ]
+        "out of training, then added through the catalog path of `POST /v1/items`."
+    )
+
+
+def write_report(ablation: Ablation, out: Path) -> Path:
+    """ablation.md (returned), ablation.html, ablation.json and ablation.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    by = _by_label(ablation.runs)
+    title = "Ablation: fusion strategies by protocol"
+    lines = [f"# {title}", "", _intro(ablation)]
+    parts = [pages.paragraph(_intro(ablation).replace("`", ""))]
     for stage in ("test", "valid"):
         lines += ["", f"## {stage} stage", ""]
+        parts.append(pages.heading(f"{stage} stage"))
         for protocol in PROTOCOLS:
-            table = protocol_table(by, protocol, stage)
+            table = protocol_rows(by, protocol, stage)
             if table:
-                lines += [f"### {PROTOCOL_TITLES[protocol]}", "", *table, ""]
-        comp = comparisons(by, stage)
+                lines += [f"### {table.caption}", "", *table.markdown(), ""]
+                parts.append(table.html())
+        comp = comparison_rows(by, stage)
         if comp:
-            lines += ["### joint against the baselines (paired)", "", *comp, ""]
-    lines += ["", "## Training", "", *_training_table(by)]
-    report = out / "ablation.md"
+            lines += [f"### {comp.caption}", "", *comp.markdown(), ""]
+            parts.append(comp.html())
+    training = _training_table(by)
+    lines += ["", "## Training", "", *training.markdown()]
+    parts += [pages.heading("Training"), training.html()]
+    parts += [
+        pages.heading("Figures"),
+        pages.figure(PLOT, "test NDCG@10 and Recall@20 by protocol; validation curves"),
+        pages.paragraph(
+            f"Also here: {MARKDOWN} (this report as Markdown) and per-user ranks in {JSON}.",
+            muted=True,
+        ),
+    ]
+    report = out / MARKDOWN
     report.write_text("\n".join(lines) + "\n")
-    (out / "ablation.json").write_text(json.dumps(_as_json(ablation), default=float))
-    plot(by, out / "ablation.png")
+    (out / JSON).write_text(json.dumps(_as_json(ablation), default=float))
+    plot(by, out / PLOT)
+    (out / HTML).write_text(pages.page(title, parts))
     return report
 
 
-def _training_table(by: dict[str, list[Run]]) -> list[str]:
-    lines = [
-        "| strategy | best epoch | s/epoch | s to best | head kept |",
-        "|---|---|---|---|---|",
-    ]
+def _training_table(by: dict[str, list[Run]]) -> Table:
+    table = Table(["strategy", "best epoch", "s/epoch", "s to best", "head kept"])
     for label, runs in by.items():
-        lines.append(
-            f"| {label} | {statistics.mean(r.best_epoch for r in runs):.1f} | "
-            f"{statistics.mean(r.seconds_per_epoch for r in runs):.2f} | "
-            f"{statistics.mean(r.seconds_to_best for r in runs):.1f} | "
-            f"{sum(r.rerank for r in runs)}/{len(runs)} |"
+        table.rows.append(
+            [
+                label,
+                f"{statistics.mean(r.best_epoch for r in runs):.1f}",
+                f"{statistics.mean(r.seconds_per_epoch for r in runs):.2f}",
+                f"{statistics.mean(r.seconds_to_best for r in runs):.1f}",
+                f"{sum(r.rerank for r in runs)}/{len(runs)}",
+            ]
         )
-    return lines
+    return table
 
 
 def _as_json(ablation: Ablation) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """`fusionrec train` as a function: dataset → text embeddings → trained model → new bundle.
 
 The optimisation itself is ``trainer.fit``; this module encodes the catalog texts (cached on
-disk), assembles the manifest and publishes the bundle atomically (``bundle.publish``).
+disk), assembles the manifest and publishes the bundle atomically (``bundle.publish``) with
+its training report (``training_report``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from model_store.manifest import DataInfo, Dims, Manifest, TextModelInfo, TrainM
 from model_store.prepare import Prepared, prepare
 from model_store.text_encoder import TextSpec, text_embeddings
 from model_store.trainer import OnEpoch, TrainResult, fit
+from model_store.training_report import write_training_report
 
 log = logging.getLogger(__name__)
 HISTORY_KEEP = 200
@@ -181,6 +183,7 @@ def train_and_publish(
         bundle_mod.write_bundle_files(staged, b.model.cpu(), b.items, b.histories)
         if trained.lora is not None:
             trained.lora.save(staged)
+        write_training_report(b.manifest, staged)  # report.html + training.png, hashed too
         path = bundle_mod.publish(store, staged, b.manifest)
     log.info("published %s", path)
     return path, trained.result
