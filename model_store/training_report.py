@@ -42,14 +42,14 @@ def metrics_table(manifest: Manifest) -> Table:
     """The validation metrics of the kept (best) epoch."""
     return Table(
         ["metric", "value"],
-        [[k, _fmt(v)] for k, v in manifest.metrics.valid.items()],
+        [[k, _fmt(int(v) if k == "users" else v)] for k, v in manifest.metrics.valid.items()],
         "validation (last item per user, full ranking), best epoch",
     )
 
 
 def epochs_table(manifest: Manifest) -> Table:
     history = manifest.metrics.history
-    keys = list(dict.fromkeys(k for row in history for k in row))
+    keys = list(dict.fromkeys(k for row in history for k in row if k != "epoch"))
     rows = [[str(n), *(_fmt(row.get(k)) for k in keys)] for n, row in enumerate(history, 1)]
     return Table(["epoch", *keys], rows, "every epoch")
 
@@ -94,6 +94,7 @@ def plot_curves(manifest: Manifest, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     history = manifest.metrics.history
     epochs = list(range(1, len(history) + 1))
@@ -104,6 +105,7 @@ def plot_curves(manifest: Manifest, path: Path) -> None:
             ax.plot(epochs, [row.get(k, float("nan")) for row in history], marker="o", label=k)
         if manifest.metrics.best_epoch:
             ax.axvline(manifest.metrics.best_epoch, color="grey", linestyle="--", linewidth=1)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(title)
         if ax.get_legend_handles_labels()[0]:
