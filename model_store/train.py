@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -199,7 +200,16 @@ def reusable_current(store: Path, dataset: Dataset, cfg: Config) -> tuple[str | 
         return None, f"CURRENT {manifest.version} has no index"
     if manifest.data.fingerprint != dataset.fingerprint():
         return None, f"the data changed since CURRENT {manifest.version} was trained"
-    if manifest.config.to_dict() != cfg.checked().to_dict():
+    if _as_requested(manifest.config) != _as_requested(cfg.checked()):
         return None, f"the config differs from the one CURRENT {manifest.version} was trained with"
     why = f"CURRENT {manifest.version} is indexed and was trained on this data with this config"
     return manifest.version, why
+
+
+def _as_requested(cfg: Config) -> dict[str, Any]:
+    """``cfg`` without what training fits into it: ``model.cold_offset`` when the cold
+    tower's calibration sets it (``train.cold_calibration``)."""
+    raw = cfg.to_dict()
+    if cfg.train.cold_calibration:
+        raw["model"].pop("cold_offset", None)
+    return raw

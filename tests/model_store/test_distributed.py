@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from fastapi.testclient import TestClient
 
@@ -129,3 +130,26 @@ def test_without_torchrun_nothing_is_initialised() -> None:
     assert ranks == dist_mod.Ranks() and not torch.distributed.is_initialized()
     assert dist_mod.broadcast({"a": 1.0}) == {"a": 1.0}
     assert dist_mod.mean_over_ranks({"a": 2.0}) == {"a": 2.0}
+
+
+def test_index_under_torchrun_encodes_in_blocks_and_publishes_once(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    from indexer.encode import encode_catalog
+    from indexer.publish import load_index
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    shutil.copytree(tiny_store, one)
+    shutil.copytree(tiny_store, two)
+    index_bundle(one, kind="flat", device="cpu")
+    res = torchrun("-m", "fusionrec", "index", "--store", str(two), "--kind", "flat",
+                   "--device", "cpu")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count("published") == 1  # rank 0 alone builds and publishes
+    assert len(store_mod.list_versions(two)) == len(store_mod.list_versions(one))
+    b1, b2 = load_bundle(one), load_bundle(two)
+    assert b2.manifest.index is not None and b2.manifest.index.n_vectors == len(b2.item_ids)
+    queries = encode_catalog(b1, rows=np.arange(20), device="cpu")
+    s1, r1 = load_index(b1).search(queries, 10)
+    s2, r2 = load_index(b2).search(queries, 10)
+    assert np.array_equal(r1, r2) and np.allclose(s1, s2, atol=1e-5)
