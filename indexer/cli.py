@@ -47,6 +47,13 @@ class RateColumn(ProgressColumn):
 
 @contextmanager
 def encode_progress(label: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich bar on a terminal; in a log, plain lines (``model_store.progress``)."""
+    if not console.is_terminal:
+        from model_store.progress import stage_lines
+
+        lines = stage_lines(label)
+        yield lambda n, total: lines(n, total)
+        return
     with Progress(
         TextColumn(label),
         BarColumn(),
@@ -62,6 +69,17 @@ def encode_progress(label: str) -> Iterator[Callable[[int, int], None]]:
             bar.update(task, total=total, advance=n)
 
         yield advance
+
+
+@contextmanager
+def _leave_group_after() -> Iterator[None]:
+    """Leave the torchrun process group (if any) when the block ends."""
+    from model_store.distributed import shutdown
+
+    try:
+        yield
+    finally:
+        shutdown()
 
 
 def _kind(value: str) -> IndexKind:
@@ -98,7 +116,10 @@ def index_cmd(
     ] = 4.0,
     threads: Annotated[
         int | None,
-        typer.Option(help="FAISS OpenMP threads (default FUSIONREC_FAISS_THREADS or all cores)"),
+        typer.Option(
+            help="threads: torch intra-op and FAISS OpenMP (default: torch FUSIONREC_THREADS "
+            "else the usable cores / local processes; FAISS FUSIONREC_FAISS_THREADS else all)"
+        ),
     ] = None,
     hnsw_m: Annotated[int, typer.Option(min=4, help="hnsw: links per node (M)")] = 32,
     ef_construction: Annotated[
@@ -107,6 +128,10 @@ def index_cmd(
     pq_m: Annotated[
         int, typer.Option(min=0, help="ivfpq: sub-quantizers (0 = one per dimension)")
     ] = 0,
+    if_unindexed: Annotated[
+        bool,
+        typer.Option("--if-unindexed", help="do nothing when the bundle already has an index"),
+    ] = False,
 ) -> None:
     """Encode the catalog, build and tune the index, publish it as a new bundle version."""
     # (long: one parameter per command-line option; the work is index_bundle's)
@@ -114,8 +139,21 @@ def index_cmd(
         return
     if store is None:
         raise fail(ConfigError("--store is required: the bundle store root to index"))
-    from indexer.publish import index_bundle
+    from indexer.publish import encode_share, index_bundle
+    from model_store import distributed as dist_mod
+    from model_store.bundle import read_manifest
+    from model_store.store import resolve_version
+    from model_store.threads import set_threads
 
+    try:
+        set_threads(threads)
+        if if_unindexed:
+            current = read_manifest(resolve_version(store, version))
+            if current.index is not None:
+                out.print(f"{current.version} is already indexed: nothing to do", highlight=False)
+                return
+    except FusionrecError as exc:
+        raise fail(exc) from exc
     params = IndexParams(
         flat_max_items=flat_max_items,
         text_index_min_items=text_index_min_items,
@@ -125,7 +163,14 @@ def index_cmd(
         pq_m=pq_m,
     )
     try:
-        with encode_progress("encoding items") as progress:
+        ranks = dist_mod.init(_device(device))
+        if not ranks.main:  # torchrun: encode this rank's block for rank 0, which publishes
+            try:
+                encode_share(store, version=version, batch_size=batch_size, device=device)
+            finally:
+                dist_mod.shutdown()
+            return
+        with encode_progress("encoding items") as progress, _leave_group_after():
             path = index_bundle(
                 store,
                 version=version,
@@ -139,8 +184,6 @@ def index_cmd(
             )
     except FusionrecError as exc:
         raise fail(exc) from exc
-    from model_store.bundle import read_manifest
-
     manifest = read_manifest(path)
     s = manifest.index
     assert s is not None  # index_bundle publishes one

@@ -4,6 +4,10 @@
 service use) over the catalog in chunks; the LM text embeddings are already cached in the
 bundle (``catalog.safetensors``), so no language model runs for a full rebuild.
 Items that arrive after training are encoded by ``model_store.catalog.encode_items``.
+
+Under torchrun (``fusionrec index`` started by ``torchrun --nproc-per-node N -m fusionrec
+index ...``) each rank encodes its contiguous block of the rows and rank 0 gathers them, in
+row order; rank 0 alone then builds the FAISS index and publishes it.
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
+from model_store import distributed as dist_mod
 from model_store.bundle import Bundle
 from model_store.errors import ConfigError
 from model_store.lm import pick_device
-from model_store.model import left_pad
+from model_store.model import FusedModel, left_pad
 
 
 def _model_device(bundle: Bundle, device: str | None) -> torch.device:
@@ -35,10 +41,13 @@ def encode_catalog(
     device: str | None = None,
     rows: np.ndarray | None = None,
     progress: Callable[[int], None] | None = None,
+    shard: bool = True,
 ) -> np.ndarray:
     """Retrieval vectors of catalog ``rows`` (default all) → (N, D) float32.
 
     ``device``: "auto"/"cpu"/"cuda" moves the model there; None leaves it where it is.
+    In a process group every rank encodes its block of the rows; rank 0 gets all N vectors,
+    the other ranks an empty (0, D) array (``shard`` False: this process encodes them all).
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} must be >= 1")
@@ -50,6 +59,21 @@ def encode_catalog(
         if rows is None
         else np.asarray(rows, dtype=np.int64)
     ) + 1
+    ranks = dist_mod.current()
+    if ranks.distributed and shard:
+        blocks = np.array_split(idx_all, ranks.world)
+        mine = _encode(model, dev, blocks[ranks.rank], batch_size, progress)
+        return _gather_rows(mine, [len(b) for b in blocks], ranks)
+    return _encode(model, dev, idx_all, batch_size, progress)
+
+
+def _encode(
+    model: FusedModel,
+    dev: torch.device,
+    idx_all: np.ndarray,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> np.ndarray:
     out = np.empty((len(idx_all), model.out_dim), dtype=np.float32)
     with torch.inference_mode():
         for start in range(0, len(idx_all), batch_size):
@@ -58,6 +82,22 @@ def encode_catalog(
             if progress is not None:
                 progress(len(idx))
     return out
+
+
+def _gather_rows(mine: np.ndarray, sizes: list[int], ranks: dist_mod.Ranks) -> np.ndarray:
+    """Every rank's block on rank 0, concatenated in rank order (others: an empty array).
+    Blocks are padded to the longest (collectives move equal shapes) and cut back."""
+    nccl = dist.get_backend() == "nccl"
+    dev = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    dim, longest = mine.shape[1], max(sizes)
+    tensor = torch.zeros((longest, dim), dtype=torch.float32, device=dev)
+    tensor[: len(mine)] = torch.from_numpy(mine).to(dev)
+    if ranks.main:
+        parts = [torch.empty_like(tensor) for _ in sizes]
+        dist.gather(tensor, parts, dst=0)
+        return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)]).cpu().numpy()
+    dist.gather(tensor, None, dst=0)
+    return np.empty((0, dim), dtype=np.float32)
 
 
 def query_vectors(
@@ -86,6 +126,6 @@ def query_vectors(
         return np.concatenate(out).astype(np.float32)
     n = model.n_items
     pick = rng.choice(n, size=min(max_users, n), replace=False)
-    v = encode_catalog(bundle, rows=pick, device=device)
+    v = encode_catalog(bundle, rows=pick, device=device, shard=False)
     scale = float(np.std(v)) or 1.0
     return (v + rng.normal(0.0, scale, size=v.shape)).astype(np.float32)

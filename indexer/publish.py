@@ -162,6 +162,21 @@ def build_text_index(
     return index, {"build_seconds": round(build_s, 3), **stats}
 
 
+def live_rows(bundle: Bundle) -> np.ndarray:
+    """The catalog rows an index of ``bundle`` holds: all but those its index removed."""
+    removed = set(load_index(bundle).removed) if bundle.manifest.index is not None else set()
+    return np.array([r for r in range(len(bundle.item_ids)) if r not in removed], np.int64)
+
+
+def encode_share(
+    store: Path, *, version: str | None = None, batch_size: int = 8192, device: str = "auto"
+) -> None:
+    """A rank > 0's part of ``index_bundle`` under torchrun: encode its block of the live
+    rows for rank 0 (``indexer.encode``); rank 0 builds and publishes."""
+    bundle = load_bundle(store, version)
+    encode_catalog(bundle, batch_size=batch_size, device=device, rows=live_rows(bundle))
+
+
 def build_for_bundle(
     bundle: Bundle,
     *,
@@ -177,7 +192,7 @@ def build_for_bundle(
     p = params or IndexParams()
     parent = load_index(bundle) if bundle.manifest.index is not None else None
     removed = set(parent.removed) if parent is not None else set()
-    rows = np.array([r for r in range(len(bundle.item_ids)) if r not in removed], np.int64)
+    rows = live_rows(bundle)
     t0 = time.perf_counter()
     tick = None if progress is None else (lambda k: progress(k, len(rows)))
     vectors = encode_catalog(bundle, batch_size=batch_size, device=device, rows=rows, progress=tick)

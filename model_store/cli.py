@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,10 @@ from rich.table import Table
 
 from model_store.config import FUSIONS, Config
 from model_store.errors import ConfigError, FusionrecError
+
+if TYPE_CHECKING:
+    from model_store.data import Dataset
+    from model_store.trainer import TrainResult
 
 console = Console(stderr=True)
 # a wide console when piped, so metric tables are not squeezed into 80 columns
@@ -170,15 +174,41 @@ def train(
         ),
     ] = 0.0,
     cold_seed: Annotated[int, typer.Option(help="which items --cold-items holds out")] = 0,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch intra-op threads (default FUSIONREC_THREADS, else the usable cores "
+            "divided by the processes on this machine)",
+        ),
+    ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="train with this many processes on this machine (starts torchrun)"
+        ),
+    ] = None,
+    reuse_current: Annotated[
+        bool,
+        typer.Option(
+            "--reuse-current",
+            help="do nothing when CURRENT is indexed and was trained on this data and config",
+        ),
+    ] = False,
 ) -> None:
     """Train the fused model and publish a new bundle version."""
     # (long: one parameter per command-line option, and the progress display around the job)
+    from model_store import distributed as dist_mod
     from model_store.data import load_dataset
     from model_store.movielens import default_cache_dir
-    from model_store.train import train_and_publish
+    from model_store.threads import set_threads
+    from model_store.train import reusable_current
 
+    if nproc is not None and nproc > 1 and not dist_mod.from_env().distributed:
+        raise typer.Exit(code=launch_torchrun(nproc))
     try:
         check_store(store)  # before a training that could not be published
+        set_threads(threads)
         cfg = with_overrides(
             load_config(config),
             {
@@ -206,39 +236,27 @@ def train(
             from model_store.protocols import without_items
 
             dataset = without_items(dataset, pick_cold(dataset, cold_items, cold_seed))
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=console,
-        ) as progress:
-            text_task = progress.add_task("encode item texts", total=len(dataset.items), info="")
-            ep_task = progress.add_task(
-                f"train {cfg.model.fusion}", total=cfg.train.epochs, info=""
+        if reuse_current:
+            version, why = reusable_current(store, dataset, cfg)
+            hint = " (`make retrain` or no --reuse-current trains anyway)" if version else ""
+            console.print(
+                f"{'reusing' if version else 'training'}: {why}{hint}",
+                highlight=False,
+                soft_wrap=True,
             )
-
-            def on_epoch(row: dict[str, float]) -> None:
-                info = f"loss_rs {row['loss_rs']:.4f} loss_lm {row['loss_lm']:.4f}"
-                if "valid_ndcg@10" in row:
-                    info += (
-                        f" | valid ndcg@10 {row['valid_ndcg@10']:.4f} "
-                        f"recall@20 {row['valid_recall@20']:.4f}"
-                    )
-                progress.update(ep_task, advance=1, info=info)
-
-            path, result = train_and_publish(
-                dataset,
-                cfg,
-                store,
-                cache_dir=cache_dir or default_cache_dir(),
-                on_epoch=on_epoch,
-                text_progress=lambda n: progress.update(text_task, advance=n),
+            if version is not None:
+                return
+        ranks = dist_mod.init(cfg.train.device)
+        try:
+            path, result = run_training(
+                dataset, cfg, store, cache_dir or default_cache_dir(), show=ranks.main
             )
-            progress.update(text_task, completed=len(dataset.items))
+        finally:
+            dist_mod.shutdown()
     except FusionrecError as exc:
         raise fail(exc) from exc
+    if not ranks.main:
+        return
     out.print(f"bundle: {path}")
     out.print(
         f"report: {path / 'report.html'} (fusionrec report --store {store} --open)", soft_wrap=True
@@ -253,6 +271,89 @@ def train(
                 "validation (last item per user, full ranking)", {"valid": result.valid_metrics}
             )
         )
+
+
+def launch_torchrun(nproc: int) -> int:
+    """``fusionrec train --nproc N ...`` → ``torchrun --standalone --nproc-per-node N -m
+    fusionrec train ...`` (the same options without --nproc); its exit status."""
+    import subprocess
+
+    args = sys.argv[1:]
+    rest: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={nproc}", "-m", "fusionrec", *rest]
+    console.print(f"starting {nproc} processes: torchrun {' '.join(cmd[4:])}", highlight=False)
+    return subprocess.run(cmd, check=False).returncode
+
+
+def run_training(
+    dataset: Dataset, cfg: Config, store: Path, cache_dir: Path, *, show: bool
+) -> tuple[Path, TrainResult]:
+    """``train_and_publish`` with its progress: rich bars on a terminal, plain lines in a
+    log (``model_store.progress``), nothing on ranks > 0 (``show`` False)."""
+    from model_store import progress as plain
+    from model_store.train import train_and_publish
+
+    if not show:
+        return train_and_publish(dataset, cfg, store, cache_dir=cache_dir)
+    if not console.is_terminal:
+        previous = [0.0]
+
+        def on_epoch_line(row: dict[str, float]) -> None:
+            plain.emit(plain.epoch_line(row, cfg.train.epochs, previous[0]))
+            previous[0] = row.get("seconds", 0.0)
+
+        texts = plain.stage_lines("encode item texts", len(dataset.items))
+        plain.emit(
+            f"train {cfg.model.fusion}: {len(dataset.interactions):,} interactions, "
+            f"{len(dataset.items):,} items, up to {cfg.train.epochs} epochs"
+        )
+        return train_and_publish(
+            dataset,
+            cfg,
+            store,
+            cache_dir=cache_dir,
+            on_epoch=on_epoch_line,
+            text_progress=lambda n: texts(n, None),
+        )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    ) as progress:
+        text_task = progress.add_task("encode item texts", total=len(dataset.items), info="")
+        ep_task = progress.add_task(f"train {cfg.model.fusion}", total=cfg.train.epochs, info="")
+
+        def on_epoch(row: dict[str, float]) -> None:
+            info = f"loss_rs {row['loss_rs']:.4f} loss_lm {row['loss_lm']:.4f}"
+            if "valid_ndcg@10" in row:
+                info += (
+                    f" | valid ndcg@10 {row['valid_ndcg@10']:.4f} "
+                    f"recall@20 {row['valid_recall@20']:.4f}"
+                )
+            progress.update(ep_task, advance=1, info=info)
+
+        result = train_and_publish(
+            dataset,
+            cfg,
+            store,
+            cache_dir=cache_dir,
+            on_epoch=on_epoch,
+            text_progress=lambda n: progress.update(text_task, advance=n),
+        )
+        progress.update(text_task, completed=len(dataset.items))
+    return result
 
 
 def evaluate(

@@ -2,7 +2,9 @@
 
 The optimisation itself is ``trainer.fit``; this module encodes the catalog texts (cached on
 disk), assembles the manifest and publishes the bundle atomically (``bundle.publish``) with
-its training report (``training_report``).
+its training report (``training_report``). Under torchrun every rank trains; rank 0 encodes
+the texts first (the others then read its cache) and alone publishes, so a rank > 0 never
+writes to the store.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from model_store import bundle as bundle_mod
 from model_store import private
+from model_store import distributed as dist_mod
 from model_store import store as store_mod
 from model_store.bundle import Bundle
 from model_store.config import Config
@@ -126,8 +130,15 @@ def train(
     cfg = cfg.checked()
     if cfg.text.mode == "lora" and cfg.model.fusion != "joint":
         raise ConfigError("text.mode=lora tunes the LM jointly and needs fusion=joint")
+    ranks = dist_mod.current()
+    if ranks.distributed and cfg.text.mode == "lora":
+        raise ConfigError("text.mode=lora is not supported with more than one process")
     prep = prepare(dataset, holdout=cfg.train.holdout)
+    if not ranks.main:  # rank 0 encodes (and caches) the texts, then the others read them
+        dist_mod.barrier()
     prep.text_emb = catalog_embeddings(dataset, cfg, cache_dir=cache_dir, progress=text_progress)
+    if ranks.main:
+        dist_mod.barrier()
     lora = None
     if cfg.text.mode == "lora":
         lora = LoraText(cfg.text, dataset.item_texts(), pick_device(cfg.train.device))
@@ -178,6 +189,8 @@ def train_and_publish(
         on_epoch=on_epoch,
         text_progress=text_progress,
     )
+    if not dist_mod.current().main:
+        return UNPUBLISHED, trained.result
     b = trained.bundle
     with store_mod.staging(store, b.version) as staged:
         bundle_mod.write_bundle_files(staged, b.model.cpu(), b.items, b.histories)
@@ -187,3 +200,33 @@ def train_and_publish(
         path = bundle_mod.publish(store, staged, b.manifest)
     log.info("published %s", path)
     return path, trained.result
+
+
+def reusable_current(store: Path, dataset: Dataset, cfg: Config) -> tuple[str | None, str]:
+    """Whether training would only remake the store's ``CURRENT``: (its version, why) when it
+    is indexed and was trained on the same data (fingerprint) with the same config, else
+    (None, why not). ``make run`` trains only when this says no."""
+    from model_store.errors import FusionrecError
+
+    try:
+        path = store_mod.resolve_version(store, None)
+        manifest = bundle_mod.read_manifest(path)
+    except FusionrecError as exc:
+        return None, f"no usable CURRENT bundle ({exc})"
+    if manifest.index is None:
+        return None, f"CURRENT {manifest.version} has no index"
+    if manifest.data.fingerprint != dataset.fingerprint():
+        return None, f"the data changed since CURRENT {manifest.version} was trained"
+    if _as_requested(manifest.config) != _as_requested(cfg.checked()):
+        return None, f"the config differs from the one CURRENT {manifest.version} was trained with"
+    why = f"CURRENT {manifest.version} is indexed and was trained on this data with this config"
+    return manifest.version, why
+
+
+def _as_requested(cfg: Config) -> dict[str, Any]:
+    """``cfg`` without what training fits into it: ``model.cold_offset`` when the cold
+    tower's calibration sets it (``train.cold_calibration``)."""
+    raw = cfg.to_dict()
+    if cfg.train.cold_calibration:
+        raw["model"].pop("cold_offset", None)
+    return raw

@@ -7,6 +7,15 @@ weights (``WeightAverage``). The averaged weights are validated (full-ranking ND
 each user's held-out item) and ``BestEpoch`` keeps the epoch whose score, averaged with its
 neighbours' (``train.select_window``), is highest, stopping after ``train.patience``
 epochs without a better one. Then the fusion head is fitted (``head.fit_head``).
+
+Under torchrun (``model_store.distributed``) the step runs through DistributedDataParallel:
+every rank cuts the same windows and draws the same permutation (a common seed), takes its
+shard of each epoch (``rank::world`` of the permutation, padded to equal length, so every
+rank takes the same number of steps) and ``train.batch_size`` stays the windows of one
+optimizer step over all ranks. Gradients are averaged across ranks, so the weights, the
+weight average and the full softmax (each rank scores the whole catalog) stay exact and
+identical on every rank. Rank 0 validates and broadcasts the figures, so every rank makes
+the same early-stopping decision; rank 0 alone fits the cold tower and the head.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from model_store import distributed as dist_mod
 from model_store.coldstart import fit_cold_tower
 from model_store.config import Config
+from model_store.errors import ConfigError
 from model_store.evaluate import EvalSet, evaluate, metrics_from_ranks, rank_targets
 from model_store.head import fit_head
 from model_store.lm import pick_device
@@ -123,6 +135,38 @@ class BestEpoch:
         return False
 
 
+class StepLoss(torch.nn.Module):
+    """L_RS (+ α·L_LM) of a batch as a module's forward: what DistributedDataParallel wraps,
+    so that the backward pass averages the gradients across ranks (frozen text mode)."""
+
+    def __init__(self, model: FusedModel, cfg: Config) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+
+    def forward(
+        self, batch: Batch, sampler_logq: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        tr = self.cfg.train
+        l_rs = rs_loss(self.model, batch, self.cfg, sampler_logq)
+        l_lm = None
+        if self.cfg.model.fusion == "joint" and tr.alpha > 0:
+            l_lm = align_loss(self.model, batch, tr.align_temperature)
+        loss = l_rs if l_lm is None else l_rs + tr.alpha * l_lm
+        return loss, l_rs, l_lm
+
+
+def distributed_step_module(model: FusedModel, cfg: Config) -> torch.nn.Module:
+    """``StepLoss`` wrapped in DistributedDataParallel (the process group must be up)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    # buffers (the catalog's text embeddings) are equal on every rank and never change in
+    # training: not re-broadcast at every step
+    return DistributedDataParallel(
+        StepLoss(model, cfg), broadcast_buffers=False, find_unused_parameters=True
+    )
+
+
 def train_step(
     model: FusedModel,
     batch: Batch,
@@ -131,11 +175,23 @@ def train_step(
     *,
     sampler_logq: torch.Tensor | None,
     lora: LoraText | None = None,
+    ddp: torch.nn.Module | None = None,
 ) -> dict[str, float]:
-    """One optimisation step on ``batch``; returns its loss parts."""
+    """One optimisation step on ``batch``; returns its loss parts. ``ddp``: the
+    ``distributed_step_module`` of ``model`` (gradients averaged across ranks)."""
     tr = cfg.train
     parts = {"loss_rs": 0.0, "loss_lm": 0.0}
     l_lm: torch.Tensor | None = None
+    if ddp is not None:
+        loss, l_rs, l_lm = ddp(batch, sampler_logq)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        parts["loss_rs"] = float(l_rs.detach())
+        if l_lm is not None:
+            parts["loss_lm"] = float(l_lm.detach())
+        return parts
     if lora is not None:
         # re-encode this batch's target items with gradients; others use the cache
         idx = torch.unique(batch.targets[batch.targets > 0])
@@ -187,6 +243,13 @@ class Loop:
     data: Batch
     gen: torch.Generator
     jitter: np.random.Generator
+    ranks: dist_mod.Ranks = field(default_factory=dist_mod.Ranks)
+    ddp: torch.nn.Module | None = None
+
+    @property
+    def rank_batch(self) -> int:
+        """Windows per step on this rank: its share of the (global) batch size."""
+        return math.ceil(self.batch_size / self.ranks.world)
 
     @classmethod
     def start(cls, cfg: Config, prep: Prepared, model: FusedModel, lora: LoraText | None) -> Loop:
@@ -201,6 +264,15 @@ class Loop:
             lora.to(device)
             lora.train()
         params = list(model.parameters())
+        ranks = dist_mod.current()
+        ddp = None
+        if ranks.distributed:
+            if lora is not None:
+                raise ConfigError("text.mode=lora is not supported with more than one process")
+            ddp = distributed_step_module(model, cfg)
+            # the same data order on every rank (common seed), but dropout and sampled
+            # negatives of its own
+            torch.manual_seed(tr.seed + 7919 * ranks.rank)
         return cls(
             cfg,
             prep,
@@ -215,6 +287,8 @@ class Loop:
             data,
             torch.Generator().manual_seed(tr.seed),
             np.random.default_rng(tr.seed),
+            ranks,
+            ddp,
         )
 
     def epoch(self, epoch: int) -> dict[str, float]:
@@ -226,10 +300,14 @@ class Loop:
                 prep.sequences, prep.weights, cfg.model.max_len, self.jitter, future=self.future
             )
         perm = torch.randperm(len(self.data.inputs), generator=self.gen)
+        step = self.batch_size
+        if self.ranks.distributed:
+            perm = shard(perm, self.ranks)
+            step = self.rank_batch
         sums = {"loss_rs": 0.0, "loss_lm": 0.0}
         steps = 0
-        for s in range(0, len(perm), self.batch_size):
-            batch = self.data.take(perm[s : s + self.batch_size])
+        for s in range(0, len(perm), step):
+            batch = self.data.take(perm[s : s + step])
             if cfg.train.crop_rate > 0:
                 batch = crop(batch, cfg.train.crop_rate, cfg.train.crop_max, self.gen)
             if self.sampler_logq is None:
@@ -241,13 +319,17 @@ class Loop:
                 self.opt,
                 sampler_logq=self.sampler_logq,
                 lora=self.lora,
+                ddp=self.ddp,
             )
             if self.average is not None:
                 self.average.update()
             for k, v in parts.items():
                 sums[k] += v
             steps += 1
-        return {"epoch": float(epoch), **{k: v / max(steps, 1) for k, v in sums.items()}}
+        means = {k: v / max(steps, 1) for k, v in sums.items()}
+        if self.ranks.distributed:  # the epoch's losses over all ranks' windows
+            means = dist_mod.mean_over_ranks(means)
+        return {"epoch": float(epoch), **means}
 
     def evaluated(self) -> contextlib.AbstractContextManager[None]:
         """The weights to validate and keep: the averaged ones when averaging is on."""
@@ -268,6 +350,16 @@ class Loop:
             text = text.to(self.device)
             self.model.text_emb = torch.cat([torch.zeros_like(text[:1]), text])
         self.model.eval()
+
+
+def shard(perm: torch.Tensor, ranks: dist_mod.Ranks) -> torch.Tensor:
+    """This rank's windows of the epoch's permutation: ``rank::world``, the permutation
+    padded from its start to a multiple of ``world`` so that every rank gets as many (as
+    torch's DistributedSampler does)."""
+    pad = (-len(perm)) % ranks.world
+    if pad:
+        perm = torch.cat([perm, perm[:pad]])
+    return perm[ranks.rank :: ranks.world]
 
 
 def fit(
@@ -296,12 +388,19 @@ def fit(
         loop.snapshot(),
     )
     history: list[dict[str, float]] = []
+    ranks = loop.ranks
     for epoch in range(1, (tr.epochs if epochs is None else epochs) + 1):
         row = loop.epoch(epoch)
         with loop.evaluated():
             score = float(epoch)  # no holdout: the last epoch is the one kept
             if valid is not None:
-                m = metrics_from_ranks(*rank_targets(model, valid, use_head=False), prep.n_items)
+                m: dict[str, float] | None = None
+                if ranks.main:  # the weights are the same on every rank: one evaluates
+                    m = metrics_from_ranks(
+                        *rank_targets(model, valid, use_head=False), prep.n_items
+                    )
+                m = dist_mod.broadcast(m)
+                assert m is not None
                 row.update({f"valid_{k}": v for k, v in m.items() if k != "users"})
                 score = m["ndcg@10"]
             row["seconds"] = time.perf_counter() - t0
@@ -313,6 +412,13 @@ def fit(
             break
     best = chooser.finish()
     loop.restore(best.snapshot)
+    if not ranks.main:  # rank 0 finishes the model and publishes it
+        off = "fitted on rank 0"
+        return TrainResult(
+            model, best.epoch, len(history), history, {}, time.perf_counter() - t0,
+            best.row["seconds"], RerankInfo(enabled=False, reason=off),
+            ColdInfo(enabled=False, reason=off), loop.batch_size,
+        )  # fmt: skip
     cold = fit_cold_tower(model, cfg, prep, valid)
     valid_metrics = {
         k.removeprefix("valid_"): v for k, v in best.row.items() if k.startswith("valid_")

@@ -73,6 +73,23 @@ def test_compose_config_is_valid() -> None:
     assert set(r.stdout.split()) == {"redis", "indexer", "api", "lb", "loadtest"}
 
 
+def test_compose_train_ddp_profile() -> None:
+    """The optional profile runs one training in 2 torchrun processes into the shared store."""
+    r = subprocess.run(
+        [*_compose_command(), "-f", str(ROOT / "docker-compose.yml"), "--profile", "train-ddp",
+         "config", "--services"],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "train-ddp" in r.stdout.split()
+    job = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["train-ddp"]
+    assert job["profiles"] == ["train-ddp"] and job["restart"] == "no"
+    script = " ".join(job["command"])
+    assert "torch.distributed.run --standalone" in script and "-m fusionrec train" in script
+    assert job["environment"]["FUSIONREC_DDP_NPROC"] == "${FUSIONREC_DDP_NPROC:-2}"
+    assert "store:/store" in job["volumes"]
+
+
 def test_compose_structure() -> None:
     """What the compose file promises, checked without Docker."""
     spec = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
