@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from model_store import bundle as bundle_mod
-from model_store import private
 from model_store import distributed as dist_mod
+from model_store import private
 from model_store import store as store_mod
 from model_store.bundle import Bundle
 from model_store.config import Config
