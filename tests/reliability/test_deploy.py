@@ -70,7 +70,15 @@ def test_compose_config_is_valid() -> None:
         timeout=60,
     )
     assert r.returncode == 0, r.stderr
-    assert set(r.stdout.split()) == {"redis", "indexer", "api", "lb", "loadtest"}
+    assert set(r.stdout.split()) == {
+        "redis",
+        "postgres",
+        "indexer",
+        "trainer",
+        "api",
+        "lb",
+        "loadtest",
+    }
 
 
 def test_compose_train_ddp_profile() -> None:
@@ -100,8 +108,20 @@ def test_compose_structure() -> None:
     assert "store:/store" in s["indexer"]["volumes"] and "store:/store" in s["api"]["volumes"]
     assert s["api"]["depends_on"] == {
         "redis": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
         "indexer": {"condition": "service_completed_successfully"},
     }
+    # the event log (issue 20): PostgreSQL with a volume and a health check, selected by URL
+    assert s["postgres"]["image"].startswith("postgres:")
+    assert "pg_isready" in " ".join(s["postgres"]["healthcheck"]["test"])
+    assert any(v.startswith("postgres-data:") for v in s["postgres"]["volumes"])
+    assert s["api"]["environment"]["FUSIONREC_EVENTS_URL"].startswith("postgresql+psycopg://")
+    assert s["api"]["environment"]["FUSIONREC_EVENTS_URL"].endswith("@postgres:5432/fusionrec")
+    # scheduled retraining through the gate, into the shared store
+    trainer = s["trainer"]
+    assert trainer["command"][:2] == ["fusionrec", "retrain"] and "--every" in trainer["command"]
+    assert "store:/store" in trainer["volumes"]
+    assert trainer["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "/readyz" in " ".join(s["api"]["healthcheck"]["test"])
     assert s["api"]["environment"]["REDIS_URL"].startswith("redis://redis:")
     assert s["api"]["env_file"] == [{"path": "deploy/api.env", "required": False}]
@@ -114,7 +134,7 @@ def test_compose_structure() -> None:
     assert s["lb"]["depends_on"]["api"]["condition"] == "service_healthy"
     assert s["loadtest"]["profiles"] == ["loadtest"]
     assert "http://lb:8080" in s["loadtest"]["command"]
-    assert {"store", "data", "redis-data"} <= set(spec["volumes"])
+    assert {"store", "data", "redis-data", "postgres-data"} <= set(spec["volumes"])
     nginx = (ROOT / "deploy" / "nginx.conf").read_text()
     assert re.search(r"server\s+api:8000\s+resolve", nginx) and "listen 8080;" in nginx
     docker = (ROOT / "Dockerfile").read_text()

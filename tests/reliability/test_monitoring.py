@@ -32,7 +32,7 @@ PROVIDERS = ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "fusio
 PROMETHEUS = ROOT / "deploy" / "prometheus.yml"
 
 MONITORING = {"prometheus", "grafana"}
-BASE = {"redis", "indexer", "api", "lb"}
+BASE = {"redis", "postgres", "indexer", "trainer", "api", "lb"}
 
 # ProcessCollector reads /proc: process_* exists on Linux, where the service runs (the
 # image, CI); the tests that need it fail elsewhere rather than pass without checking
