@@ -497,7 +497,7 @@ def events_export(
         str, typer.Option(help="the log's URL: sqlite:///store/events.db or postgresql+psycopg://…")
     ],
     store: Annotated[Path, typer.Option(help="the store whose CURRENT catalog is exported")],
-    out: Annotated[Path, typer.Option(help="dataset directory to write")],
+    out_dir: Annotated[Path, typer.Option("--out", help="dataset directory to write")],
     since: Annotated[
         str | None, typer.Option(help="only events from this time: unix seconds or ISO date")
     ] = None,
@@ -511,7 +511,7 @@ def events_export(
         log = EventStore(events)
         try:
             n_events, n_items = export_dataset(
-                log, out, items=read_items(store), since=parse_since(since)
+                log, out_dir, items=read_items(store), since=parse_since(since)
             )
         finally:
             log.close()
@@ -525,7 +525,7 @@ def events_export(
             f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         )
         raise typer.Exit(code=2) from exc
-    out.print(f"{n_events} interactions and {n_items} items written to {out}")
+    out.print(f"{n_events} interactions and {n_items} items written to {out_dir}")
 
 
 def parse_every(value: str) -> float:

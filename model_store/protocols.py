@@ -69,9 +69,7 @@ class Split:
         without some items (their interactions and their catalog rows)."""
         ds = self.dataset
         fit = ds.interactions[~self.is_test].reset_index(drop=True)
-        return without_items(
-            Dataset(fit, ds.items, ds.text_columns, ds.source, ds.attributes), without
-        )
+        return without_items(dataclasses.replace(ds, interactions=fit), without)
 
 
 def cold_items(dataset: Dataset, fraction: float, seed: int) -> frozenset[str]:
@@ -89,7 +87,7 @@ def without_items(dataset: Dataset, items: frozenset[str]) -> Dataset:
     inter = dataset.interactions
     inter = inter[~inter["item_id"].isin(items)].reset_index(drop=True)
     kept = dataset.items[~dataset.items["item_id"].isin(items)].reset_index(drop=True)
-    return Dataset(inter, kept, dataset.text_columns, dataset.source, dataset.attributes)
+    return dataclasses.replace(dataset, interactions=inter, items=kept)
 
 
 def add_cold_items(bundle: Bundle, dataset: Dataset, cold: frozenset[str]) -> None:

@@ -151,3 +151,18 @@ def test_cli_errors_name_the_setting_without_secrets(tmp_path: Path) -> None:
     )  # fmt: skip
     assert r.returncode == 2
     assert "--every 'soon'" in r.stdout + r.stderr
+
+
+def test_cli_export_writes_a_dataset_train_can_read(
+    setup: tuple[Path, str, pd.DataFrame], tmp_path: Path
+) -> None:
+    store, url, inter = setup
+    bin_dir = Path(sys.executable).parent
+    r = subprocess.run(
+        [str(bin_dir / "fusionrec"), "events", "export", "--events", url, "--store", str(store),
+         "--out", str(tmp_path / "exported")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{len(inter)} interactions" in r.stdout
+    assert len(load_dataset(tmp_path / "exported").interactions) == len(inter)
