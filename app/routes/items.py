@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Query
@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from app.deps import AdminGuard, ClientGuard, RecommenderDep
 from app.recommender import Answer, Recommender
+from app.routes.recommend import item_dicts
 from app.schemas import (
     DeleteResponse,
     ItemOut,
@@ -53,15 +54,7 @@ def _batch(rec: Recommender, ids: list[str], fields: list[str] | None) -> ItemsB
 def _similar(item_id: str, answer: Answer) -> Response:
     """The SimilarResponse shape, encoded directly: keys of what was not asked for are left
     out, while a null collaborative similarity (a text-only item) is kept."""
-    items: list[dict[str, Any]] = []
-    for s in answer.items:
-        item: dict[str, Any] = {"item_id": s.item_id, "score": s.score}
-        if s.explanation is not None:
-            item["explanation"] = s.explanation
-        if s.fields is not None:
-            item["fields"] = s.fields
-        items.append(item)
-    body = {"model_version": answer.model_version, "item_id": item_id, "items": items}
+    body = {"model_version": answer.model_version, "item_id": item_id, "items": item_dicts(answer)}
     return Response(orjson.dumps(body), media_type="application/json")
 
 

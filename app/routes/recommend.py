@@ -15,9 +15,8 @@ from app.schemas import RecommendRequest, RecommendResponse, SearchRequest
 router = APIRouter(prefix="/v1", tags=["recommend"], dependencies=[ClientGuard])
 
 
-def _response(answer: Answer) -> Response:
-    """The RecommendResponse shape, built directly and encoded with orjson: the hot path
-    skips re-validation and the stdlib encoder (the schema is still declared for /docs)."""
+def item_dicts(answer: Answer) -> list[dict[str, Any]]:
+    """The answer's items as response JSON: keys of what was not asked for are left out."""
     items: list[dict[str, Any]] = []
     for s in answer.items:
         item: dict[str, Any] = {"item_id": s.item_id, "score": s.score}
@@ -26,6 +25,13 @@ def _response(answer: Answer) -> Response:
         if s.fields is not None:
             item["fields"] = s.fields
         items.append(item)
+    return items
+
+
+def _response(answer: Answer) -> Response:
+    """The RecommendResponse shape, built directly and encoded with orjson: the hot path
+    skips re-validation and the stdlib encoder (the schema is still declared for /docs)."""
+    items = item_dicts(answer)
     body = {
         "model_version": answer.model_version,
         "strategy": answer.strategy,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from model_store.events import EventStore
-from tests.helpers.postgres import PostgresServer
+from tests.helpers.postgres import PostgresServer, postgres_server
 from tests.helpers.servers import ADMIN, LiveServer, ServerProcess, make_settings
 
 
@@ -28,12 +28,8 @@ def env(store: Path, events_url: str) -> dict[str, str]:
 
 @pytest.fixture
 def pg() -> Iterator[PostgresServer]:
-    server = PostgresServer()
-    server.start()
-    try:
+    with postgres_server() as server:
         yield server
-    finally:
-        server.remove()
 
 
 def test_events_answered_200_survive_kill_9(store: Path, tmp_path: Path) -> None:
