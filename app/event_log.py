@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from model_store.errors import DependencyError
-from model_store.events import Event, EventStore, iter_chunks, redact
+from model_store.events.log import Event, EventStore, iter_chunks, redact
 
 log = logging.getLogger("fusionrec.events")
 

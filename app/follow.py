@@ -19,7 +19,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 from app.recommender import Recommender
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 from model_store.errors import FusionrecError
 
 log = logging.getLogger("app.follow")

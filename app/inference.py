@@ -25,7 +25,7 @@ import torch
 from app import ranking
 from app.snapshot import Snapshot
 from indexer.index import empty_result, search_allowed
-from model_store.model import left_pad
+from model_store.model.fused import left_pad
 
 
 @dataclass

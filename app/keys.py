@@ -6,7 +6,7 @@ fusionrec:hist:{uhash}                    Redis list of item ids, oldest first; 
 fusionrec:hist:{uhash}:neg                items with negative feedback (dislike); TTL
 fusionrec:forgotten                       Redis set of the uhashes of forgotten users
 
-``uhash`` is ``HMAC-SHA256(user key, user id)`` (``model_store.private.user_hash``). Every key
+``uhash`` is ``HMAC-SHA256(user key, user id)`` (``model_store.privacy.users.user_hash``). Every key
 that holds a user's data is named by the uhash alone, so erasing a user deletes a fixed set
 of keys (:func:`user_keys`) and never scans the keyspace.
 """
@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from model_store.private import TOMBSTONES_KEY
-from model_store.private import user_hash as _user_hash
+from model_store.privacy.users import TOMBSTONES_KEY
+from model_store.privacy.users import user_hash as _user_hash
 
 PREFIX = "fusionrec:"
 __all__ = ["PREFIX", "TOMBSTONES_KEY", "history_key", "user_hash", "user_vector_key"]

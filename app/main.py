@@ -31,9 +31,9 @@ from app.settings import Settings, settings_error_message
 from app.tombstones import FileTombstones, RedisTombstones, Tombstones
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
-from model_store import private
 from model_store.errors import ConfigError
-from model_store.events import EventStore
+from model_store.events.log import EventStore
+from model_store.privacy import users as private
 
 log = logging.getLogger("app")
 

@@ -5,7 +5,7 @@ Nothing here knows HTTP: routes call the keyword-only coroutines ``recommend``, 
 ``add_event``, ``forget_user`` and ``reload``, which raise the domain errors of
 ``model_store.errors``.
 
-**Filters and fields** (``model_store.attributes``). A request's ``filter`` is validated
+**Filters and fields** (``model_store.data.attributes``). A request's ``filter`` is validated
 against the snapshot's attribute types and turned into a cached boolean mask over catalog
 rows (hidden and deleted rows never in it); retrieval then searches only the allowed rows
 (``indexer.index.search_allowed``), so a filtered answer holds ``k`` items when ``k`` match.
@@ -59,11 +59,10 @@ from app.snapshot import Snapshot, build_snapshot, freeze_heap
 from app.tombstones import FileTombstones, Tombstones
 from app.updates import apply_and_publish, remove_and_publish
 from app.vector_cache import VectorCache
-from model_store import private
-from model_store import store as store_mod
-from model_store.attributes import check_fields, parse_filter
-from model_store.bundle import load_bundle
-from model_store.catalog import Change, current_text, encode_items, validate_items
+from model_store.bundle import store as store_mod
+from model_store.bundle.io import load_bundle
+from model_store.catalog.changes import Change, current_text, encode_items, validate_items
+from model_store.data.attributes import check_fields, parse_filter
 from model_store.errors import (
     BundleError,
     DependencyError,
@@ -73,7 +72,8 @@ from model_store.errors import (
     NotReadyError,
     ReloadRefusedError,
 )
-from model_store.events import DEFAULT_EVENT_TYPES, DEFAULT_TYPE, Event
+from model_store.events.log import DEFAULT_EVENT_TYPES, DEFAULT_TYPE, Event
+from model_store.privacy import users as private
 
 log = logging.getLogger("app.recommender")
 Strategy = Literal["personalized", "cold_start"]

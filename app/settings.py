@@ -21,7 +21,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from model_store.events import DEFAULT_EVENT_TYPES, event_types
+from model_store.events.log import DEFAULT_EVENT_TYPES, event_types
 
 MIB = 1 << 20
 DAY = 86_400

@@ -19,10 +19,10 @@ from indexer.build import build_index
 from indexer.index import ItemIndex
 from indexer.lexical import LexicalIndex
 from indexer.publish import load_index, load_text_index
-from model_store.attributes import AttributeTable
-from model_store.bundle import Bundle
+from model_store.bundle.io import Bundle
+from model_store.data.attributes import AttributeTable
 from model_store.errors import FusionrecError
-from model_store.text_encoder import TextEncoder, text_encoder_for
+from model_store.text.encoder import TextEncoder, text_encoder_for
 
 log = logging.getLogger("app.snapshot")
 

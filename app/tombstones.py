@@ -2,7 +2,7 @@
 204 and checked before a bundle's training history is used for a user.
 
 * :class:`FileTombstones` (the embedded default): the store's append-only file
-  (``model_store.private``), fsynced per forget, read back at start.
+  (``model_store.privacy.users``), fsynced per forget, read back at start.
 * :class:`RedisTombstones`: one Redis set (``keys.TOMBSTONES_KEY``) shared by every replica.
   While Redis cannot be reached a user this process has not seen forgotten is treated as
   forgotten (fail closed: served like a new user), because a replica cannot know whether
@@ -22,7 +22,7 @@ from typing import Protocol
 from app.keys import TOMBSTONES_KEY
 from app.redis_gateway import RedisGateway
 from model_store.errors import DependencyError
-from model_store.private import append_tombstone, read_tombstones, tombstone_path
+from model_store.privacy.users import append_tombstone, read_tombstones, tombstone_path
 
 MAX_KNOWN = 100_000  # Redis setup: forgotten users remembered in process (an LRU)
 

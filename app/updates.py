@@ -1,7 +1,7 @@
 """Catalog changes on the live service (upsert, attribute edit, delete): the change applied
 under the model lock, published as the new CURRENT version, and the snapshot that serves it.
 
-The validation and the LM encoding happen before (``model_store.catalog.validate_items`` and
+The validation and the LM encoding happen before (``model_store.catalog.changes.validate_items`` and
 ``encode_items``, outside any lock); only the cheap in-place part holds the lock, so
 requests wait for microseconds, not for the language model.
 """
@@ -19,8 +19,8 @@ import torch
 from app.snapshot import Snapshot, attribute_table, popular_rows
 from indexer import catalog
 from indexer.publish import persist_update
-from model_store.bundle import read_manifest
-from model_store.catalog import Change
+from model_store.bundle.io import read_manifest
+from model_store.catalog.changes import Change
 
 
 def apply_and_publish(

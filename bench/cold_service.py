@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 import pandas as pd
 
-from model_store import movielens
-from model_store.data import load_dataset
-from model_store.protocols import Split, cold_items
+from model_store.data import movielens
+from model_store.data.dataset import load_dataset
+from model_store.evaluation.protocols import Split, cold_items
 
 TOKEN = "bench-admin-token-0123456789"
 

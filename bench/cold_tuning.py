@@ -21,14 +21,14 @@ import datetime as dt
 import tempfile
 from pathlib import Path
 
-from model_store import movielens
-from model_store.coldstart import PSEUDO_NEW, calibrate_offset, fit_cold_tower
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.model import NeighbourTower
-from model_store.protocols import Split, cold_items, measure_cold, measure_warm
-from model_store.train import Trained, train
-from model_store.trainer import validation_set
+from model_store.data import movielens
+from model_store.data.dataset import load_dataset
+from model_store.evaluation.protocols import Split, cold_items, measure_cold, measure_warm
+from model_store.model.fused import NeighbourTower
+from model_store.training.coldstart import PSEUDO_NEW, calibrate_offset, fit_cold_tower
+from model_store.training.pipeline import Trained, train
+from model_store.training.trainer import validation_set
 
 
 def copy_trained(t: Trained) -> Trained:

@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     ensure_bundle(args.store, args.data)
-    from model_store.bundle import read_items
+    from model_store.bundle.io import read_items
 
     items = read_items(args.store)["item_id"].astype(str).tolist()
     body = body_for(items)

@@ -4,7 +4,7 @@
     python bench/index.py --section ann [--n 1000000]
     python bench/index.py --section movielens --ml-store STORE
 
-(a) ``text``: items/s of ``model_store.text_encoder.TextEncoder.encode`` against
+(a) ``text``: items/s of ``model_store.text.encoder.TextEncoder.encode`` against
 ``sentence_transformers.SentenceTransformer.encode`` on the same model directory, the same
 texts, the same batch size and max length, alternating runs, median of ``--repeats``.
 (b) ``ann``: a synthetic catalog of random-but-clustered float32 vectors (dim 64, the
@@ -48,8 +48,8 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def synthetic_texts(n: int) -> list[str]:
-    from model_store import synthetic
-    from model_store.data import load_dataset
+    from model_store.data import synthetic
+    from model_store.data.dataset import load_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         synthetic.generate(users=50, items=n, interactions=500, out=Path(tmp), seed=3)
@@ -63,9 +63,9 @@ def bench_text(ml_data: Path, *, repeats: int, batch_size: int, n_synth: int) ->
     from sentence_transformers import SentenceTransformer
 
     from model_store.config import DEFAULT_TEXT_MODEL
-    from model_store.data import load_dataset
-    from model_store.lm import resolve_model_path
-    from model_store.text_encoder import TextEncoder
+    from model_store.data.dataset import load_dataset
+    from model_store.text.encoder import TextEncoder
+    from model_store.text.lm import resolve_model_path
 
     path = resolve_model_path(DEFAULT_TEXT_MODEL)
     ours = TextEncoder(DEFAULT_TEXT_MODEL, max_length=128, device="cpu")  # precision auto
@@ -257,7 +257,7 @@ def bench_ann(n: int, dim: int, n_queries: int, kinds: list[str]) -> str:
 
 def bench_movielens(store: Path, kinds: list[str]) -> str:
     from indexer.publish import index_bundle
-    from model_store.bundle import read_manifest
+    from model_store.bundle.io import read_manifest
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@
    history an operator starts from).
 3. A real server (``uvicorn --factory app.main:app_from_env``) takes B through
    ``POST /v1/events``, one request per event, in time order.
-4. ``fusionrec retrain``'s code path (``model_store.retrain.retrain``) trains on the log
+4. ``fusionrec retrain``'s code path (``fusionrec.retrain.retrain``) trains on the log
    (A + B) through the gate and publishes.
 5. Both bundles rank C: each user with ratings in C and before contributes their first
    rating in C, with all their earlier ratings as history. Per-user NDCG@10 / Recall@20,
@@ -41,15 +41,16 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     args = ap.parse_args()
 
+    from fusionrec.retrain import Holdout, per_user_ndcg, retrain
     from indexer.publish import index_bundle
-    from model_store import movielens, private
-    from model_store.bundle import load_bundle
+    from model_store.bundle.io import load_bundle
     from model_store.config import Config
-    from model_store.data import load_dataset
-    from model_store.events import Event, EventStore
-    from model_store.retrain import Holdout, per_user_ndcg, retrain
-    from model_store.stats import paired_bootstrap, per_user
-    from model_store.train import train_and_publish
+    from model_store.data import movielens
+    from model_store.data.dataset import load_dataset
+    from model_store.evaluation.stats import paired_bootstrap, per_user
+    from model_store.events.log import Event, EventStore
+    from model_store.privacy import users as private
+    from model_store.training.pipeline import train_and_publish
 
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -145,7 +146,7 @@ def main() -> None:
     diff = paired_bootstrap(fresh_ndcg, stale_ndcg)
 
     def recall20(bundle: object) -> np.ndarray:
-        from model_store.evaluate import EvalSet, rank_targets
+        from model_store.model.scoring import EvalSet, rank_targets
 
         index = bundle.index_of()  # type: ignore[attr-defined]
         r = np.full(len(users), np.inf)

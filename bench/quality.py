@@ -6,8 +6,8 @@
 Reproduces the peers' split (md5-checked against ../shared/PEERS.md), trains every strategy
 for each seed twice (on train + valid, and with the cold items held out; early stopping on
 the valid item), measures the warm, long-tail, short-history and cold-item protocols at
-the valid and test stages (``model_store.protocols``), and prints the ablation report, our
-figures beside the peers' and the targets of issue 17 with paired bootstrap intervals.
+the valid and test stages (``model_store.evaluation.protocols``), and prints the ablation
+report, our figures beside the peers' and the targets of issue 17 with paired bootstrap intervals.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from model_store import movielens
-from model_store.ablate import Ablation, Run, run_ablation
 from model_store.config import Config
-from model_store.report import compare, ranks_of, write_report
+from model_store.data import movielens
+from model_store.evaluation.ablate import Ablation, Run, run_ablation
+from model_store.evaluation.report import compare, ranks_of, write_report
 
 # ../shared/PEERS.md: RecBole 1.2.1, same split and protocol, 2-core CPU, 2026-11-28
 PEERS = {

@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 
 YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
 

@@ -216,7 +216,7 @@ def summarise(lat: list[float], elapsed: float, errors: int) -> dict[str, float]
 def bodies(store: Path, seed: int = 0) -> dict[str, Body]:
     import pandas as pd
 
-    from model_store.store import current_version
+    from model_store.bundle.store import current_version
 
     version = store / current_version(store)
     items = pd.read_parquet(version / "items.parquet")

@@ -33,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def windows_per_epoch(data: Path, config: Path | None) -> int:
     from model_store.config import Config
-    from model_store.data import load_dataset
-    from model_store.prepare import prepare, windows
+    from model_store.data.dataset import load_dataset
+    from model_store.training.prepare import prepare, windows
 
     cfg = Config.from_file(config) if config else Config()
     prep = prepare(load_dataset(data, text_columns=cfg.text.text_columns), holdout=True)

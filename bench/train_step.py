@@ -5,7 +5,7 @@
 
 Times what one epoch of ``fusionrec train`` spends in optimisation, without validation:
 the default joint model over the peers' training windows (each user's last two items held
-out, as in ``bench/quality.py``), through ``model_store.trainer.train_step`` (the step
+out, as in ``bench/quality.py``), through ``model_store.training.trainer.train_step`` (the step
 ``fit`` takes: multi-target L_RS with the user's whole history masked, + α·InfoNCE,
 backward, gradient clipping, fused AdamW) and the weight average (EMA). Each
 batch size runs ``--repeats`` epochs after one warm-up epoch; the table gives the median.
@@ -26,13 +26,13 @@ import numpy as np
 import torch
 
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.movielens import default_cache_dir
-from model_store.optim import WeightAverage, make_optimizer
-from model_store.prepare import prepare, windows, with_earlier
-from model_store.protocols import Split
-from model_store.train import catalog_embeddings
-from model_store.trainer import build_model, train_step
+from model_store.data.dataset import load_dataset
+from model_store.data.movielens import default_cache_dir
+from model_store.evaluation.protocols import Split
+from model_store.training.optim import WeightAverage, make_optimizer
+from model_store.training.pipeline import catalog_embeddings
+from model_store.training.prepare import prepare, windows, with_earlier
+from model_store.training.trainer import build_model, train_step
 
 
 def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float], int]:

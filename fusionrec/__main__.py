@@ -1,3 +1,3 @@
-from fusionrec.cli import main
+from fusionrec.cli.main import main
 
 main()

@@ -1,8 +1,8 @@
-"""The catalog update of an indexed bundle: ``model_store.catalog`` plus the indexes.
+"""The catalog update of an indexed bundle: ``model_store.catalog.changes`` plus the indexes.
 
 Both ``fusionrec index add|remove`` and the service's ``POST /v1/items``, ``PATCH`` and
 ``DELETE /v1/items/{id}`` go through here:
-``model_store.catalog.prepare_change`` (validate and encode, slow, no lock), then
+``model_store.catalog.changes.prepare_change`` (validate and encode, slow, no lock), then
 ``apply_change`` (cheap, in place: the bundle's catalog and model, the item vectors in the
 index and the search index), which returns an ``Applied`` whose ``undo`` puts everything
 back for a publish that fails afterwards. ``remove_items`` takes items out of the index
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from indexer.index import ItemIndex
-from model_store.bundle import Bundle
-from model_store.catalog import BundleChange, Change, apply_to_bundle, prepare_change
+from model_store.bundle.io import Bundle
+from model_store.catalog.changes import BundleChange, Change, apply_to_bundle, prepare_change
 from model_store.errors import NotFoundError
 
 

@@ -3,7 +3,7 @@
 ``encode_catalog`` calls ``FusedModel.item_vectors`` (the function the trainer and the
 service use) over the catalog in chunks; the LM text embeddings are already cached in the
 bundle (``catalog.safetensors``), so no language model runs for a full rebuild.
-Items that arrive after training are encoded by ``model_store.catalog.encode_items``.
+Items that arrive after training are encoded by ``model_store.catalog.changes.encode_items``.
 
 Under torchrun (``fusionrec index`` started by ``torchrun --nproc-per-node N -m fusionrec
 index ...``) each rank encodes its contiguous block of the rows and rank 0 gathers them, in
@@ -18,11 +18,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from model_store import distributed as dist_mod
-from model_store.bundle import Bundle
+from model_store.bundle.io import Bundle
 from model_store.errors import ConfigError
-from model_store.lm import pick_device
-from model_store.model import FusedModel, left_pad
+from model_store.model.fused import FusedModel, left_pad
+from model_store.text.lm import pick_device
+from model_store.training import distributed as dist_mod
 
 
 def _model_device(bundle: Bundle, device: str | None) -> torch.device:

@@ -27,9 +27,9 @@ from typing import Any, ClassVar, Literal, Protocol
 import faiss
 import numpy as np
 
-from model_store.bundle import verify_files
+from model_store.bundle.io import verify_files
+from model_store.bundle.store import sha256_file
 from model_store.errors import BundleIntegrityError, ConfigError
-from model_store.store import sha256_file
 
 BuiltKind = Literal["flat", "hnsw", "ivfpq"]
 INDEX_FILE = "index.faiss"

@@ -35,11 +35,11 @@ from indexer import catalog
 from indexer.build import IndexKind, IndexParams, build_tuned, read_index, set_faiss_threads
 from indexer.encode import encode_catalog, query_vectors
 from indexer.index import ItemIndex, file_names
-from model_store import bundle as bundle_mod
-from model_store import store as store_mod
-from model_store.bundle import Bundle, load_bundle
+from model_store.bundle import io as bundle_mod
+from model_store.bundle import store as store_mod
+from model_store.bundle.io import Bundle, load_bundle
+from model_store.bundle.manifest import CatalogInfo, IndexInfo, Manifest
 from model_store.errors import BundleError, DataError
-from model_store.manifest import CatalogInfo, IndexInfo, Manifest
 
 TEXT_PREFIX = "text_"
 INDEX_FILES = file_names()
@@ -360,7 +360,7 @@ def remove_items(store: Path, ids: Sequence[str], *, version: str | None = None)
 def read_items_file(path: Path) -> list[dict[str, object]]:
     """Rows of a CSV/Parquet file with ``item_id`` + text columns; every value a string
     (a file's text columns carry no type) or None where empty."""
-    from model_store.data import read_table
+    from model_store.data.dataset import read_table
 
     path = Path(path)
     if path.suffix not in (".csv", ".parquet"):

@@ -78,7 +78,7 @@ class ModelConfig(_Section):
     text_decay: float = Field(0.7, gt=0, le=1)
     # joint: the network that places an item without a trained ID — "mlp" over its text
     # embedding, or "neighbours": the softmax-weighted mean of the vectors of its
-    # cold_neighbours nearest trained items by text (model_store.model.NeighbourTower), or
+    # cold_neighbours nearest trained items by text (model_store.model.fused.NeighbourTower), or
     # "hybrid": the neighbours plus a text MLP
     # (chosen on validation users, docs/experiments.md: the neighbours rank new items best)
     cold_tower: Literal["mlp", "neighbours", "hybrid"] = "neighbours"
@@ -158,7 +158,7 @@ class TrainConfig(_Section):
     cold_dropout: float = Field(0.0, ge=0, lt=1)
     cold_weight_decay: float = Field(0.0, ge=0)
     # after the tower, set model.cold_offset so that items seen through it take the top-20
-    # slots the same items take with their trained vectors (model_store.coldstart)
+    # slots the same items take with their trained vectors (model_store.training.coldstart)
     cold_calibration: bool = True
     # ... times this many slots (1: the exposure trained items of the same appeal get)
     cold_exposure: float = Field(1.8, gt=0)

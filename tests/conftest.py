@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from model_store import movielens
+from model_store.data import movielens
 from tests.helpers.bundles import train_tiny
 
 
@@ -19,7 +19,7 @@ def data_movielens_raw() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset directory (300 users, 400 items, 6,000 interactions)."""
-    from model_store import synthetic
+    from model_store.data import synthetic
 
     out = tmp_path_factory.mktemp("tiny-data")
     return synthetic.generate(

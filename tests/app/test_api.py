@@ -11,8 +11,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from model_store import store as store_mod
-from model_store.data import format_item_text
+from model_store.bundle import store as store_mod
+from model_store.data.dataset import format_item_text
 from tests.helpers.bundles import copy_store
 from tests.helpers.servers import AUTH, make_settings
 

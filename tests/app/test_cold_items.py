@@ -10,11 +10,11 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from indexer.publish import index_bundle
-from model_store import movielens
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.protocols import without_items
-from model_store.train import train_and_publish
+from model_store.data import movielens
+from model_store.data.dataset import load_dataset
+from model_store.evaluation.protocols import without_items
+from model_store.training.pipeline import train_and_publish
 from tests.helpers.servers import AUTH, make_settings
 
 HELD_OUT = "181"  # Return of the Jedi (1983)

@@ -13,7 +13,7 @@ import pytest
 
 from app.event_log import EventLogWriter
 from model_store.errors import DependencyError
-from model_store.events import Event, EventStore
+from model_store.events.log import Event, EventStore
 from tests.helpers.postgres import PostgresServer, postgres_server
 
 
@@ -123,7 +123,7 @@ DEAD_WRITER = """
 import asyncio, sys, uuid
 from pathlib import Path
 from app.event_log import EventLogWriter
-from model_store.events import Event, EventStore
+from model_store.events.log import Event, EventStore
 w = EventLogWriter(EventStore(sys.argv[1]), Path(sys.argv[2]), retry_s=3600)
 evs = [Event(uuid.uuid4().hex, "b", f"i{k}", "view", 1.0, 1.7e9 + k) for k in range(7)]
 asyncio.run(w.record(evs))

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_store.events import EventStore
+from model_store.events.log import EventStore
 from tests.helpers.postgres import PostgresServer, postgres_server
 from tests.helpers.servers import ADMIN, LiveServer, ServerProcess, make_settings
 

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.main import create_app
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 from tests.helpers.bundles import copy_store, train_tiny
 from tests.helpers.servers import AUTH, make_settings
 
@@ -63,7 +63,7 @@ def items(attr_store: Path) -> pd.DataFrame:
 
 
 def matches(row: pd.Series, flt: dict[str, dict[str, Any]]) -> bool:
-    """The filter semantics, written out plainly (independent of model_store.attributes)."""
+    """The filter semantics, written out plainly (independent of model_store.data.attributes)."""
     for field, ops in flt.items():
         v = row[field]
         if v is None or (isinstance(v, float) and math.isnan(v)):

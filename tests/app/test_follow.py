@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 from tests.helpers.bundles import clone_version
 from tests.helpers.servers import ADMIN, AUTH, RedisServer, ServerProcess
 

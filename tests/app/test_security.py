@@ -18,9 +18,9 @@ import pytest
 import redis
 
 from app.keys import TOMBSTONES_KEY, history_key, user_hash
-from model_store import private
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 from model_store.errors import DependencyError
+from model_store.privacy import users as private
 from tests.helpers.bundles import clone_version
 from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings, store_user_hash
 
@@ -293,7 +293,7 @@ def test_current_outside_the_store_is_refused(store: Path, tmp_path: Path) -> No
     manifest listing a file outside its version: 409 on reload, exit 2 on the CLI."""
     from typer.testing import CliRunner
 
-    from fusionrec.cli import build
+    from fusionrec.cli.main import build
 
     serving = store_mod.current_version(store)
     outside = _outside_copy(store, tmp_path)
@@ -345,7 +345,7 @@ def test_no_secrets_or_paths_in_messages(tmp_path: Path) -> None:
     # `fusionrec serve` with a bad secret: exit 2, the variable named, the value not shown
     from typer.testing import CliRunner
 
-    from fusionrec.cli import build
+    from fusionrec.cli.main import build
 
     res = CliRunner().invoke(
         build(),
@@ -365,7 +365,7 @@ def test_no_secrets_or_paths_in_messages(tmp_path: Path) -> None:
 
 
 def test_serve_warns_when_exposed_without_keys(tmp_path: Path) -> None:
-    from app.cli import _loopback
+    from fusionrec.cli.serve import _loopback
 
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("localhost")
     assert not _loopback("0.0.0.0") and not _loopback("10.0.0.5")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 from tests.helpers.bundles import clone_version
 from tests.helpers.servers import AUTH, LiveServer, make_settings
 

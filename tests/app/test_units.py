@@ -69,7 +69,7 @@ def test_access_log_redacts_user_ids() -> None:
 
 
 def test_serve_command_is_registered() -> None:
-    from fusionrec.cli import build
+    from fusionrec.cli.main import build
 
     result = CliRunner().invoke(build(), ["serve", "--help"])
     assert result.exit_code == 0 and "--store" in result.output and "--workers" in result.output

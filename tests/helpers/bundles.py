@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from model_store import bundle as bundle_mod
-from model_store import movielens
-from model_store import store as store_mod
+from model_store.bundle import io as bundle_mod
+from model_store.bundle import store as store_mod
+from model_store.data import movielens
 
 
 def train_tiny(
@@ -15,8 +15,8 @@ def train_tiny(
 ) -> Path:
     """Train a tiny real bundle into ``store`` (a few CPU seconds) and return its path."""
     from model_store.config import Config
-    from model_store.data import load_dataset
-    from model_store.train import train_and_publish
+    from model_store.data.dataset import load_dataset
+    from model_store.training.pipeline import train_and_publish
 
     cfg = Config.from_dict(
         {

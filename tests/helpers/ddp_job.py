@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from model_store import distributed as dist_mod
-from model_store import movielens
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.prepare import prepare, with_earlier
-from model_store.train import catalog_embeddings, train_and_publish
-from model_store.trainer import Loop, build_model, shard, train_step
+from model_store.data import movielens
+from model_store.data.dataset import load_dataset
+from model_store.training import distributed as dist_mod
+from model_store.training.pipeline import catalog_embeddings, train_and_publish
+from model_store.training.prepare import prepare, with_earlier
+from model_store.training.trainer import Loop, build_model, shard, train_step
 
 CONFIG = {
     "model": {"fusion": "joint", "dim": 32, "max_len": 20},

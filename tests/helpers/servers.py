@@ -20,7 +20,7 @@ from app.http_protocol import uvicorn_options
 from app.keys import user_hash
 from app.main import create_app
 from app.settings import Settings
-from model_store import private
+from model_store.privacy import users as private
 
 ADMIN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}

@@ -8,10 +8,10 @@ from pathlib import Path
 import pandas as pd
 from typer.testing import CliRunner
 
-from fusionrec.cli import build
+from fusionrec.cli.main import build
 from indexer.publish import load_index
-from model_store import store as store_mod
-from model_store.bundle import load_bundle
+from model_store.bundle import store as store_mod
+from model_store.bundle.io import load_bundle
 
 runner = CliRunner()
 

@@ -15,9 +15,9 @@ import indexer.index
 from indexer import catalog
 from indexer.encode import encode_catalog, query_vectors
 from indexer.publish import add_items, index_bundle, load_index, remove_items
-from model_store import bundle as bundle_mod
-from model_store import store as store_mod
-from model_store.bundle import load_bundle
+from model_store.bundle import io as bundle_mod
+from model_store.bundle import store as store_mod
+from model_store.bundle.io import load_bundle
 from model_store.errors import (
     BundleError,
     BundleIntegrityError,
@@ -25,7 +25,7 @@ from model_store.errors import (
     InvalidInputError,
     NotFoundError,
 )
-from model_store.model import left_pad
+from model_store.model.fused import left_pad
 from tests.helpers.bundles import train_tiny
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from indexer.build import IndexParams, build_index
 from indexer.index import search_allowed
-from model_store.attributes import (
+from model_store.data.attributes import (
     AttributeTable,
     attribute_types,
     check_fields,

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from model_store import bundle as bundle_mod
-from model_store import store as store_mod
+from model_store.bundle import io as bundle_mod
+from model_store.bundle import store as store_mod
 from model_store.errors import BundleIntegrityError, BundleNotFoundError
-from model_store.evaluate import EvalSet, rank_targets
+from model_store.model.scoring import EvalSet, rank_targets
 from tests.helpers.bundles import train_tiny
 
 
@@ -25,9 +25,9 @@ def store(tiny_store: Path, tmp_path: Path) -> Path:
 
 def test_round_trip_gives_identical_scores(tiny_dataset: Path, tmp_path: Path) -> None:
     from model_store.config import Config
-    from model_store.data import load_dataset
-    from model_store.movielens import default_cache_dir
-    from model_store.train import train_and_publish
+    from model_store.data.dataset import load_dataset
+    from model_store.data.movielens import default_cache_dir
+    from model_store.training.pipeline import train_and_publish
 
     cfg = Config()
     cfg.model.dim, cfg.model.max_len, cfg.train.epochs, cfg.train.rerank = 32, 20, 2, True

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from fusionrec.cli import build
-from model_store.data import load_dataset
+from fusionrec.cli.main import build
+from model_store.data.dataset import load_dataset
 
 runner = CliRunner()
 

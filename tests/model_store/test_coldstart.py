@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from model_store.coldstart import dropped_id_loss, fit_cold_tower
 from model_store.config import Config, ModelConfig
-from model_store.data import load_dataset
-from model_store.model import FusedModel, NeighbourTower, left_pad
-from model_store.movielens import default_cache_dir
-from model_store.prepare import Prepared, windows, with_earlier
-from model_store.protocols import Split, cold_items, measure_cold
-from model_store.train import train
+from model_store.data.dataset import load_dataset
+from model_store.data.movielens import default_cache_dir
+from model_store.evaluation.protocols import Split, cold_items, measure_cold
+from model_store.model.fused import FusedModel, NeighbourTower, left_pad
+from model_store.training.coldstart import dropped_id_loss, fit_cold_tower
+from model_store.training.pipeline import train
+from model_store.training.prepare import Prepared, windows, with_earlier
 
 N = 30
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_store.data import (
+from model_store.data.dataset import (
     Dataset,
     default_text_columns,
     format_item_text,

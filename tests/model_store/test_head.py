@@ -6,9 +6,9 @@ import numpy as np
 import torch
 
 from model_store.config import Config, ModelConfig
-from model_store.evaluate import EvalSet, rank_targets
-from model_store.head import fit_head, head_examples
-from model_store.model import FusedModel
+from model_store.model.fused import FusedModel
+from model_store.model.scoring import EvalSet, rank_targets
+from model_store.training.head import fit_head, head_examples
 
 N_ITEMS = 12
 

@@ -7,14 +7,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_store.bundle import load_bundle
-from model_store.catalog import prepare_change
+from model_store.bundle.io import load_bundle
+from model_store.catalog.changes import prepare_change
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.lora import load_tuned_encoder
-from model_store.movielens import default_cache_dir
-from model_store.text_encoder import TextEncoder
-from model_store.train import train_and_publish
+from model_store.data.dataset import load_dataset
+from model_store.data.movielens import default_cache_dir
+from model_store.text.encoder import TextEncoder
+from model_store.text.lora import load_tuned_encoder
+from model_store.training.pipeline import train_and_publish
 
 
 def small_dataset(root: Path) -> Path:

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from model_store.config import ModelConfig
-from model_store.evaluate import EvalSet, metrics_from_ranks, rank_targets
-from model_store.model import FusedModel
+from model_store.model.fused import FusedModel
+from model_store.model.scoring import EvalSet, metrics_from_ranks, rank_targets
 
 
 def test_metrics_from_ranks_by_hand() -> None:

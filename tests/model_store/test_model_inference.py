@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model_store import layers as model_mod
 from model_store.config import ModelConfig
-from model_store.model import FusedModel, left_pad
+from model_store.model import layers as model_mod
+from model_store.model.fused import FusedModel, left_pad
 
 
 def joint_model(n: int = 40, text_dim: int = 12) -> FusedModel:

@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model_store import movielens
-from model_store.data import holdout_last, leave_one_out, load_dataset
+from model_store.bundle.store import sha256_file
+from model_store.data import movielens
+from model_store.data.dataset import holdout_last, leave_one_out, load_dataset
 from model_store.errors import FetchError
-from model_store.store import sha256_file
 
 
 def test_raw_files_verified(data_movielens_raw: Path) -> None:

@@ -14,15 +14,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from fusionrec.cli import build
+from fusionrec.cli.main import build
 from indexer.publish import index_bundle
-from model_store import store as store_mod
 from model_store import threads
+from model_store.bundle import store as store_mod
 from model_store.config import Config
-from model_store.data import load_dataset
+from model_store.data.dataset import load_dataset
 from model_store.errors import ConfigError
 from model_store.progress import epoch_line, stage_lines
-from model_store.train import reusable_current
+from model_store.training.pipeline import reusable_current
 
 ROOT = Path(__file__).resolve().parents[2]
 # the config of tests.helpers.bundles.train_tiny, which made tiny_store

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from model_store.catalog import prepare_change
+from model_store.catalog.changes import prepare_change
 from model_store.config import Config
-from model_store.data import load_dataset
+from model_store.data.dataset import load_dataset
+from model_store.data.movielens import default_cache_dir
 from model_store.errors import ConfigError
-from model_store.movielens import default_cache_dir
-from model_store.protocols import (
+from model_store.evaluation.protocols import (
     TAIL_MAX,
     Split,
     add_cold_items,
@@ -22,7 +22,7 @@ from model_store.protocols import (
     measure_warm,
     share_of,
 )
-from model_store.train import train
+from model_store.training.pipeline import train
 
 TINY = {"model": {"dim": 16, "max_len": 10}, "train": {"epochs": 2, "rerank": False}}
 

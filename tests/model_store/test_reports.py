@@ -8,9 +8,9 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from fusionrec.cli import build
-from model_store import bundle as bundle_mod
-from model_store import store as store_mod
+from fusionrec.cli.main import build
+from model_store.bundle import io as bundle_mod
+from model_store.bundle import store as store_mod
 from model_store.pages import Table, page
 
 runner = CliRunner()

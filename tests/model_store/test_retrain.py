@@ -12,12 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model_store import store as store_mod
-from model_store.bundle import read_items, read_manifest
+from fusionrec.retrain import DECISIONS, retrain, time_holdout
+from model_store.bundle import store as store_mod
+from model_store.bundle.io import read_items, read_manifest
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.events import Event, EventStore, export_dataset, parse_since
-from model_store.retrain import DECISIONS, retrain, time_holdout
+from model_store.data.dataset import load_dataset
+from model_store.events.log import Event, EventStore, export_dataset, parse_since
 from tests.helpers.bundles import train_tiny
 
 TINY = {"model": {"fusion": "joint", "dim": 32, "max_len": 20}, "train": {"epochs": 3}}

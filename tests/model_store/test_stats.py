@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from model_store.stats import paired_bootstrap, per_user, seed_mean
+from model_store.evaluation.stats import paired_bootstrap, per_user, seed_mean
 
 
 def test_per_user_metrics_from_ranks() -> None:

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_store.data import load_dataset
+from model_store.data.dataset import load_dataset
+from model_store.data.synthetic import _COMMON as COMMON
+from model_store.data.synthetic import generate
 from model_store.errors import ConfigError
-from model_store.synthetic import _COMMON as COMMON
-from model_store.synthetic import generate
 
 SIZE = {"users": 200, "items": 500, "interactions": 5_000}
 

@@ -12,8 +12,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from model_store.errors import ConfigError
-from model_store.lm import cpu_has_native_bf16, resolve_model_path, resolve_precision
-from model_store.text_encoder import TextEncoder
+from model_store.text.encoder import TextEncoder
+from model_store.text.lm import cpu_has_native_bf16, resolve_model_path, resolve_precision
 
 TEXTS = [
     "title: Toy Story (1995)\ngenres: Animation|Children's|Comedy",
@@ -66,7 +66,7 @@ def test_precision_resolution() -> None:
 
 def test_loads_with_hub_offline() -> None:
     code = (
-        "from model_store.text_encoder import TextEncoder;"
+        "from model_store.text.encoder import TextEncoder;"
         "e = TextEncoder(device='cpu'); print(e.encode(['hello']).shape)"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_store import movielens
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.evaluate import evaluate, metrics_from_ranks
-from model_store.prepare import prepare
-from model_store.train import catalog_embeddings
-from model_store.trainer import fit
+from model_store.data import movielens
+from model_store.data.dataset import load_dataset
+from model_store.model.scoring import evaluate, metrics_from_ranks
+from model_store.training.pipeline import catalog_embeddings
+from model_store.training.prepare import prepare
+from model_store.training.trainer import fit
 
 
 def popularity_ndcg(prep) -> float:  # type: ignore[no-untyped-def]

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from model_store.config import Config
-from model_store.data import load_dataset
-from model_store.losses import pairs, rs_loss, seen_items
-from model_store.model import FusedModel
-from model_store.optim import batch_size_for
-from model_store.prepare import Batch, prepare, windows, with_earlier
-from model_store.trainer import fit
+from model_store.data.dataset import load_dataset
+from model_store.model.fused import FusedModel
+from model_store.training.losses import pairs, rs_loss, seen_items
+from model_store.training.optim import batch_size_for
+from model_store.training.prepare import Batch, prepare, windows, with_earlier
+from model_store.training.trainer import fit
 
 
 def test_windows_cover_every_target_and_keep_the_latest_context() -> None:

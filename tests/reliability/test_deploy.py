@@ -23,7 +23,7 @@ import httpx
 import pytest
 import yaml
 
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 from tests.helpers.load import LoadThread
 from tests.helpers.servers import free_port
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from app.keys import history_key
-from model_store import store as store_mod
+from model_store.bundle import store as store_mod
 from tests.helpers.bundles import clone_version
 from tests.helpers.load import LoadThread, metric
 from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings, store_user_hash

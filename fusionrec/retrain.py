@@ -1,0 +1,234 @@
+"""Retraining from the event log, published only through a quality gate.
+
+``retrain`` builds a dataset from the log (positive events, weighted by type) and the
+store's CURRENT catalog (upserted items included), then:
+
+1. **Time-based holdout.** The most recent ``holdout`` fraction of the events (by
+   timestamp) is set aside; each user with events on both sides of the cut contributes
+   one target — their first event after it — with their events before it as history.
+2. **Candidate.** A model is trained on the events before the cut (the usual per-user
+   validation item inside them decides its epochs).
+3. **Gate.** The candidate and CURRENT rank the same targets over their whole catalogs
+   (history excluded); a target CURRENT's catalog lacks counts as a miss for it. The
+   candidate passes when its mean NDCG@10 is at most ``margin`` (0.005) below CURRENT's;
+   the paired bootstrap interval of the difference is recorded beside it.
+4. **Publish.** On a pass, the model is retrained on every event (``final``; or the
+   candidate itself is used), indexed, and only then made CURRENT, provided CURRENT did not
+   move meanwhile. The gate's figures go into the manifest (``gate``); every decision, pass
+   or refusal, is appended to ``retrain.jsonl`` in the store and logged. A crash at any
+   point leaves CURRENT as it was: nothing is made current before it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from model_store.bundle import io as bundle_mod
+from model_store.bundle import store as store_mod
+from model_store.bundle.io import Bundle, load_bundle, read_items
+from model_store.bundle.manifest import GateInfo
+from model_store.config import Config
+from model_store.data.dataset import Dataset, load_dataset
+from model_store.errors import BundleError, DataError
+from model_store.evaluation.stats import paired_bootstrap, per_user
+from model_store.events.log import EventStore, redact, training_interactions
+from model_store.model.scoring import EvalSet, rank_targets
+from model_store.training.pipeline import Trained, train
+
+log = logging.getLogger("fusionrec.retrain")
+
+DECISIONS = "retrain.jsonl"
+MARGIN = 0.005
+
+
+@dataclass
+class Holdout:
+    """The time-based holdout: a cut timestamp and one (user, history, target) per user."""
+
+    cut: float
+    users: list[str]
+    histories: list[list[str]]
+    targets: list[str]
+
+
+@dataclass
+class Decision:
+    published: bool
+    reason: str
+    current_version: str | None
+    version: str | None
+    gate: GateInfo | None
+    events: int
+    seconds: float
+
+
+def time_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
+    """(interactions before the cut, the holdout targets after it)."""
+    cut = float(np.quantile(interactions["timestamp"].to_numpy(), 1.0 - fraction))
+    before = interactions[interactions["timestamp"] < cut]
+    after = interactions[interactions["timestamp"] >= cut]
+    seen: dict[str, list[str]] = {}
+    for u, i in zip(before["user_id"], before["item_id"], strict=True):
+        seen.setdefault(u, []).append(i)
+    first_after = after.drop_duplicates("user_id", keep="first")
+    users, hists, targets = [], [], []
+    for u, i in zip(first_after["user_id"], first_after["item_id"], strict=True):
+        if u in seen:
+            users.append(u)
+            hists.append(seen[u])
+            targets.append(i)
+    return before, Holdout(cut, users, hists, targets)
+
+
+def per_user_ndcg(bundle: Bundle, holdout: Holdout) -> np.ndarray:
+    """NDCG@10 of each holdout target under ``bundle`` (0 when the catalog lacks it)."""
+    index = bundle.index_of()
+    rows, hists, targets = [], [], []
+    for r, (h, t) in enumerate(zip(holdout.histories, holdout.targets, strict=True)):
+        known = [index[i] for i in h if i in index]
+        if known and t in index:
+            rows.append(r)
+            hists.append(known)
+            targets.append(index[t])
+    ranks = np.full(len(holdout.users), np.inf)
+    if rows:
+        got, _ = rank_targets(bundle.model, EvalSet(hists, targets))
+        ranks[np.asarray(rows)] = got
+    return per_user(ranks, "ndcg@10")
+
+
+def _dataset(interactions: pd.DataFrame, items: pd.DataFrame, work: Path, name: str) -> Dataset:
+    out = work / name
+    out.mkdir(parents=True, exist_ok=True)
+    interactions.to_csv(out / "interactions.csv", index=False)
+    items.to_csv(out / "items.csv", index=False)
+    return load_dataset(out)
+
+
+def _record(store: Path, decision: Decision) -> None:
+    row = asdict(decision)
+    row["gate"] = None if decision.gate is None else decision.gate.model_dump()
+    row["at"] = time.time()
+    with open(store / DECISIONS, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+    log.warning(
+        "retrain: %s (%s); candidate %s, CURRENT %s",
+        "published" if decision.published else "refused",
+        decision.reason,
+        decision.version,
+        decision.current_version,
+    )
+
+
+def _publish(store: Path, trained: Trained, gate: GateInfo, expect: str | None) -> str:
+    """Write, index, then make CURRENT — only if CURRENT is still ``expect``."""
+    from indexer.publish import index_bundle
+
+    b = trained.bundle
+    manifest = b.manifest.model_copy(update={"gate": gate})
+    with store_mod.staging(store, b.version) as staged:
+        bundle_mod.write_bundle_files(staged, b.model.cpu(), b.items, b.histories)
+        if trained.lora is not None:
+            trained.lora.save(staged)
+        bundle_mod.publish(store, staged, manifest, make_current=False)
+    indexed = index_bundle(store, version=b.version, make_current=False)
+    now = _current(store)
+    if now != expect:
+        raise BundleError(
+            f"CURRENT moved from {expect} to {now} while retraining; {indexed.name} was "
+            "published but not made current"
+        )
+    store_mod.set_current(store, indexed.name)
+    return indexed.name
+
+
+def _current(store: Path) -> str | None:
+    try:
+        return store_mod.current_version(store)
+    except BundleError:
+        return None
+
+
+def retrain(
+    store: Path,
+    events_url: str,
+    cfg: Config,
+    *,
+    holdout: float = 0.1,
+    margin: float = MARGIN,
+    final: bool = True,
+    cache_dir: Path | None = None,
+) -> Decision:
+    t0 = time.perf_counter()
+    expect = _current(store)
+    if expect is None:
+        raise BundleError(
+            f"{store} has no CURRENT bundle: train one first (`fusionrec train`); retrain "
+            "adds the event log to its catalog"
+        )
+    log_store = EventStore(events_url)
+    try:
+        events = training_interactions(log_store.frame())
+    finally:
+        log_store.close()
+    items = read_items(store)
+    events = events[events["item_id"].isin(set(items["item_id"]))]
+    if len(events) < 10:
+        raise DataError(
+            f"the event log {redact(events_url)} holds {len(events)} usable events "
+            "(positive, of items in the catalog); too few to retrain"
+        )
+    events = events.sort_values("timestamp", kind="stable")
+    before, held = time_holdout(events, holdout)
+    if not held.users:
+        raise DataError(
+            "no user has events on both sides of the time-based holdout; collect more events"
+        )
+    with tempfile.TemporaryDirectory(prefix="fusionrec-retrain-") as tmp:
+        work = Path(tmp)
+        candidate = train(_dataset(before, items, work, "before"), cfg, cache_dir=cache_dir)
+        current = load_bundle(store, expect)
+        cand_u = per_user_ndcg(candidate.bundle, held)
+        curr_u = per_user_ndcg(current, held)
+        diff = paired_bootstrap(cand_u, curr_u)
+        passed = bool(diff.mean >= -margin)
+        gate = GateInfo(
+            decision="published" if passed else "refused",
+            metric="ndcg@10",
+            margin=margin,
+            candidate=float(cand_u.mean()),
+            current=float(curr_u.mean()),
+            diff_mean=diff.mean,
+            diff_lo=diff.lo,
+            diff_hi=diff.hi,
+            users=len(held.users),
+            cut_timestamp=held.cut,
+            holdout_fraction=holdout,
+            compared_with=expect,
+            events=len(events),
+        )
+        version = None
+        if passed:
+            published = (
+                train(_dataset(events, items, work, "all"), cfg, cache_dir=cache_dir)
+                if final
+                else candidate
+            )
+            version = _publish(store, published, gate, expect)
+    reason = (
+        f"candidate NDCG@10 {gate.candidate:.4f} vs CURRENT {gate.current:.4f} "
+        f"(difference {diff}; refused below -{margin})"
+    )
+    decision = Decision(
+        passed, reason, expect, version, gate, len(events), time.perf_counter() - t0
+    )
+    _record(store, decision)
+    return decision

@@ -1,0 +1,166 @@
+"""The typed ``manifest.json`` of a bundle; read and written only through ``model_store.bundle.io``.
+
+Sections, in the order a bundle gains them:
+
+* identity — ``format``, ``version``, ``created_at``, ``parent_version``, ``libraries``;
+* training — ``config`` (the model is rebuilt from it), ``data``, ``dims``, ``item_vocab_hash``,
+  ``text_model`` (how the catalog's text embeddings were made, so new items are encoded the
+  same way), ``metrics``, ``rerank``;
+* indexing — ``index`` (the FAISS index over item vectors) and ``text_index`` (an ANN index
+  over text embeddings for search, large catalogs only);
+* catalog updates — ``catalog`` (counts after item upserts and removals);
+* ``files`` — the sha256 of every file in the version directory.
+
+Keys containing ``@`` (``recall@10``) are field aliases: the JSON keeps the metric names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from model_store.config import Config
+
+FORMAT = 2
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class DataInfo(_Section):
+    fingerprint: str
+    source: str
+    n_users: int
+    n_items: int
+    n_interactions: int
+    text_columns: list[str]
+    holdout: bool
+    # filterable columns besides the text ones, typed by the dataset (model_store.data.attributes)
+    attributes: dict[str, Literal["text", "number", "bool"]] = Field(default_factory=dict)
+
+
+class Dims(_Section):
+    text: int
+    model: int
+    vector: int
+
+
+class TextModelInfo(_Section):
+    name: str
+    mode: Literal["frozen", "lora"]
+    max_length: int
+    precision: Literal["fp32", "bf16", "fp16"]
+
+
+class TrainMetrics(_Section):
+    valid: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    batch_size: int
+    train_seconds: float
+    seconds_to_best: float
+    seconds_per_epoch: float
+    history: list[dict[str, float]]
+
+
+class RerankInfo(_Section):
+    """Whether the fusion head reranks, and the cross-fitted figures that decided it."""
+
+    enabled: bool
+    reason: str
+    valid_ndcg10_retrieval: float | None = Field(None, alias="valid_ndcg@10_retrieval")
+    valid_ndcg10_with_head: float | None = Field(None, alias="valid_ndcg@10_with_head")
+    examples: int | None = None
+
+
+class ColdInfo(_Section):
+    """Whether the cold tower was trained (``model_store.training.coldstart``), and how."""
+
+    enabled: bool
+    reason: str
+    epochs: int = 0
+    rate: float = 0.0
+    loss: list[float] = Field(default_factory=list)
+    seconds: float = 0.0
+    # the calibrated cold_offset, and the top-20 shares it matched (coldstart.calibrate_offset)
+    offset: float | None = None
+    share_trained: float | None = None
+    share_cold: float | None = None
+
+
+class IndexInfo(_Section):
+    """An index's kind, tuned parameters, size, measured recall and files."""
+
+    kind: Literal["flat", "hnsw", "ivfpq"]
+    params: dict[str, Any]
+    n_vectors: int
+    dim: int
+    tombstones: int = 0
+    removed: int = 0
+    memory_bytes: int = 0
+    files: dict[str, str]
+    recall10: float = Field(alias="recall@10")
+    recall100: float = Field(alias="recall@100")
+    recall_floor: float
+    recall_queries: int
+    recall_query_source: str
+    build_seconds: float
+    encode_seconds: float | None = None
+    build_and_tune_seconds: float | None = None
+    rebuilds: int = 0
+    built_from_version: str | None = None
+    requested_kind: str | None = None
+    updates_since_build: int = 0
+    update_log: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class GateInfo(_Section):
+    """The quality gate of ``fusionrec retrain`` (fusionrec.retrain): both figures on the
+    same time-based holdout, the paired difference and what was decided."""
+
+    decision: Literal["published", "refused"]
+    metric: str
+    margin: float
+    candidate: float
+    current: float
+    diff_mean: float
+    diff_lo: float
+    diff_hi: float
+    users: int
+    cut_timestamp: float
+    holdout_fraction: float
+    compared_with: str
+    events: int
+
+
+class CatalogInfo(_Section):
+    n_items: int
+    n_removed: int
+    n_added_after_training: int
+    n_text_only: int
+
+
+class Manifest(_Section):
+    format: Literal[2] = 2
+    version: str
+    created_at: str
+    parent_version: str | None = None
+    libraries: dict[str, str]
+    config: Config
+    data: DataInfo
+    dims: Dims
+    item_vocab_hash: str
+    text_model: TextModelInfo
+    metrics: TrainMetrics
+    rerank: RerankInfo
+    cold: ColdInfo
+    index: IndexInfo | None = None
+    text_index: IndexInfo | None = None
+    catalog: CatalogInfo | None = None
+    gate: GateInfo | None = None
+    files: dict[str, str] = Field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, indent=2)

@@ -1,0 +1,248 @@
+"""The event log: every accepted shopper event, in SQLite (embedded) or PostgreSQL (deployed).
+
+One code path through SQLAlchemy Core for both databases. A row is one event: the user
+key the service hashes user ids to, the item, the event type and its weight, the client's
+timestamp and an ``event_id`` chosen by the writer, unique, so a batch written twice (a
+commit whose acknowledgement was lost, a spool replayed after an outage) is stored once.
+
+The service writes through :class:`app.event_log.EventLogWriter`; the CLI reads through
+:func:`export_dataset` (``fusionrec events export``), which turns the log into a dataset
+directory in the layout of :mod:`model_store.data.dataset`, so any tool can train on it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from model_store.errors import ConfigError
+
+# the default event types and their training weights; a weight <= 0 is not a positive
+# interaction: the event is logged but left out of training sets (dislike also hides the
+# item from that shopper's recommendations)
+DEFAULT_EVENT_TYPES: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "cart": 3.0,
+    "purchase": 5.0,
+    "dislike": -1.0,
+}
+DEFAULT_TYPE = "view"
+
+_metadata = sa.MetaData()
+events_table = sa.Table(
+    "fusionrec_events",
+    _metadata,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_key", sa.String(128), nullable=False, index=True),
+    sa.Column("item_id", sa.String(256), nullable=False),
+    sa.Column("type", sa.String(32), nullable=False),
+    sa.Column("weight", sa.Float(), nullable=False),
+    sa.Column("value", sa.Float(), nullable=True),
+    sa.Column("timestamp", sa.Float(), nullable=False, index=True),
+    sa.Column("received", sa.Float(), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One accepted event, as the service hands it to the log."""
+
+    event_id: str
+    user_key: str
+    item_id: str
+    type: str
+    weight: float
+    timestamp: float
+    value: float | None = None
+    received: float = 0.0
+
+    def row(self) -> dict[str, object]:
+        return {
+            "event_id": self.event_id,
+            "user_key": self.user_key,
+            "item_id": self.item_id,
+            "type": self.type,
+            "weight": self.weight,
+            "value": self.value,
+            "timestamp": self.timestamp,
+            "received": self.received or time.time(),
+        }
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL is reported without its text
+        return "<unparsable URL>"
+
+
+def event_types(spec: Mapping[str, float] | None) -> dict[str, float]:
+    """Validated event types → weights (finite numbers, non-empty names)."""
+    types = dict(DEFAULT_EVENT_TYPES if spec is None else spec)
+    if not types:
+        raise ConfigError("event types: at least one type is needed")
+    for name, weight in types.items():
+        if not name or len(name) > 32:
+            raise ConfigError(f"event types: type name {name!r} must have 1..32 characters")
+        if not isinstance(weight, int | float) or not math.isfinite(weight):
+            raise ConfigError(f"event types: weight of {name!r} must be a finite number")
+    return types
+
+
+class EventStore:
+    """The log's table in one database, created on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            sa_url = sa.engine.make_url(url)
+        except Exception as e:  # SQLAlchemy raises several kinds here
+            raise ConfigError(
+                f"events URL {redact(url)!r} is not a database URL "
+                "(sqlite:///path/events.db or postgresql+psycopg://user@host/db)"
+            ) from e
+        if sa_url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ConfigError(
+                f"events URL {redact(url)!r}: only sqlite and postgresql are supported"
+            )
+        self.dialect = sa_url.get_backend_name()
+        kwargs: dict[str, object] = {"pool_pre_ping": True}
+        if self.dialect == "sqlite":
+            if sa_url.database and sa_url.database != ":memory:":
+                Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": 30}
+        else:
+            kwargs["connect_args"] = {"connect_timeout": 3}
+            kwargs["pool_timeout"] = 3
+        self.engine: Engine = sa.create_engine(sa_url, **kwargs)
+        if self.dialect == "sqlite":
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._created = False
+
+    def __repr__(self) -> str:
+        return f"EventStore({redact(self.url)!r})"
+
+    def create(self) -> None:
+        if not self._created:
+            _metadata.create_all(self.engine)
+            self._created = True
+
+    def insert(self, events: Sequence[Event]) -> int:
+        """Write ``events`` in one transaction; rows already stored (same event_id) are
+        skipped. Returns how many rows were new."""
+        if not events:
+            return 0
+        self.create()
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = insert(events_table).on_conflict_do_nothing(index_elements=["event_id"])
+        with self.engine.begin() as conn:
+            result = conn.execute(stmt, [e.row() for e in events])
+        return int(result.rowcount or 0)
+
+    def erase_user(self, user_key: str) -> int:
+        """Delete every event of one user; returns how many rows went."""
+        self.create()
+        with self.engine.begin() as conn:
+            result = conn.execute(events_table.delete().where(events_table.c.user_key == user_key))
+        return int(result.rowcount or 0)
+
+    def count(self) -> int:
+        self.create()
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(events_table)
+            return int(conn.execute(query).scalar_one())
+
+    def frame(self, *, since: float | None = None) -> pd.DataFrame:
+        """Every event (``timestamp >= since``), in arrival order."""
+        self.create()
+        query = sa.select(events_table).order_by(events_table.c.seq)
+        if since is not None:
+            query = query.where(events_table.c.timestamp >= since)
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(query).mappings().all(), columns=_COLUMNS)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+_COLUMNS = [c.name for c in events_table.columns]
+
+
+def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")  # an answered event survives power loss
+    cursor.close()
+
+
+def training_interactions(events: pd.DataFrame) -> pd.DataFrame:
+    """Positive events (weight > 0) as dataset interactions: user_id, item_id, timestamp,
+    weight. Repeated (user, item) events keep their own rows, as a history does."""
+    positive = events[events["weight"] > 0]
+    return pd.DataFrame(
+        {
+            "user_id": positive["user_key"].astype(str).to_numpy(),
+            "item_id": positive["item_id"].astype(str).to_numpy(),
+            "timestamp": positive["timestamp"].astype(float).to_numpy(),
+            "weight": positive["weight"].astype(float).to_numpy(),
+        }
+    )
+
+
+def export_dataset(
+    store: EventStore,
+    out: Path,
+    *,
+    items: pd.DataFrame,
+    since: float | None = None,
+) -> tuple[int, int]:
+    """Write ``out/interactions.csv`` (positive events of the log) and ``out/items.csv``
+    (``items``; only items that exist there are kept). Returns (interactions, items)."""
+    frame = training_interactions(store.frame(since=since))
+    known = set(items["item_id"].astype(str))
+    frame = frame[frame["item_id"].isin(known)]
+    out.mkdir(parents=True, exist_ok=True)
+    frame.to_csv(out / "interactions.csv", index=False)
+    items.to_csv(out / "items.csv", index=False)
+    return len(frame), len(items)
+
+
+def parse_since(value: str | None) -> float | None:
+    """``--since``: unix seconds or an ISO 8601 date/time (UTC when no zone is given)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        ts = pd.Timestamp(value)
+    except ValueError as e:
+        raise ConfigError(
+            f"--since {value!r} is neither unix seconds nor an ISO date (2026-12-01T00:00)"
+        ) from e
+    if ts.tzinfo is None:
+        ts = ts.tz_localize("UTC")
+    return float(ts.timestamp())
+
+
+def iter_chunks(events: Iterable[Event], size: int) -> Iterable[list[Event]]:
+    chunk: list[Event] = []
+    for e in events:
+        chunk.append(e)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
