@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
 
+from model_store.database import METADATA, Database, redact
 from model_store.errors import ConfigError
 
 # the default event types and their training weights; a weight <= 0 is not a positive
@@ -37,10 +37,9 @@ DEFAULT_EVENT_TYPES: dict[str, float] = {
 }
 DEFAULT_TYPE = "view"
 
-_metadata = sa.MetaData()
 events_table = sa.Table(
     "fusionrec_events",
-    _metadata,
+    METADATA,
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
     sa.Column("event_id", sa.String(64), nullable=False, unique=True),
     sa.Column("user_key", sa.String(128), nullable=False, index=True),
@@ -79,14 +78,6 @@ class Event:
         }
 
 
-def redact(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except Exception:  # an unparsable URL is reported without its text
-        return "<unparsable URL>"
-
-
 def event_types(spec: Mapping[str, float] | None) -> dict[str, float]:
     """Validated event types → weights (finite numbers, non-empty names)."""
     types = dict(DEFAULT_EVENT_TYPES if spec is None else spec)
@@ -101,42 +92,19 @@ def event_types(spec: Mapping[str, float] | None) -> dict[str, float]:
 
 
 class EventStore:
-    """The log's table in one database, created on first use."""
+    """The log's table in the store's database (:class:`model_store.database.Database`)."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        try:
-            sa_url = sa.engine.make_url(url)
-        except Exception as e:  # SQLAlchemy raises several kinds here
-            raise ConfigError(
-                f"events URL {redact(url)!r} is not a database URL "
-                "(sqlite:///path/events.db or postgresql+psycopg://user@host/db)"
-            ) from e
-        if sa_url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise ConfigError(
-                f"events URL {redact(url)!r}: only sqlite and postgresql are supported"
-            )
-        self.dialect = sa_url.get_backend_name()
-        kwargs: dict[str, object] = {"pool_pre_ping": True}
-        if self.dialect == "sqlite":
-            if sa_url.database and sa_url.database != ":memory:":
-                Path(sa_url.database).parent.mkdir(parents=True, exist_ok=True)
-            kwargs["connect_args"] = {"timeout": 30}
-        else:
-            kwargs["connect_args"] = {"connect_timeout": 3}
-            kwargs["pool_timeout"] = 3
-        self.engine: Engine = sa.create_engine(sa_url, **kwargs)
-        if self.dialect == "sqlite":
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._created = False
+    def __init__(self, url: str | Database) -> None:
+        self.db = url if isinstance(url, Database) else Database(url, what="events")
+        self.url = self.db.url
+        self.dialect = self.db.dialect
+        self.engine = self.db.engine
 
     def __repr__(self) -> str:
         return f"EventStore({redact(self.url)!r})"
 
     def create(self) -> None:
-        if not self._created:
-            _metadata.create_all(self.engine)
-            self._created = True
+        self.db.create()
 
     def insert(self, events: Sequence[Event]) -> int:
         """Write ``events`` in one transaction; rows already stored (same event_id) are
@@ -173,17 +141,10 @@ class EventStore:
             return pd.DataFrame(conn.execute(query).mappings().all(), columns=_COLUMNS)
 
     def close(self) -> None:
-        self.engine.dispose()
+        self.db.close()
 
 
 _COLUMNS = [c.name for c in events_table.columns]
-
-
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
-    cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")  # an answered event survives power loss
-    cursor.close()
 
 
 def training_interactions(events: pd.DataFrame) -> pd.DataFrame:
