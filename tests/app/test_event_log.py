@@ -4,6 +4,7 @@ stopped and restarted to test the spool."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -204,3 +205,16 @@ def test_bad_url_names_it_without_its_password() -> None:
         EventStore("mysql://shop:hunter2@db/events")
     assert "hunter2" not in str(err.value)
     assert "only sqlite and postgresql" in str(err.value)
+
+
+def test_the_server_user_can_reach_its_data_directory() -> None:
+    """A clone in a home directory of mode 700 (/root) must still run the PostgreSQL tests:
+    the data directory is where the user running the server can reach it."""
+    server = PostgresServer()
+    try:
+        cmd = ["test", "-w", str(server.dir), "-a", "-x", str(server.dir)]
+        if server.as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        assert subprocess.run(cmd, check=False).returncode == 0, server.dir
+    finally:
+        server.remove()

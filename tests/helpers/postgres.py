@@ -1,8 +1,11 @@
 """A throw-away PostgreSQL server (Debian's ``postgresql``) on a free port, for tests.
 
-The cluster lives under the repository's ``.cache/`` (nothing is written outside it).
 PostgreSQL refuses to run as root, so when the tests run as root the server runs as the
-``postgres`` system user the Debian package creates.
+``postgres`` system user the Debian package creates — and that user must be able to reach
+its data directory. A clone may live where it cannot (``/root`` is mode 700), so as root
+the cluster goes into a private directory of the system's temporary directory, owned by
+``postgres`` and removed when the server is; otherwise it lives under the repository's
+``.cache/``.
 """
 
 from __future__ import annotations
@@ -36,12 +39,15 @@ def _bin(name: str) -> str:
 
 class PostgresServer:
     def __init__(self) -> None:
-        base = ROOT / ".cache" / "pg-tests"
-        base.mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(dir=base))
+        self.as_root = os.geteuid() == 0
+        if self.as_root:
+            self.dir = Path(tempfile.mkdtemp(prefix="fusionrec-pg-"))
+        else:
+            base = ROOT / ".cache" / "pg-tests"
+            base.mkdir(parents=True, exist_ok=True)
+            self.dir = Path(tempfile.mkdtemp(dir=base))
         self.data = self.dir / "data"
         self.port = free_port()
-        self.as_root = os.geteuid() == 0
         if self.as_root:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
