@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from model_store.bundle.io import verify_files
-from model_store.bundle.store import sha256_file
+from model_store.digest import sha256_file
 from model_store.errors import BundleIntegrityError, ConfigError
 
 BuiltKind = Literal["flat", "hnsw", "ivfpq"]
