@@ -85,7 +85,7 @@ def _section(index: ItemIndex, staged: Path, files: dict[str, str], **stats: Any
         {
             **stats,
             "kind": index.kind,
-            "params": dict(index.params),
+            "params": index.params.model_copy(),
             "n_vectors": index.ntotal,
             "dim": index.dim,
             "tombstones": index.tombstones,

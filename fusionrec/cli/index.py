@@ -189,7 +189,7 @@ def index_cmd(
     assert s is not None  # index_bundle publishes one
     out.print(
         f"published {path}: {s.kind} index of {s.n_vectors} vectors "
-        f"(dim {s.dim}, params {s.params}), recall@10 {s.recall10:.4f}, "
+        f"(dim {s.dim}, params {s.params.model_dump(by_alias=True)}), recall@10 {s.recall10:.4f}, "
         f"recall@100 {s.recall100:.4f}, built in {s.build_seconds:.2f}s, "
         f"{s.memory_bytes / 1e6:.1f} MB",
         highlight=False,
@@ -198,8 +198,8 @@ def index_cmd(
     if t is not None:
         out.print(
             f"search index over text embeddings: {t.kind} of {t.n_vectors} "
-            f"(params {t.params}), recall@100 {t.recall100:.4f}, built in "
-            f"{t.build_seconds:.2f}s, {t.memory_bytes / 1e6:.1f} MB",
+            f"(params {t.params.model_dump(by_alias=True)}), recall@100 {t.recall100:.4f}, "
+            f"built in {t.build_seconds:.2f}s, {t.memory_bytes / 1e6:.1f} MB",
             highlight=False,
         )
 
