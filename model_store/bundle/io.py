@@ -37,7 +37,8 @@ from model_store.config import Config
 from model_store.data.attributes import AttrType, attribute_types
 from model_store.digest import sha256_file
 from model_store.errors import BundleIntegrityError, BundleNotFoundError
-from model_store.model.fused import FusedModel, grown_embedding
+from model_store.model.fused import FusedModel
+from model_store.model.item_tower import grown_embedding
 
 MODEL_FILE = "model.safetensors"
 CATALOG_FILE = "catalog.safetensors"
