@@ -16,7 +16,8 @@ import faiss
 import numpy as np
 import torch
 
-from indexer.index import IdMappedIndex, as_f32, pad_to
+from indexer.idmap import IdMappedIndex
+from indexer.index import as_f32, pad_to
 from model_store.bundle.manifest import FlatParams
 
 DENSE_MAX_ITEMS = 65_536  # flat indexes up to this size score a batch with one matmul

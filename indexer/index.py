@@ -5,10 +5,10 @@ Index ids are **catalog rows**: row ``k`` ↔ model index ``k + 1`` ↔ ``bundle
 ``removed`` holds catalog rows removed from the catalog: never returned, even after a
 rebuild, until they are upserted again.
 
-The kinds (``flat.py``, ``hnsw.py``, ``ivfpq.py``) implement a few primitives — raw search,
-add, remove, the rows they hold, extra files — and this base class does the rest the same
-way for all: argument checks, padding to ``k``, per-query exclusions, replace-on-add,
-saving and verified loading. Files, under an optional ``prefix`` (``text_`` for the search
+The kinds (``flat.py``, ``hnsw.py``, ``ivfpq.py``; flat and ivfpq share ``idmap.py``)
+implement a few primitives — raw search, add, remove, the rows they hold, extra files — and
+this base class does the rest the same way for all: argument checks, padding to ``k``,
+per-query exclusions, replace-on-add, saving and verified loading. Files, under an optional ``prefix`` (``text_`` for the search
 index over text embeddings)::
 
     index.faiss      the FAISS index
@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 
 from model_store.bundle.io import verify_files
-from model_store.bundle.manifest import KindParams, index_params
+from model_store.bundle.manifest import KindParams
 from model_store.digest import sha256_file
 from model_store.errors import BundleIntegrityError, ConfigError
 
@@ -236,46 +236,6 @@ class ItemIndex(ABC):
         }
         (directory / f_meta).write_text(json.dumps(meta, indent=1))
         return {n: sha256_file(directory / n) for n in [f_index, *extra_files, f_meta]}
-
-
-class IdMappedIndex(ItemIndex):
-    """A FAISS index that carries the catalog rows as its own ids (``flat``, ``ivfpq``):
-    dimension and size are FAISS's, rows are added and removed by id, and a filtered search
-    passes FAISS a selector in the kind's search parameters."""
-
-    @classmethod
-    def _from_files(
-        cls, index: Any, meta: dict[str, Any], directory: Path, prefix: str, files: dict[str, str]
-    ) -> ItemIndex:
-        params = index_params(cls.kind, meta.get("params", {}))
-        return cls(index, params, set(meta.get("removed_rows", [])))
-
-    @abstractmethod
-    def _filtered(self, sel: Any) -> Any:
-        """FAISS search parameters of this kind with the id selector ``sel``."""
-
-    @property
-    def dim(self) -> int:
-        return int(self.index.d)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
-
-    def _search(
-        self, q: np.ndarray, k: int, exclude: set[int] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if not exclude:
-            scores, rows = self.index.search(q, k)
-        else:
-            scores, rows = self.index.search(q, k, params=self._filtered(selector(exclude)))
-        return scores, rows
-
-    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        self.index.add_with_ids(x, rows)
-
-    def _remove(self, rows: np.ndarray) -> int:
-        return int(self.index.remove_ids(faiss.IDSelectorBatch(rows)))
 
 
 def read_files(

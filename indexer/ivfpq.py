@@ -12,7 +12,7 @@ from typing import Any, ClassVar, Literal
 import faiss
 import numpy as np
 
-from indexer.index import IdMappedIndex
+from indexer.idmap import IdMappedIndex
 from model_store.bundle.manifest import IvfPqParams
 
 _faiss: Any = faiss  # faiss's stubs lag its SWIG API (SearchParametersIVF kwargs)
