@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from model_store.data import movielens
 from tests.helpers.bundles import copy_store, train_tiny
-from tests.helpers.servers import RedisServer, running_redis
+
+if TYPE_CHECKING:  # the server helpers import the service: only the tests that use it do
+    from tests.helpers.servers import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -50,5 +53,7 @@ def store(tiny_store: Path, tmp_path: Path) -> Path:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A throw-away redis-server on a free port (the tests may stop and restart it)."""
+    from tests.helpers.servers import running_redis
+
     with running_redis(tmp_path) as server:
         yield server
