@@ -8,8 +8,8 @@ rebuild, until they are upserted again.
 The kinds (``flat.py``, ``hnsw.py``, ``ivfpq.py``; flat and ivfpq share ``idmap.py``)
 implement a few primitives — raw search, add, remove, the rows they hold, extra files — and
 this base class does the rest the same way for all: argument checks, padding to ``k``,
-per-query exclusions, replace-on-add, saving and verified loading. Files, under an optional ``prefix`` (``text_`` for the search
-index over text embeddings)::
+per-query exclusions, replace-on-add, saving and verified loading. Files, under an optional
+``prefix`` (``text_`` for the search index over text embeddings)::
 
     index.faiss      the FAISS index
     index.json       kind, tuned parameters, counts, removed rows (+ the kind's extras)
