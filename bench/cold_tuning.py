@@ -25,7 +25,7 @@ from model_store.config import Config
 from model_store.data import movielens
 from model_store.data.dataset import load_dataset
 from model_store.evaluation.protocols import Split, cold_items, measure_cold, measure_warm
-from model_store.model.fused import NeighbourTower
+from model_store.model.item_tower import NeighbourTower
 from model_store.training.coldstart import PSEUDO_NEW, calibrate_offset, fit_cold_tower
 from model_store.training.pipeline import Trained, train
 from model_store.training.trainer import validation_set

@@ -211,7 +211,7 @@ def bench_ann(n: int, dim: int, n_queries: int, kinds: list[str]) -> str:
         rows.append(
             [
                 kind + note,
-                str(index.params),
+                str(index.params.model_dump(by_alias=True)),
                 f"{build_s:.1f}",
                 f"{tune_s:.1f}",
                 f"{(rss1 - rss0) / 2**20:,.0f}",
@@ -274,7 +274,7 @@ def bench_movielens(store: Path, kinds: list[str]) -> str:
                     kind,
                     str(s.n_vectors),
                     str(s.dim),
-                    str(s.params),
+                    str(s.params.model_dump(by_alias=True)),
                     f"{s.encode_seconds or 0:.3f}",
                     f"{s.build_seconds:.3f}",
                     f"{total:.2f}",

@@ -32,7 +32,8 @@ from model_store.evaluation.protocols import Split
 from model_store.training.optim import WeightAverage, make_optimizer
 from model_store.training.pipeline import catalog_embeddings
 from model_store.training.prepare import prepare, windows, with_earlier
-from model_store.training.trainer import build_model, train_step
+from model_store.training.step import train_step
+from model_store.training.trainer import build_model
 
 
 def epoch_seconds(data: Path, batch_size: int, repeats: int) -> tuple[list[float], int]:

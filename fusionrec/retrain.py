@@ -38,7 +38,7 @@ from model_store.bundle.manifest import GateInfo
 from model_store.config import Config
 from model_store.data.dataset import Dataset, load_dataset
 from model_store.errors import BundleError, DataError
-from model_store.evaluation.stats import paired_bootstrap, per_user
+from model_store.evaluation.stats import Paired, paired_bootstrap, per_user
 from model_store.events.log import EventStore, redact, training_interactions
 from model_store.model.scoring import EvalSet, rank_targets
 from model_store.training.pipeline import Trained, train
@@ -174,19 +174,9 @@ def retrain(
             f"{store} has no CURRENT bundle: train one first (`fusionrec train`); retrain "
             "adds the event log to its catalog"
         )
-    log_store = EventStore(events_url)
-    try:
-        events = training_interactions(log_store.frame())
-    finally:
-        log_store.close()
+    logged = _logged_interactions(events_url)
     items = read_items(store)
-    events = events[events["item_id"].isin(set(items["item_id"]))]
-    if len(events) < 10:
-        raise DataError(
-            f"the event log {redact(events_url)} holds {len(events)} usable events "
-            "(positive, of items in the catalog); too few to retrain"
-        )
-    events = events.sort_values("timestamp", kind="stable")
+    events = _usable_events(logged, items, events_url)
     before, held = time_holdout(events, holdout)
     if not held.users:
         raise DataError(
@@ -196,27 +186,11 @@ def retrain(
         work = Path(tmp)
         candidate = train(_dataset(before, items, work, "before"), cfg, cache_dir=cache_dir)
         current = load_bundle(store, expect)
-        cand_u = per_user_ndcg(candidate.bundle, held)
-        curr_u = per_user_ndcg(current, held)
-        diff = paired_bootstrap(cand_u, curr_u)
-        passed = bool(diff.mean >= -margin)
-        gate = GateInfo(
-            decision="published" if passed else "refused",
-            metric="ndcg@10",
-            margin=margin,
-            candidate=float(cand_u.mean()),
-            current=float(curr_u.mean()),
-            diff_mean=diff.mean,
-            diff_lo=diff.lo,
-            diff_hi=diff.hi,
-            users=len(held.users),
-            cut_timestamp=held.cut,
-            holdout_fraction=holdout,
-            compared_with=expect,
-            events=len(events),
+        gate, diff = _gate(
+            candidate.bundle, current, held, margin=margin, fraction=holdout, events=len(events)
         )
         version = None
-        if passed:
+        if gate.decision == "published":
             published = (
                 train(_dataset(events, items, work, "all"), cfg, cache_dir=cache_dir)
                 if final
@@ -227,8 +201,61 @@ def retrain(
         f"candidate NDCG@10 {gate.candidate:.4f} vs CURRENT {gate.current:.4f} "
         f"(difference {diff}; refused below -{margin})"
     )
+    passed = gate.decision == "published"
     decision = Decision(
         passed, reason, expect, version, gate, len(events), time.perf_counter() - t0
     )
     _record(store, decision)
     return decision
+
+
+def _logged_interactions(events_url: str) -> pd.DataFrame:
+    """The log's positive events as weighted interactions."""
+    log_store = EventStore(events_url)
+    try:
+        return training_interactions(log_store.frame())
+    finally:
+        log_store.close()
+
+
+def _usable_events(events: pd.DataFrame, items: pd.DataFrame, events_url: str) -> pd.DataFrame:
+    """The events of items in the catalog, oldest first; DataError when too few are left."""
+    events = events[events["item_id"].isin(set(items["item_id"]))]
+    if len(events) < 10:
+        raise DataError(
+            f"the event log {redact(events_url)} holds {len(events)} usable events "
+            "(positive, of items in the catalog); too few to retrain"
+        )
+    return events.sort_values("timestamp", kind="stable")
+
+
+def _gate(
+    candidate: Bundle,
+    current: Bundle,
+    held: Holdout,
+    *,
+    margin: float,
+    fraction: float,
+    events: int,
+) -> tuple[GateInfo, Paired]:
+    """Both models on the same holdout targets: pass when the candidate's mean NDCG@10 is
+    at most ``margin`` below CURRENT's → (the gate's record, the paired difference)."""
+    cand_u = per_user_ndcg(candidate, held)
+    curr_u = per_user_ndcg(current, held)
+    diff = paired_bootstrap(cand_u, curr_u)
+    gate = GateInfo(
+        decision="published" if bool(diff.mean >= -margin) else "refused",
+        metric="ndcg@10",
+        margin=margin,
+        candidate=float(cand_u.mean()),
+        current=float(curr_u.mean()),
+        diff_mean=diff.mean,
+        diff_lo=diff.lo,
+        diff_hi=diff.hi,
+        users=len(held.users),
+        cut_timestamp=held.cut,
+        holdout_fraction=fraction,
+        compared_with=current.version,
+        events=events,
+    )
+    return gate, diff

@@ -199,10 +199,10 @@ def tune_to_floor(
     """Raise efSearch/nprobe until recall@100 ≥ ``floor``; IndexBuildError if it never does."""
     p = params or IndexParams()
     recall = recall_at(index, vectors, rows, queries)
-    tried = [(dict(index.params), recall["recall@100"])]
+    tried = [(index.params.model_dump(by_alias=True), recall["recall@100"])]
     while recall["recall@100"] < floor and index.widen(p.max_ef_search):
         recall = recall_at(index, vectors, rows, queries)
-        tried.append((dict(index.params), recall["recall@100"]))
+        tried.append((index.params.model_dump(by_alias=True), recall["recall@100"]))
     if recall["recall@100"] < floor:
         steps = "; ".join(f"{t} → {r:.4f}" for t, r in tried)
         hint = {

@@ -10,14 +10,15 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import faiss
 import numpy as np
 import torch
 
-from indexer.index import ItemIndex, as_f32, pad_to, selector
+from indexer.idmap import IdMappedIndex
+from indexer.index import as_f32, pad_to
+from model_store.bundle.manifest import FlatParams
 
 DENSE_MAX_ITEMS = 65_536  # flat indexes up to this size score a batch with one matmul
 
@@ -49,10 +50,11 @@ def _dense_topk() -> Callable[
         return _dense_topk_eager
 
 
-class FlatIndex(ItemIndex):
+class FlatIndex(IdMappedIndex):
     kind: ClassVar[Literal["flat"]] = "flat"
+    params: FlatParams
 
-    def __init__(self, index: Any, params: dict[str, Any], removed: set[int] | None) -> None:
+    def __init__(self, index: Any, params: FlatParams, removed: set[int] | None) -> None:
         super().__init__(index, params, removed)
         self._arrays: tuple[torch.Tensor, np.ndarray, np.ndarray] | None = None
 
@@ -60,42 +62,21 @@ class FlatIndex(ItemIndex):
     def build(cls, x: np.ndarray, rows: np.ndarray) -> FlatIndex:
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(x.shape[1]))
         index.add_with_ids(x, rows)
-        return cls(index, {}, None)
-
-    @classmethod
-    def _from_files(
-        cls, index: Any, meta: dict[str, Any], directory: Path, prefix: str, files: dict[str, str]
-    ) -> FlatIndex:
-        return cls(index, meta.get("params", {}), set(meta.get("removed_rows", [])))
-
-    @property
-    def dim(self) -> int:
-        return int(self.index.d)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return cls(index, FlatParams(), None)
 
     def rows(self) -> np.ndarray:
         return np.sort(faiss.vector_to_array(self.index.id_map).astype(np.int64))
 
-    def _search(
-        self, q: np.ndarray, k: int, exclude: set[int] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if not exclude:
-            scores, rows = self.index.search(q, k)
-        else:
-            params = _faiss.SearchParameters(sel=selector(exclude))
-            scores, rows = self.index.search(q, k, params=params)
-        return scores, rows
+    def _filtered(self, sel: Any) -> Any:
+        return _faiss.SearchParameters(sel=sel)
 
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
         self._arrays = None
-        self.index.add_with_ids(x, rows)
+        super()._add(x, rows)
 
     def _remove(self, rows: np.ndarray) -> int:
         self._arrays = None
-        return int(self.index.remove_ids(faiss.IDSelectorBatch(rows)))
+        return super()._remove(rows)
 
     def search_excluding(
         self, user_vectors: np.ndarray, k: int, excludes: Sequence[set[int]]

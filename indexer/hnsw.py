@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from indexer.index import ItemIndex, file_names, selector
+from model_store.bundle.manifest import HnswParams
 from model_store.errors import BundleIntegrityError
 
 _faiss: Any = faiss  # faiss's stubs lag its SWIG API (SearchParametersHNSW kwargs)
@@ -45,11 +46,12 @@ def augment(x: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
 
 class HnswIndex(ItemIndex):
     kind: ClassVar[Literal["hnsw"]] = "hnsw"
+    params: HnswParams
 
     def __init__(
         self,
         index: Any,
-        params: dict[str, Any],
+        params: HnswParams,
         removed: set[int] | None,
         *,
         label_rows: np.ndarray,
@@ -63,7 +65,7 @@ class HnswIndex(ItemIndex):
         # labels whose norm exceeds the radius, scanned exactly on each search
         self._overflow = np.asarray(sorted(overflow), dtype=np.int64)
         self._xb: np.ndarray | None = None  # zero-copy view of the graph's stored vectors
-        self.index.hnsw.efSearch = int(self.params["efSearch"])
+        self.index.hnsw.efSearch = self.params.ef_search
 
     @classmethod
     def build(
@@ -74,8 +76,10 @@ class HnswIndex(ItemIndex):
         graph = faiss.IndexHNSWFlat(x.shape[1] + 1, m, faiss.METRIC_L2)
         graph.hnsw.efConstruction = ef_construction
         graph.add(augment(x, radius)[0])
-        params = {"M": m, "efConstruction": ef_construction, "efSearch": ef_search}
-        return cls(graph, {**params, "radius": radius}, None, label_rows=rows.copy())
+        params = HnswParams(
+            m=m, ef_construction=ef_construction, ef_search=ef_search, radius=radius
+        )
+        return cls(graph, params, None, label_rows=rows.copy())
 
     @classmethod
     def _from_files(
@@ -94,7 +98,7 @@ class HnswIndex(ItemIndex):
             )
         return cls(
             index,
-            meta["params"],
+            HnswParams.model_validate(meta["params"]),
             set(meta.get("removed_rows", [])),
             label_rows=label_rows,
             overflow=meta.get("overflow_labels", []),
@@ -128,11 +132,11 @@ class HnswIndex(ItemIndex):
         return np.sort(np.fromiter(self._row_label, dtype=np.int64, count=len(self._row_label)))
 
     def widen(self, max_ef_search: int) -> bool:
-        current = int(self.params["efSearch"])
+        current = self.params.ef_search
         if current >= max_ef_search:
             return False
-        self.params["efSearch"] = min(current * 2, max_ef_search)
-        self.index.hnsw.efSearch = self.params["efSearch"]
+        self.params.ef_search = min(current * 2, max_ef_search)
+        self.index.hnsw.efSearch = self.params.ef_search
         return True
 
     def _search(
@@ -145,7 +149,7 @@ class HnswIndex(ItemIndex):
         banned = np.concatenate([self._dead, np.asarray(ex, dtype=np.int64)])
         qa = np.ascontiguousarray(np.hstack([q, np.zeros((len(q), 1), np.float32)]))
         if len(banned):
-            ef = int(self.params["efSearch"])
+            ef = self.params.ef_search
             params = _faiss.SearchParametersHNSW(efSearch=ef, sel=selector(banned))
             _, labels = self.index.search(qa, k, params=params)
         else:
@@ -181,7 +185,7 @@ class HnswIndex(ItemIndex):
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
         self._dead = None
         start = len(self._label_rows)
-        xa, above = augment(x, float(self.params["radius"]))
+        xa, above = augment(x, self.params.radius)
         if above.any():
             self._overflow = np.concatenate([self._overflow, start + np.flatnonzero(above)])
         self.index.add(xa)

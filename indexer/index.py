@@ -5,11 +5,11 @@ Index ids are **catalog rows**: row ``k`` ↔ model index ``k + 1`` ↔ ``bundle
 ``removed`` holds catalog rows removed from the catalog: never returned, even after a
 rebuild, until they are upserted again.
 
-The kinds (``flat.py``, ``hnsw.py``, ``ivfpq.py``) implement a few primitives — raw search,
-add, remove, the rows they hold, extra files — and this base class does the rest the same
-way for all: argument checks, padding to ``k``, per-query exclusions, replace-on-add,
-saving and verified loading. Files, under an optional ``prefix`` (``text_`` for the search
-index over text embeddings)::
+The kinds (``flat.py``, ``hnsw.py``, ``ivfpq.py``; flat and ivfpq share ``idmap.py``)
+implement a few primitives — raw search, add, remove, the rows they hold, extra files — and
+this base class does the rest the same way for all: argument checks, padding to ``k``,
+per-query exclusions, replace-on-add, saving and verified loading. Files, under an optional
+``prefix`` (``text_`` for the search index over text embeddings)::
 
     index.faiss      the FAISS index
     index.json       kind, tuned parameters, counts, removed rows (+ the kind's extras)
@@ -28,7 +28,8 @@ import faiss
 import numpy as np
 
 from model_store.bundle.io import verify_files
-from model_store.bundle.store import sha256_file
+from model_store.bundle.manifest import KindParams
+from model_store.digest import sha256_file
 from model_store.errors import BundleIntegrityError, ConfigError
 
 BuiltKind = Literal["flat", "hnsw", "ivfpq"]
@@ -96,9 +97,9 @@ class ItemIndex(ABC):
 
     kind: ClassVar[BuiltKind]
 
-    def __init__(self, index: Any, params: dict[str, Any], removed: set[int] | None) -> None:
+    def __init__(self, index: Any, params: KindParams, removed: set[int] | None) -> None:
         self.index: Any = index
-        self.params = dict(params)
+        self.params = params
         self.removed: set[int] = set(removed or ())
 
     # ---- what each kind provides ----------------------------------------------------------
@@ -226,7 +227,7 @@ class ItemIndex(ABC):
         meta = {
             "format": META_FORMAT,
             "kind": self.kind,
-            "params": self.params,
+            "params": self.params.model_dump(by_alias=True),
             "dim": self.dim,
             "n_vectors": self.ntotal,
             "tombstones": self.tombstones,

@@ -7,13 +7,13 @@ internal ids the way ``IndexFlat`` does); add/remove by row id.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import faiss
 import numpy as np
 
-from indexer.index import ItemIndex, selector
+from indexer.idmap import IdMappedIndex
+from model_store.bundle.manifest import IvfPqParams
 
 _faiss: Any = faiss  # faiss's stubs lag its SWIG API (SearchParametersIVF kwargs)
 
@@ -26,12 +26,13 @@ def pq_subquantizers(dim: int, wanted: int) -> int:
     return m
 
 
-class IvfPqIndex(ItemIndex):
+class IvfPqIndex(IdMappedIndex):
     kind: ClassVar[Literal["ivfpq"]] = "ivfpq"
+    params: IvfPqParams
 
-    def __init__(self, index: Any, params: dict[str, Any], removed: set[int] | None) -> None:
+    def __init__(self, index: Any, params: IvfPqParams, removed: set[int] | None) -> None:
         super().__init__(index, params, removed)
-        self.index.nprobe = int(self.params["nprobe"])
+        self.index.nprobe = self.params.nprobe
 
     @classmethod
     def build(
@@ -61,22 +62,8 @@ class IvfPqIndex(ItemIndex):
         sample = np.random.default_rng(seed).choice(n, size=n_train, replace=False)
         ivf.train(x[np.sort(sample)])
         ivf.add_with_ids(x, rows)
-        params = {"nlist": nlist, "nprobe": min(nprobe, nlist), "pq_m": m, "pq_nbits": nbits}
+        params = IvfPqParams(nlist=nlist, nprobe=min(nprobe, nlist), pq_m=m, pq_nbits=nbits)
         return cls(ivf, params, None)
-
-    @classmethod
-    def _from_files(
-        cls, index: Any, meta: dict[str, Any], directory: Path, prefix: str, files: dict[str, str]
-    ) -> IvfPqIndex:
-        return cls(index, meta["params"], set(meta.get("removed_rows", [])))
-
-    @property
-    def dim(self) -> int:
-        return int(self.index.d)
-
-    @property
-    def ntotal(self) -> int:
-        return int(self.index.ntotal)
 
     def rows(self) -> np.ndarray:
         ivf: Any = faiss.extract_index_ivf(self.index)
@@ -91,26 +78,12 @@ class IvfPqIndex(ItemIndex):
         return np.sort(np.concatenate(parts).astype(np.int64))
 
     def widen(self, max_ef_search: int) -> bool:
-        current = int(self.params["nprobe"])
-        if current >= int(self.params["nlist"]):
+        current = self.params.nprobe
+        if current >= self.params.nlist:
             return False
-        self.params["nprobe"] = min(current * 2, int(self.index.nlist))
-        self.index.nprobe = self.params["nprobe"]
+        self.params.nprobe = min(current * 2, int(self.index.nlist))
+        self.index.nprobe = self.params.nprobe
         return True
 
-    def _search(
-        self, q: np.ndarray, k: int, exclude: set[int] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if not exclude:
-            scores, rows = self.index.search(q, k)
-        else:
-            nprobe = int(self.params["nprobe"])
-            params = _faiss.SearchParametersIVF(nprobe=nprobe, sel=selector(exclude))
-            scores, rows = self.index.search(q, k, params=params)
-        return scores, rows
-
-    def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
-        self.index.add_with_ids(x, rows)
-
-    def _remove(self, rows: np.ndarray) -> int:
-        return int(self.index.remove_ids(faiss.IDSelectorBatch(rows)))
+    def _filtered(self, sel: Any) -> Any:
+        return _faiss.SearchParametersIVF(nprobe=self.params.nprobe, sel=sel)

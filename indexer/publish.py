@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,18 @@ INDEX_FILES = file_names()
 TEXT_INDEX_FILES = file_names(TEXT_PREFIX)
 UPDATE_LOG = 20
 Progress = Callable[[int, int], None]  # (advance, total)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How a full build encodes the catalog and builds, tunes and checks its indexes."""
+
+    kind: IndexKind = "auto"
+    params: IndexParams = field(default_factory=IndexParams)
+    batch_size: int = 8192  # items per encode batch
+    device: str = "auto"
+    recall_floor: float = 0.95  # refuse an index below this recall@100
+    max_queries: int = 1000  # queries of the recall measurement
 
 
 def load_index(bundle: Bundle) -> ItemIndex:
@@ -85,7 +97,7 @@ def _section(index: ItemIndex, staged: Path, files: dict[str, str], **stats: Any
         {
             **stats,
             "kind": index.kind,
-            "params": dict(index.params),
+            "params": index.params.model_copy(),
             "n_vectors": index.ntotal,
             "dim": index.dim,
             "tombstones": index.tombstones,
@@ -139,26 +151,22 @@ def _publish_child(
 
 
 def build_text_index(
-    bundle: Bundle,
-    rows: np.ndarray,
-    *,
-    params: IndexParams,
-    recall_floor: float,
-    max_queries: int = 1000,
+    bundle: Bundle, rows: np.ndarray, options: BuildOptions
 ) -> tuple[ItemIndex, dict[str, Any]]:
     """IVF-PQ over the text embeddings of ``rows``, tuned to the floor → (index, stats).
 
     Recall is measured against exact cosine search with sampled item texts as queries (the
     real queries are short phrases, but they land in the same embedding space).
     """
+    params, floor = options.params, options.recall_floor
     text = text_rows(bundle, rows)
     rng = np.random.default_rng(params.seed)
-    queries = text[rng.choice(len(rows), size=min(max_queries, len(rows)), replace=False)]
+    queries = text[rng.choice(len(rows), size=min(options.max_queries, len(rows)), replace=False)]
     p = replace(params, pq_m=0, nprobe=max(params.nprobe, 32))
     index, recall, build_s, _ = build_tuned(
-        text, rows, queries, kind="ivfpq", params=p, floor=recall_floor
+        text, rows, queries, kind="ivfpq", params=p, floor=floor
     )
-    stats = _recall_stats(recall, recall_floor, len(queries), "sampled_item_texts")
+    stats = _recall_stats(recall, floor, len(queries), "sampled_item_texts")
     return index, {"build_seconds": round(build_s, 3), **stats}
 
 
@@ -178,30 +186,24 @@ def encode_share(
 
 
 def build_for_bundle(
-    bundle: Bundle,
-    *,
-    kind: IndexKind = "auto",
-    params: IndexParams | None = None,
-    batch_size: int = 8192,
-    device: str = "auto",
-    recall_floor: float = 0.95,
-    max_queries: int = 1000,
-    progress: Progress | None = None,
+    bundle: Bundle, options: BuildOptions, progress: Progress | None = None
 ) -> tuple[ItemIndex, dict[str, Any]]:
     """Encode the bundle's live catalog, build, tune to the recall floor → (index, stats)."""
-    p = params or IndexParams()
+    o = options
     parent = load_index(bundle) if bundle.manifest.index is not None else None
     removed = set(parent.removed) if parent is not None else set()
     rows = live_rows(bundle)
     t0 = time.perf_counter()
     tick = None if progress is None else (lambda k: progress(k, len(rows)))
-    vectors = encode_catalog(bundle, batch_size=batch_size, device=device, rows=rows, progress=tick)
+    vectors = encode_catalog(
+        bundle, batch_size=o.batch_size, device=o.device, rows=rows, progress=tick
+    )
     encode_s = time.perf_counter() - t0
-    queries = query_vectors(bundle, max_users=max_queries, device=device)
+    queries = query_vectors(bundle, max_users=o.max_queries, device=o.device)
     source = "user_histories" if bundle.histories else "sampled_items_plus_noise"
     t1 = time.perf_counter()
     index, recall, build_s, rebuilds = build_tuned(
-        vectors, rows, queries, kind=kind, params=p, floor=recall_floor
+        vectors, rows, queries, kind=o.kind, params=o.params, floor=o.recall_floor
     )
     index.removed = removed
     bundle.model.cpu()
@@ -210,9 +212,9 @@ def build_for_bundle(
         "encode_seconds": round(encode_s, 3),
         "build_and_tune_seconds": round(time.perf_counter() - t1, 3),
         "rebuilds": rebuilds,
-        **_recall_stats(recall, recall_floor, len(queries), source),
+        **_recall_stats(recall, o.recall_floor, len(queries), source),
         "built_from_version": bundle.version,
-        "requested_kind": kind,
+        "requested_kind": o.kind,
         "updates_since_build": 0,
     }
     return index, stats
@@ -235,24 +237,15 @@ def index_bundle(
     """Index a bundle (default CURRENT) and publish the result as a new version; its path.
     ``make_current=False`` leaves CURRENT alone (the caller moves it when it is ready)."""
     set_faiss_threads(threads)
-    p = params or IndexParams()
-    bundle = load_bundle(store, version)
-    index, stats = build_for_bundle(
-        bundle,
-        kind=kind,
-        params=p,
-        batch_size=batch_size,
-        device=device,
-        recall_floor=recall_floor,
-        max_queries=max_queries,
-        progress=progress,
+    options = BuildOptions(
+        kind, params or IndexParams(), batch_size, device, recall_floor, max_queries
     )
+    bundle = load_bundle(store, version)
+    index, stats = build_for_bundle(bundle, options, progress)
     text_index: ItemIndex | None = None
     text_stats: dict[str, Any] = {}
-    if index.ntotal > p.text_index_min_items:
-        text_index, text_stats = build_text_index(
-            bundle, index.rows(), params=p, recall_floor=recall_floor, max_queries=max_queries
-        )
+    if index.ntotal > options.params.text_index_min_items:
+        text_index, text_stats = build_text_index(bundle, index.rows(), options)
         text_index.removed = set(index.removed)
 
     def write(staged: Path, manifest: Manifest) -> Manifest:

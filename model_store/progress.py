@@ -2,8 +2,8 @@
 
 On a terminal the commands draw rich progress bars; written to a pipe or a file (a
 container log, ``make run > log``) those render nothing until the end, so a job looks hung.
-There the commands print one plain line per epoch and a few per encoding stage instead,
-flushed at once.
+There the commands print one plain line per epoch (``EpochRow.log_line``) and a few per
+encoding stage instead, flushed at once.
 """
 
 from __future__ import annotations
@@ -51,17 +51,3 @@ def stage_lines(
         emit(f"{label}: {done:,}{of} items{pct}, {rate:,.0f} items/s, {elapsed:.1f} s{eta}", stream)
 
     return advance
-
-
-def epoch_line(row: dict[str, float], max_epochs: int, previous_seconds: float) -> str:
-    """One epoch as a log line: loss parts, validation metrics, epoch seconds, an ETA (the
-    remaining epochs at the mean epoch time so far; early stopping usually ends sooner)."""
-    epoch = int(row["epoch"])
-    losses = " ".join(f"{k} {row[k]:.4f}" for k in ("loss_rs", "loss_lm") if k in row)
-    valid = " ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("valid_"))
-    total = row.get("seconds", 0.0)
-    left = max(0, max_epochs - epoch)
-    eta = f"ETA <= {total / epoch * left:.0f} s" if left and epoch else "last epoch"
-    parts = [f"epoch {epoch}/{max_epochs}", losses, valid]
-    parts += [f"epoch {total - previous_seconds:.1f} s", f"elapsed {total:.1f} s", eta]
-    return " | ".join(p for p in parts if p)

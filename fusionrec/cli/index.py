@@ -2,84 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.text import Text
 
+from fusionrec.cli.common import fail, out
 from indexer.build import KINDS, IndexKind, IndexParams
 from indexer.flat import DENSE_MAX_ITEMS
 from model_store.errors import ConfigError, FusionrecError
 
-console = Console(stderr=True)
-out = Console()
-
 index_app = typer.Typer(
     help="Build the FAISS index of a bundle, or add/remove items.", invoke_without_command=True
 )
-
-
-def fail(exc: FusionrecError) -> typer.Exit:
-    console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
-
-
-class RateColumn(ProgressColumn):
-    """Items per second."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- items/s" if speed is None else f"{speed:,.0f} items/s", style="cyan")
-
-
-@contextmanager
-def encode_progress(label: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich bar on a terminal; in a log, plain lines (``model_store.progress``)."""
-    if not console.is_terminal:
-        from model_store.progress import stage_lines
-
-        lines = stage_lines(label)
-        yield lambda n, total: lines(n, total)
-        return
-    with Progress(
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task(label, total=None)
-
-        def advance(n: int, total: int) -> None:
-            bar.update(task, total=total, advance=n)
-
-        yield advance
-
-
-@contextmanager
-def _leave_group_after() -> Iterator[None]:
-    """Leave the torchrun process group (if any) when the block ends."""
-    from model_store.training.distributed import shutdown
-
-    try:
-        yield
-    finally:
-        shutdown()
 
 
 def _kind(value: str) -> IndexKind:
@@ -134,26 +69,12 @@ def index_cmd(
     ] = False,
 ) -> None:
     """Encode the catalog, build and tune the index, publish it as a new bundle version."""
-    # (long: one parameter per command-line option; the work is index_bundle's)
     if ctx.invoked_subcommand is not None:
         return
     if store is None:
         raise fail(ConfigError("--store is required: the bundle store root to index"))
-    from indexer.publish import encode_share, index_bundle
-    from model_store.bundle.io import read_manifest
-    from model_store.bundle.store import resolve_version
     from model_store.threads import set_threads
-    from model_store.training import distributed as dist_mod
 
-    try:
-        set_threads(threads)
-        if if_unindexed:
-            current = read_manifest(resolve_version(store, version))
-            if current.index is not None:
-                out.print(f"{current.version} is already indexed: nothing to do", highlight=False)
-                return
-    except FusionrecError as exc:
-        raise fail(exc) from exc
     params = IndexParams(
         flat_max_items=flat_max_items,
         text_index_min_items=text_index_min_items,
@@ -163,34 +84,85 @@ def index_cmd(
         pq_m=pq_m,
     )
     try:
-        ranks = dist_mod.init(_device(device))
-        if not ranks.main:  # torchrun: encode this rank's block for rank 0, which publishes
-            try:
-                encode_share(store, version=version, batch_size=batch_size, device=device)
-            finally:
-                dist_mod.shutdown()
+        set_threads(threads)
+        if if_unindexed and already_indexed(store, version):
             return
-        with encode_progress("encoding items") as progress, _leave_group_after():
-            path = index_bundle(
+        dev = _device(device)
+        path = run_index(
+            store,
+            version,
+            _kind(kind),
+            params,
+            batch_size=batch_size,
+            device=dev,
+            recall_floor=recall_floor,
+            threads=threads,
+        )
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    if path is not None:
+        print_indexed(path)
+
+
+def already_indexed(store: Path, version: str | None) -> bool:
+    """``--if-unindexed``: whether the bundle has an index already (said when it has)."""
+    from model_store.bundle.io import read_manifest
+    from model_store.bundle.store import resolve_version
+
+    current = read_manifest(resolve_version(store, version))
+    if current.index is not None:
+        out.print(f"{current.version} is already indexed: nothing to do", highlight=False)
+    return current.index is not None
+
+
+def run_index(
+    store: Path,
+    version: str | None,
+    kind: IndexKind,
+    params: IndexParams,
+    *,
+    batch_size: int,
+    device: str,
+    recall_floor: float,
+    threads: int | None,
+) -> Path | None:
+    """``index_bundle`` with its progress; the published version's path. Under torchrun a
+    rank > 0 only encodes its block of the catalog for rank 0, which publishes (None)."""
+    from fusionrec.cli.progress import encode_progress
+    from indexer.publish import encode_share, index_bundle
+    from model_store.training import distributed as dist_mod
+
+    ranks = dist_mod.init(device)
+    try:
+        if not ranks.main:
+            encode_share(store, version=version, batch_size=batch_size, device=device)
+            return None
+        with encode_progress("encoding items") as progress:
+            return index_bundle(
                 store,
                 version=version,
-                kind=_kind(kind),
+                kind=kind,
                 params=params,
                 batch_size=batch_size,
-                device=_device(device),
+                device=device,
                 recall_floor=recall_floor,
                 threads=threads,
                 progress=progress,
             )
-    except FusionrecError as exc:
-        raise fail(exc) from exc
+    finally:
+        dist_mod.shutdown()  # leave the torchrun process group, if any
+
+
+def print_indexed(path: Path) -> None:
+    from model_store.bundle.io import read_manifest
+
     manifest = read_manifest(path)
     s = manifest.index
     assert s is not None  # index_bundle publishes one
     out.print(
         f"published {path}: {s.kind} index of {s.n_vectors} vectors "
-        f"(dim {s.dim}, params {s.params}), recall@10 {s.recall10:.4f}, "
-        f"recall@100 {s.recall100:.4f}, built in {s.build_seconds:.2f}s, "
+        f"(dim {s.dim}, params {s.params.model_dump(by_alias=True)}), recall@10 "
+        f"{s.recall10:.4f}, recall@100 {s.recall100:.4f}, built in {s.build_seconds:.2f}s, "
         f"{s.memory_bytes / 1e6:.1f} MB",
         highlight=False,
     )
@@ -198,8 +170,8 @@ def index_cmd(
     if t is not None:
         out.print(
             f"search index over text embeddings: {t.kind} of {t.n_vectors} "
-            f"(params {t.params}), recall@100 {t.recall100:.4f}, built in "
-            f"{t.build_seconds:.2f}s, {t.memory_bytes / 1e6:.1f} MB",
+            f"(params {t.params.model_dump(by_alias=True)}), recall@100 {t.recall100:.4f}, "
+            f"built in {t.build_seconds:.2f}s, {t.memory_bytes / 1e6:.1f} MB",
             highlight=False,
         )
 
@@ -237,7 +209,3 @@ def remove_cmd(
     except FusionrecError as exc:
         raise fail(exc) from exc
     out.print(f"published {path}: removed {len(wanted)} item(s)", highlight=False)
-
-
-def register(app: typer.Typer) -> None:
-    app.add_typer(index_app, name="index")

@@ -1,10 +1,13 @@
-"""The ``fusionrec`` console script.
+"""The ``fusionrec`` console script: one module per command group, assembled here.
 
-`data`, `train`, `evaluate`, `ablate` come from model_store; `index` from indexer; `serve`
-from app. Each package registers its own commands, so this module only composes them.
+`data` (``data``), `train` (``train``), `evaluate`/`ablate`/`report` (``evaluate``),
+`index` (``index``), `events` (``events``), `retrain` (``retrain``) and `serve` (``serve``);
+shared consoles, ``fail`` and option types live in ``common``.
 """
 
 from __future__ import annotations
+
+import logging
 
 import typer
 
@@ -16,14 +19,23 @@ app = typer.Typer(
 
 
 def build() -> typer.Typer:
-    from fusionrec.cli.index import register as register_indexer
-    from fusionrec.cli.model import register as register_model
-    from fusionrec.cli.serve import register as register_app
+    """The app with every command registered (once, however often it is called)."""
+    from fusionrec.cli import serve
+    from fusionrec.cli.data import data_app
+    from fusionrec.cli.evaluate import ablate, evaluate, report
+    from fusionrec.cli.events import events_app
+    from fusionrec.cli.index import index_app
+    from fusionrec.cli.retrain import retrain
+    from fusionrec.cli.train import train
 
     if not app.registered_commands:
-        register_model(app)
-        register_indexer(app)
-        register_app(app)
+        logging.basicConfig(level=logging.WARNING)
+        app.add_typer(data_app, name="data")
+        app.add_typer(events_app, name="events")
+        for command in (train, evaluate, ablate, retrain, report):
+            app.command()(command)
+        app.add_typer(index_app, name="index")
+        serve.register(app)
     return app
 
 

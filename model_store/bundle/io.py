@@ -32,11 +32,13 @@ from safetensors.torch import load_file, save_file
 
 from model_store.bundle import store as store_mod
 from model_store.bundle.manifest import FORMAT, Manifest
-from model_store.bundle.store import MANIFEST, sha256_file
+from model_store.bundle.store import MANIFEST
 from model_store.config import Config
 from model_store.data.attributes import AttrType, attribute_types
+from model_store.digest import sha256_file
 from model_store.errors import BundleIntegrityError, BundleNotFoundError
-from model_store.model.fused import FusedModel, grown_embedding
+from model_store.model.fused import FusedModel
+from model_store.model.item_tower import grown_embedding
 
 MODEL_FILE = "model.safetensors"
 CATALOG_FILE = "catalog.safetensors"

@@ -16,9 +16,10 @@ Keys containing ``@`` (``recall@10``) are field aliases: the JSON keeps the metr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from model_store.config import Config
 
@@ -90,11 +91,52 @@ class ColdInfo(_Section):
     share_cold: float | None = None
 
 
+class _KindParams(BaseModel):
+    # keys that older versions wrote (hnsw's "metric") are ignored, so their stores still load
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class FlatParams(_KindParams):
+    """``flat``: exact search, nothing to tune."""
+
+
+class HnswParams(_KindParams):
+    """``hnsw``: graph links per node, build and search breadth, and the norm every vector is
+    augmented to (``indexer.hnsw``). The JSON keeps FAISS's names (``M``, ``efSearch``)."""
+
+    m: int = Field(alias="M")
+    ef_construction: int = Field(alias="efConstruction")
+    ef_search: int = Field(alias="efSearch")
+    radius: float
+
+
+class IvfPqParams(_KindParams):
+    """``ivfpq``: inverted lists, lists probed per query, PQ sub-quantizers and their bits."""
+
+    nlist: int
+    nprobe: int
+    pq_m: int
+    pq_nbits: int
+
+
+KindParams = FlatParams | HnswParams | IvfPqParams
+PARAMS_OF_KIND: dict[str, type[FlatParams] | type[HnswParams] | type[IvfPqParams]] = {
+    "flat": FlatParams,
+    "hnsw": HnswParams,
+    "ivfpq": IvfPqParams,
+}
+
+
+def index_params(kind: str, raw: Mapping[str, Any]) -> KindParams:
+    """The typed parameters of an index of ``kind`` from their JSON form."""
+    return PARAMS_OF_KIND[kind].model_validate(raw)
+
+
 class IndexInfo(_Section):
     """An index's kind, tuned parameters, size, measured recall and files."""
 
     kind: Literal["flat", "hnsw", "ivfpq"]
-    params: dict[str, Any]
+    params: KindParams
     n_vectors: int
     dim: int
     tombstones: int = 0
@@ -114,6 +156,22 @@ class IndexInfo(_Section):
     requested_kind: str | None = None
     updates_since_build: int = 0
     update_log: list[dict[str, Any]] = Field(default_factory=list)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params_of_kind(cls, value: Any, info: ValidationInfo) -> Any:
+        """JSON parameters are read as the model of the section's kind (not guessed from
+        their keys)."""
+        kind = info.data.get("kind")
+        if isinstance(value, Mapping) and kind in PARAMS_OF_KIND:
+            return index_params(kind, value)
+        return value
+
+    @model_validator(mode="after")
+    def _params_match_kind(self) -> IndexInfo:
+        if not isinstance(self.params, PARAMS_OF_KIND[self.kind]):
+            raise ValueError(f"{self.kind} index with {type(self.params).__name__}")
+        return self
 
 
 class GateInfo(_Section):

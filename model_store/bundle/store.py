@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import os
 import secrets
 import shutil
@@ -27,14 +26,6 @@ from model_store.errors import BundleError, BundleIntegrityError, BundleNotFound
 
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def new_version_name() -> str:

@@ -1,4 +1,4 @@
-"""Dataset loading and validation: interactions + item texts, canonical order, splits.
+"""Dataset loading and validation: interactions + item texts, in canonical order.
 
 A dataset directory holds ``interactions.csv|parquet`` (user_id, item_id, timestamp
 [, weight]) and ``items.csv|parquet`` (item_id plus text columns). Everything is
@@ -6,7 +6,8 @@ validated up front with vectorised pandas/numpy, so 10M interactions load in sec
 every error is a :class:`DataError` naming the file, the row and the field.
 
 Row numbers in messages are 1-based data rows, header not counted (data row 1 is the
-first line after the CSV header, or the first row of a parquet file).
+first line after the CSV header, or the first row of a parquet file). Columns are parsed in
+``columns``; per-user splits are in ``splits``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from model_store.data.attributes import AttrType, coerce_column, declared_types
+from model_store.data.columns import ids_as_str, parse_timestamps, parse_weights, row_label
 from model_store.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -29,10 +31,6 @@ ID_COLUMNS = ("user_id", "item_id")
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp")
 _SUFFIXES = (".csv", ".parquet")
 _MAX_SHOWN = 10
-
-
-def _row(i: int) -> str:
-    return f"row {i + 1} (1-based data row, header not counted)"
 
 
 def _show(values: Sequence[object]) -> str:
@@ -159,38 +157,8 @@ def read_table(path_without_suffix: Path) -> tuple[pd.DataFrame, Path]:
     frame.columns = [str(c) for c in frame.columns]
     for column in ID_COLUMNS:
         if column in frame.columns:
-            frame[column] = _ids_as_str(frame[column], path, column)
+            frame[column] = ids_as_str(frame[column], path, column)
     return frame.reset_index(drop=True), path
-
-
-def _ids_as_str(values: pd.Series, path: Path, column: str) -> pd.Series:
-    null = values.isna().to_numpy()
-    if null.any():
-        i = int(np.flatnonzero(null)[0])
-        raise DataError(f"{path}: {_row(i)}, field {column!r}: empty id")
-    dtype = values.dtype
-    if isinstance(dtype, pd.CategoricalDtype):
-        values = values.astype(object)
-        dtype = values.dtype
-    if pd.api.types.is_bool_dtype(dtype):
-        raise DataError(f"{path}: field {column!r}: ids must be strings or integers, got bool")
-    if pd.api.types.is_float_dtype(dtype):
-        floats = values.to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(floats != np.floor(floats))
-        if len(bad):
-            i = int(bad[0])
-            raise DataError(
-                f"{path}: {_row(i)}, field {column!r}: id {floats[i]!r} is a non-integral float"
-            )
-        return pd.Series(floats.astype(np.int64), index=values.index).astype(str)
-    if pd.api.types.is_integer_dtype(dtype):
-        return values.astype(str)
-    out = values.astype(str)
-    empty = (out.str.strip() == "").to_numpy()
-    if empty.any():
-        i = int(np.flatnonzero(empty)[0])
-        raise DataError(f"{path}: {_row(i)}, field {column!r}: empty id")
-    return out
 
 
 def _require(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
@@ -201,71 +169,6 @@ def _require(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> None:
         )
     if len(frame) == 0:
         raise DataError(f"{path}: empty file (header only, no rows)")
-
-
-def _timestamps(values: pd.Series, path: Path) -> np.ndarray:
-    field = "timestamp"
-
-    def fail(i: int, value: object) -> DataError:
-        return DataError(
-            f"{path}: {_row(i)}, field {field!r}: cannot parse timestamp {value!r} "
-            "(expected integer unix seconds or ISO-8601)"
-        )
-
-    dtype = values.dtype
-    if pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
-        return values.to_numpy(dtype=np.int64)
-    if pd.api.types.is_datetime64_any_dtype(dtype):
-        null = values.isna().to_numpy()
-        if null.any():
-            i = int(np.flatnonzero(null)[0])
-            raise fail(i, values.iloc[i])
-        return _to_unix_seconds(values)
-    if pd.api.types.is_float_dtype(dtype):
-        floats = values.to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(floats) | (floats != np.floor(floats)))
-        if len(bad):
-            raise fail(int(bad[0]), values.iloc[int(bad[0])])
-        return floats.astype(np.int64)
-    strings = values.astype(object)
-    numeric = pd.to_numeric(strings, errors="coerce").to_numpy(dtype=np.float64)
-    out = np.zeros(len(values), dtype=np.int64)
-    is_num = np.isfinite(numeric)
-    bad_num = np.flatnonzero(is_num & (numeric != np.floor(numeric)))
-    if len(bad_num):
-        raise fail(int(bad_num[0]), values.iloc[int(bad_num[0])])
-    out[is_num] = numeric[is_num].astype(np.int64)
-    rest = np.flatnonzero(~is_num)
-    if len(rest):
-        sub = strings.iloc[rest]
-        parsed = pd.to_datetime(sub, format="ISO8601", utc=True, errors="coerce")
-        null = parsed.isna().to_numpy()
-        if null.any():
-            i = int(rest[np.flatnonzero(null)[0]])
-            raise fail(i, values.iloc[i])
-        out[rest] = _to_unix_seconds(parsed)
-    return out
-
-
-def _to_unix_seconds(values: pd.Series) -> np.ndarray:
-    if getattr(values.dt, "tz", None) is None:
-        values = values.dt.tz_localize("UTC")
-    delta = values - pd.Timestamp(0, tz="UTC")
-    return (delta // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
-
-
-def _weights(frame: pd.DataFrame, path: Path) -> np.ndarray:
-    if "weight" not in frame.columns:
-        return np.ones(len(frame), dtype=np.float32)
-    raw = frame["weight"]
-    numeric = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-    bad = np.flatnonzero(~np.isfinite(numeric))
-    if len(bad):
-        i = int(bad[0])
-        raise DataError(
-            f"{path}: {_row(i)}, field 'weight': {raw.iloc[i]!r} is not a finite number"
-        )
-    return numeric.astype(np.float32)
 
 
 def _canonical_order(users: pd.Series, timestamps: np.ndarray) -> np.ndarray:
@@ -319,15 +222,15 @@ def load_dataset(path: Path, *, text_columns: Sequence[str] | None = None) -> Da
     items, columns, attributes = _load_items(path / "items", text_columns)
     raw, ipath = read_table(path / "interactions")
     _require(raw, ipath, INTERACTION_COLUMNS)
-    timestamps = _timestamps(raw["timestamp"], ipath)
-    weights = _weights(raw, ipath)
+    timestamps = parse_timestamps(raw["timestamp"], ipath)
+    weights = parse_weights(raw, ipath)
     unknown_mask = ~raw["item_id"].isin(items["item_id"]).to_numpy()
     if unknown_mask.any():
         unknown = pd.unique(raw["item_id"].to_numpy()[unknown_mask])
         first = int(np.flatnonzero(unknown_mask)[0])
         raise DataError(
             f"{ipath}: field 'item_id': {len(unknown)} item id(s) absent from the items file "
-            f"(first at {_row(first)}): {_show(list(unknown))}"
+            f"(first at {row_label(first)}): {_show(list(unknown))}"
         )
     # the documented rule: rows with the same user, item and timestamp are one interaction
     # (the first row's weight is kept); how many were collapsed is reported
@@ -361,47 +264,4 @@ def load_dataset(path: Path, *, text_columns: Sequence[str] | None = None) -> Da
         source=path,
         duplicates_dropped=duplicates,
         attributes=attributes,
-    )
-
-
-def _position_from_end(interactions: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    groups = interactions.groupby("user_id", sort=False)["user_id"]
-    pos = groups.cumcount(ascending=False).to_numpy()
-    size = groups.transform("size").to_numpy()
-    return pos, size
-
-
-def leave_one_out(
-    interactions: pd.DataFrame,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, valid, test): per user last -> test, second-last -> valid.
-
-    Input must already be in canonical order. Users with fewer than 3 interactions
-    stay entirely in train.
-    """
-    pos, size = _position_from_end(interactions)
-    enough = size >= 3
-    test = enough & (pos == 0)
-    valid = enough & (pos == 1)
-    train = ~(test | valid)
-    return (
-        interactions[train].reset_index(drop=True),
-        interactions[valid].reset_index(drop=True),
-        interactions[test].reset_index(drop=True),
-    )
-
-
-def test_rows(interactions: pd.DataFrame) -> np.ndarray:
-    """The rows ``leave_one_out`` makes test items (each user's last, users with >= 3)."""
-    pos, size = _position_from_end(interactions)
-    return np.asarray((size >= 3) & (pos == 0))
-
-
-def holdout_last(interactions: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, valid): each user's last interaction -> valid, for users with >= 2."""
-    pos, size = _position_from_end(interactions)
-    valid = (size >= 2) & (pos == 0)
-    return (
-        interactions[~valid].reset_index(drop=True),
-        interactions[valid].reset_index(drop=True),
     )

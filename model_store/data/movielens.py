@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from model_store.bundle.store import sha256_file
+from model_store.digest import sha256_file
 from model_store.errors import FetchError
 
 RAW_FILES: dict[str, str] = {

@@ -155,7 +155,7 @@ def _measure(
         seconds=r.seconds,
         seconds_to_best=r.seconds_to_best,
         seconds_per_epoch=r.seconds / max(r.epochs_run, 1),
-        curve=[row.get("valid_ndcg@10", float("nan")) for row in r.history],
+        curve=[row.valid.get("ndcg@10", float("nan")) for row in r.history],
         rerank=bool(full.bundle.model.use_head),
     )
 

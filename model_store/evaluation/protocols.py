@@ -36,7 +36,8 @@ import pandas as pd
 
 from model_store.bundle.io import Bundle, load_bundle
 from model_store.catalog.changes import apply_to_bundle, prepare_change
-from model_store.data.dataset import Dataset, leave_one_out, load_dataset, read_table, test_rows
+from model_store.data.dataset import Dataset, load_dataset, read_table
+from model_store.data.splits import leave_one_out, test_rows
 from model_store.errors import ConfigError, DataError
 from model_store.model.scoring import EvalSet, evaluate, metrics_from_ranks, rank_targets
 
@@ -217,6 +218,16 @@ def share_of(top: np.ndarray, items: np.ndarray) -> float:
     return float(np.isin(slots, items).mean()) if len(slots) else 0.0
 
 
+@dataclass
+class HeldOutTargets:
+    """The rows of a test file a bundle can rank: each user's history in DATA and target."""
+
+    data: EvalSet
+    skipped: int  # users without any history in DATA
+    unknown_history: int  # distinct history items the catalog lacks
+    path: Path
+
+
 def evaluate_bundle(
     *,
     store: Path,
@@ -237,15 +248,47 @@ def evaluate_bundle(
     cold: frozenset[str] = frozenset()
     if cold_fraction > 0:
         cold = cold_items(dataset, cold_fraction, cold_seed)
-        known = sorted(cold & set(bundle.item_ids))
-        if known:
-            raise DataError(
-                f"{len(known)} of the {len(cold)} items held out by --cold-items "
-                f"{cold_fraction:g} --cold-seed {cold_seed} are in bundle {bundle.version}'s "
-                f"catalog (e.g. {known[:3]}): train it with the same --cold-items and "
-                "--cold-seed"
-            )
+        _check_held_out(bundle, cold, cold_fraction, cold_seed)
         add_cold_items(bundle, dataset, cold)
+    targets = read_targets(bundle, dataset, test, data)
+    warm = [False, *bundle.model.has_id[1:].tolist()]
+    metrics = evaluate(bundle.model, targets.data, warm_items=warm)
+    extra: dict[str, Any] = {}
+    if cold:
+        top = rank_targets(bundle.model, targets.data, top_k=SHARE_K)[1]
+        index = bundle.index_of()
+        cold_idx = np.array(sorted(index[i] for i in cold))
+        extra = {
+            "cold_items": len(cold),
+            "cold_fraction": len(cold) / len(bundle.item_ids),
+            "cold_share_of_top20": share_of(top, cold_idx),
+        }
+    return {
+        **extra,
+        "version": bundle.version,
+        "metrics": metrics,
+        "skipped_users": targets.skipped,
+        "history_items_not_in_catalog": targets.unknown_history,
+        "test_file": str(targets.path),
+        "rerank": bool(bundle.model.use_head),
+    }
+
+
+def _check_held_out(bundle: Bundle, cold: frozenset[str], fraction: float, seed: int) -> None:
+    """The items ``--cold-items`` holds out must be absent from the bundle's catalog."""
+    known = sorted(cold & set(bundle.item_ids))
+    if known:
+        raise DataError(
+            f"{len(known)} of the {len(cold)} items held out by --cold-items "
+            f"{fraction:g} --cold-seed {seed} are in bundle {bundle.version}'s "
+            f"catalog (e.g. {known[:3]}): train it with the same --cold-items and "
+            "--cold-seed"
+        )
+
+
+def read_targets(bundle: Bundle, dataset: Dataset, test: Path, data: Path) -> HeldOutTargets:
+    """The (user_id, item_id) rows of ``test`` with each user's history in ``dataset``; an
+    item the catalog lacks is an error, a user without history is skipped."""
     frame, path = (
         read_table(test.with_suffix("")) if test.suffix in (".csv", ".parquet") else (None, test)
     )
@@ -277,24 +320,4 @@ def evaluate_bundle(
         targets.append(index[item])
     if not targets:
         raise DataError(f"{path}: no test user has a history in {data}")
-    warm = [False, *bundle.model.has_id[1:].tolist()]
-    data_set = EvalSet(hists, targets)
-    metrics = evaluate(bundle.model, data_set, warm_items=warm)
-    extra: dict[str, Any] = {}
-    if cold:
-        top = rank_targets(bundle.model, data_set, top_k=SHARE_K)[1]
-        cold_idx = np.array(sorted(index[i] for i in cold))
-        extra = {
-            "cold_items": len(cold),
-            "cold_fraction": len(cold) / len(bundle.item_ids),
-            "cold_share_of_top20": share_of(top, cold_idx),
-        }
-    return {
-        **extra,
-        "version": bundle.version,
-        "metrics": metrics,
-        "skipped_users": skipped,
-        "history_items_not_in_catalog": len(unknown_hist),
-        "test_file": str(path),
-        "rerank": bool(bundle.model.use_head),
-    }
+    return HeldOutTargets(EvalSet(hists, targets), skipped, len(unknown_hist), path)

@@ -1,4 +1,5 @@
-"""The fused model: item tower, causal user encoder, fusion head.
+"""The fused model: item tower (``item_tower``), causal user encoder (``layers``), fusion
+head (``fusion_head``), over one catalog of text embeddings.
 
 Item indices: 0 is padding; catalog item ``k`` (row ``k`` of the bundle's item map) has index
 ``k + 1``. An item with ``has_id = False`` (never seen in training, or added after training)
@@ -11,9 +12,6 @@ One encode path: the trainer, the evaluator, the indexer and the service all cal
 
 from __future__ import annotations
 
-import logging
-import math
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -22,136 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_store.config import ModelConfig
+from model_store.model.fusion_head import FusionHead
+from model_store.model.item_tower import ItemTower, grown_embedding
 from model_store.model.layers import UserEncoder
-
-log = logging.getLogger(__name__)
-
-
-class ItemTower(nn.Module):
-    """ID embedding + projected text embedding → item vector (B.., D).
-
-    ``id``: ID only; ``joint``: ID + text projection. In ``joint`` an item without a trained
-    ID (new, or never interacted with) takes the **cold tower** instead (``cold_tower``: the
-    trained vectors of its nearest items by text, or a text MLP that starts as a copy of the
-    text projection), trained after the model with the IDs of random items dropped
-    (``model_store.training.coldstart``). ``text``/``late`` use the raw normalised text
-    embedding for their LM part.
-    """
-
-    def __init__(self, cfg: ModelConfig, n_items: int, text_dim: int) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.id_emb = nn.Embedding(n_items + 1, cfg.dim, padding_idx=0)
-        nn.init.normal_(self.id_emb.weight, std=0.02)
-        with torch.no_grad():
-            self.id_emb.weight[0].zero_()
-        self.text_proj = text_mlp(text_dim, cfg.dim)
-        self.cold: nn.Sequential | NeighbourTower | None = None
-        if cfg.fusion == "joint":
-            with torch.random.fork_rng(devices=[]):  # the other layers' init is unchanged
-                if cfg.cold_tower in ("neighbours", "hybrid"):
-                    hybrid = text_dim if cfg.cold_tower == "hybrid" else 0
-                    self.cold = NeighbourTower(cfg.dim, cfg.cold_neighbours, text_dim=hybrid)
-                else:
-                    self.cold = text_mlp(text_dim, cfg.dim)
-                    self.cold.load_state_dict(self.text_proj.state_dict())
-
-    def id_part(self, idx: torch.Tensor, has_id: torch.Tensor) -> torch.Tensor:
-        return self.id_emb(idx) * has_id[idx].unsqueeze(-1).to(self.id_emb.weight.dtype)
-
-    def text_part(self, text: torch.Tensor) -> torch.Tensor:
-        return self.text_proj(text)
-
-    def forward(self, idx: torch.Tensor, text: torch.Tensor, has_id: torch.Tensor) -> torch.Tensor:
-        """idx (...,) item indices; text (..., T) their text embeddings → (..., D)."""
-        fusion = self.cfg.fusion
-        if fusion == "joint":
-            return self.id_part(idx, has_id) + self.text_part(text)
-        if fusion in ("id", "late"):
-            return self.id_part(idx, has_id)
-        raise ValueError(f"ItemTower is not used for fusion={fusion!r}")
-
-
-def text_mlp(text_dim: int, dim: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(text_dim, dim * 2), nn.GELU(), nn.Linear(dim * 2, dim))
-
-
-class NeighbourTower(nn.Module):
-    """A cold item's vector from the trained items nearest to it by text:
-    ``scale · Σ_j softmax_j(cos(t, t_j) / τ) · v_j + bias`` over its ``k`` nearest neighbours.
-
-    A handful of parameters (τ, scale, bias), so it cannot memorise the training items: it
-    says "shoppers who chose items with texts like this one chose it like this".
-    """
-
-    def __init__(self, dim: int, k: int, *, text_dim: int = 0) -> None:
-        super().__init__()
-        self.k = k
-        self.log_tau = nn.Parameter(torch.tensor(math.log(0.05)))
-        self.scale = nn.Parameter(torch.ones(()))
-        self.bias = nn.Parameter(torch.zeros(dim))
-        # "hybrid": a text MLP added on top (last layer zero: starts as the neighbours alone)
-        self.residual: nn.Sequential | None = None
-        if text_dim:
-            self.residual = text_mlp(text_dim, dim)
-            last = self.residual[-1]
-            assert isinstance(last, nn.Linear)
-            nn.init.zeros_(last.weight)
-            nn.init.zeros_(last.bias)
-
-    def forward(
-        self,
-        text: torch.Tensor,
-        bank_text: torch.Tensor,
-        bank_vecs: torch.Tensor,
-        self_pos: torch.Tensor | None = None,
-        *,
-        text_dropout: float = 0.0,
-    ) -> torch.Tensor:
-        """text (Q, T) of the cold items; bank (W, T) and (W, D) the trained items;
-        self_pos (Q,) each query's own row in the bank (−1: none), left out → (Q, D)."""
-        k = min(self.k, len(bank_text) - (1 if self_pos is not None else 0))
-        out = []
-        for s in range(0, len(text), 4096):
-            sims = text[s : s + 4096] @ bank_text.T  # (q, W)
-            if self_pos is not None:
-                own = self_pos[s : s + 4096]
-                rows = torch.nonzero(own >= 0).squeeze(-1)
-                sims[rows, own[rows]] = -torch.inf
-            top, at = sims.topk(max(k, 1), dim=1)
-            w = torch.softmax(top / self.log_tau.exp(), dim=1)
-            out.append(torch.einsum("qk,qkd->qd", w, bank_vecs[at]))
-        vec = self.scale * torch.cat(out) + self.bias
-        if self.residual is not None:
-            vec = vec + self.residual(F.dropout(text, text_dropout, training=text_dropout > 0))
-        return vec
-
-
-class FusionHead(nn.Module):
-    """Reranker over retrieved candidates: residual MLP on cross features.
-
-    Features per (user, candidate): retrieval score, the user's dot products with the
-    candidate's ID part and text part, max and mean text cosine between the candidate and the
-    last few history items, log popularity and log(1 + retrieval rank). The output is added
-    to the retrieval score; the last layer starts at zero so an untrained head is a no-op.
-    """
-
-    N_FEATURES = 7
-
-    def __init__(self, hidden: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(self.N_FEATURES)
-        self.mlp = nn.Sequential(
-            nn.Linear(self.N_FEATURES, hidden), nn.GELU(), nn.Linear(hidden, 1)
-        )
-        last = self.mlp[-1]
-        assert isinstance(last, nn.Linear)
-        nn.init.zeros_(last.weight)
-        nn.init.zeros_(last.bias)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (B, N, F) → rerank score (B, N)."""
-        return features[..., 0] + self.mlp(self.norm(features)).squeeze(-1)
+from model_store.model.serving import InferenceCache
 
 
 class FusedModel(nn.Module):
@@ -174,15 +46,9 @@ class FusedModel(nn.Module):
         self.users = UserEncoder(cfg)
         self.head = FusionHead(cfg.rerank_hidden)
         self.use_head = False
-        # ((text_emb, has_id), versions, table): see text_part_table
-        self._text_part_cache: (
-            tuple[tuple[torch.Tensor, torch.Tensor], tuple[int, ...], torch.Tensor] | None
-        ) = None
-        # bumped by every catalog change; (key, encoder) of serving_encoder
-        self._catalog_version = 0
-        self._encoder_cache: (
-            tuple[tuple[object, ...], Callable[[torch.Tensor], torch.Tensor]] | None
-        ) = None
+        # bumped by every catalog change: the traced serving encoder is rebuilt after one
+        self.catalog_version = 0
+        self._inference = InferenceCache()
 
     text_emb: torch.Tensor
     has_id: torch.Tensor
@@ -227,7 +93,7 @@ class FusedModel(nn.Module):
         self.log_pop = torch.cat([self.log_pop, torch.zeros(len(text_emb), device=dev)])
         old = self.items.id_emb
         self.items.id_emb = grown_embedding(old, old.num_embeddings + len(text_emb)).to(dev)
-        self._catalog_version += 1
+        self.mark_catalog_changed()
 
     def truncate_catalog(self, n_items: int) -> None:
         """Drop the items after the first ``n_items`` (undo of ``extend_catalog``)."""
@@ -241,12 +107,17 @@ class FusedModel(nn.Module):
             with torch.no_grad():
                 shrunk.weight.copy_(emb.weight[:keep])
             self.items.id_emb = shrunk
-        self._catalog_version += 1
+        self.mark_catalog_changed()
 
     def replace_text(self, idx: torch.Tensor, text_emb: torch.Tensor) -> None:
         """Change the text embedding of existing items (their text was edited)."""
         self.text_emb[idx] = text_emb.to(self.text_emb.device, torch.float32)
-        self._catalog_version += 1
+        self.mark_catalog_changed()
+
+    def mark_catalog_changed(self) -> None:
+        """The catalog's vectors changed outside the methods above (the cold tower was
+        retrained): inference caches keyed on the catalog are rebuilt."""
+        self.catalog_version += 1
 
     # ---- the one encode path ------------------------------------------------------------
     def _fused_items(self, idx: torch.Tensor) -> torch.Tensor:
@@ -254,10 +125,10 @@ class FusedModel(nn.Module):
         if table is not None:
             return self.items.id_part(idx, self.has_id) + table[idx]
         if self.cfg.fusion == "joint" and not self.training:
-            return self.items.id_part(idx, self.has_id) + self._content(idx)
+            return self.items.id_part(idx, self.has_id) + self.content(idx)
         return self.items(idx, self.text_emb[idx], self.has_id)
 
-    def _content(self, idx: torch.Tensor) -> torch.Tensor:
+    def content(self, idx: torch.Tensor) -> torch.Tensor:
         """The text side of items ``idx`` (...,) → (..., D): the text projection for items
         with a trained ID, the cold tower for the others (at inference)."""
         part = self.items.text_part(self.text_emb[idx])
@@ -368,97 +239,18 @@ class FusedModel(nn.Module):
             u = torch.cat([u, zt], dim=-1)
         return u
 
+    # ---- inference (model_store.model.serving) -------------------------------------------
     def serving_encoder(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``user_vectors`` for inference, as one TorchScript call where it can be traced.
+        """``user_vectors`` as the service calls it: traced once per catalog where it can be
+        (``InferenceCache.serving_encoder``), eager otherwise."""
+        return self._inference.serving_encoder(self)
 
-        Eager PyTorch releases the GIL inside each op and must take it back after each of the
-        forward's ~100 small ops. In the service the event-loop thread holds the GIL most of
-        the time, so the encoder thread queued for it op after op and the two threads
-        together never used more than one core (measured: 1.05 cores at saturation). The
-        traced forward runs its whole graph in one call without the GIL: +30 % saturated
-        cache-miss throughput (docs/BENCHMARKS.md).
-
-        The trace is checked against eager ``user_vectors`` on an input of another shape
-        before use and is rebuilt after any catalog change (tensor identities and
-        ``_catalog_version`` are its key); training mode, a failed trace or check, or a
-        torch without ``torch.jit`` (deprecated in recent torch) fall back to eager.
-        """
-        key = (
-            self.training,
-            self._catalog_version,
-            self.text_emb,
-            self.has_id,
-            self.items.id_emb.weight,
-        )
-        cached = self._encoder_cache
-        if cached is not None and all(
-            a is b if isinstance(a, torch.Tensor) else a == b
-            for a, b in zip(cached[0], key, strict=True)
-        ):
-            return cached[1]
-        encoder = self.user_vectors if self.training else self._trace_user_vectors()
-        self._encoder_cache = (key, encoder)
-        return encoder
-
-    def _trace_user_vectors(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        n, max_len = self.n_items, self.cfg.max_len
-        if n == 0 or not hasattr(torch, "jit"):
-            return self.user_vectors
-        dev = self.text_emb.device
-        gen = torch.Generator().manual_seed(0)
-        example = torch.randint(1, n + 1, (2, min(max_len, 4)), generator=gen).to(dev)
-        probe = torch.randint(1, n + 1, (3, min(max_len, 9)), generator=gen).to(dev)
-        probe[0, : probe.shape[1] // 2] = 0  # left padding, as in service batches
-        try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # trace's deprecation and tracer warnings
-                # the projected text table enters the trace as a constant (computed here,
-                # not traced: a traced computation would project the catalog per call)
-                self.text_part_table()
-                traced = torch.jit.trace(_UserVectors(self), (example,), check_trace=False)
-                same = torch.allclose(traced(probe), self.user_vectors(probe), rtol=1e-4, atol=1e-5)
-        except Exception as exc:  # any failure means: serve eager
-            log.warning("user encoder not traced (%s); serving it eagerly", exc)
-            return self.user_vectors
-        if not same:
-            log.warning("traced user encoder differs from eager; serving it eagerly")
-            return self.user_vectors
-        return traced
+    def text_part_table(self) -> torch.Tensor | None:
+        """The text side of every catalog item (N+1, D), computed once per catalog and
+        weights for inference (``InferenceCache.text_part_table``); None in training."""
+        return self._inference.text_part_table(self)
 
     # ---- fusion head ----------------------------------------------------------------------
-    def text_part_table(self) -> torch.Tensor | None:
-        """The text side (``ItemTower.content``) of every catalog item (N+1, D) for
-        inference, computed once.
-
-        Serving projects the same catalog rows again and again (a user's history items on
-        every cache miss, ~200 candidates per rerank): at 32 users × 50 history items the
-        projection was half of ``user_vectors``' time. The table is rebuilt whenever
-        ``text_emb`` or ``has_id`` is replaced or edited in place or the towers' weights
-        change (tensor version counters); None in training mode (gradients flow through the
-        projection there) and when versions cannot be read (inference tensors).
-        """
-        if self.training or self.cfg.fusion != "joint":
-            return None
-        params = [*self.items.text_proj.parameters(), self.items.id_emb.weight]
-        if self.items.cold is not None:
-            params += [*self.items.cold.parameters()]
-        try:
-            key = (self.text_emb._version, self.has_id._version, *(p._version for p in params))
-        except RuntimeError:  # inference tensors carry no version counter
-            return None
-        cached = self._text_part_cache
-        if (
-            cached is not None
-            and cached[0][0] is self.text_emb
-            and cached[0][1] is self.has_id
-            and cached[1] == key
-        ):
-            return cached[2]
-        with torch.no_grad():
-            table = self._content(torch.arange(self.n_items + 1, device=self.text_emb.device))
-        self._text_part_cache = ((self.text_emb, self.has_id), key, table)
-        return table
-
     def rerank_features(
         self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
     ) -> torch.Tensor:
@@ -480,7 +272,7 @@ class FusedModel(nn.Module):
             id_dot = torch.einsum("bd,bnd->bn", u, self.items.id_part(cand, self.has_id))
             if self.cfg.fusion == "joint":
                 table = self.text_part_table()
-                part = table[cand] if table is not None else self._content(cand)
+                part = table[cand] if table is not None else self.content(cand)
                 text_dot = torch.einsum("bd,bnd->bn", u, part)
             else:
                 text_dot = torch.einsum("bt,bnt->bn", self.text_user(hist), text_c)
@@ -522,26 +314,6 @@ class FusedModel(nn.Module):
         shift = (fused - retrieval).masked_fill(cold, float("nan"))
         typical = torch.nanmedian(shift, dim=1, keepdim=True).values.nan_to_num(0.0)
         return torch.where(cold, retrieval + typical, fused)
-
-
-class _UserVectors(nn.Module):
-    """``FusedModel.user_vectors`` as a module's forward, the shape ``torch.jit.trace`` takes."""
-
-    def __init__(self, model: FusedModel) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, hist: torch.Tensor) -> torch.Tensor:
-        return self.model.user_vectors(hist)
-
-
-def grown_embedding(emb: nn.Embedding, rows: int) -> nn.Embedding:
-    """``emb`` with zero rows appended up to ``rows`` (items without a trained ID)."""
-    grown = nn.Embedding(rows, emb.embedding_dim, padding_idx=0)
-    with torch.no_grad():
-        grown.weight.zero_()
-        grown.weight[: emb.num_embeddings] = emb.weight
-    return grown
 
 
 def left_pad(histories: list[list[int]], length: int) -> torch.Tensor:

@@ -22,10 +22,10 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -43,8 +43,32 @@ from model_store.text.lm import (
 )
 from model_store.text.lora import ADAPTER_FILE, load_tuned_encoder
 
-if TYPE_CHECKING:
-    from model_store.bundle.io import Bundle
+
+class _TextModelRecord(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def max_length(self) -> int: ...
+    @property
+    def precision(self) -> str: ...
+
+
+class _ManifestRecord(Protocol):
+    @property
+    def text_model(self) -> _TextModelRecord: ...
+    @property
+    def files(self) -> Mapping[str, str]: ...
+
+
+class EncodedCatalog(Protocol):
+    """What the encoder needs of a bundle (``model_store.bundle.io.Bundle``): where it is and
+    how its manifest says the catalog was encoded. A protocol, so that the text layer does
+    not import the bundle layer above it."""
+
+    @property
+    def path(self) -> Path: ...
+    @property
+    def manifest(self) -> _ManifestRecord: ...
 
 
 class TextEncoder(nn.Module):
@@ -145,7 +169,7 @@ class TextSpec:
         return cls(text.model, text.max_length, text.precision)
 
     @classmethod
-    def of_bundle(cls, bundle: Bundle) -> TextSpec:
+    def of_bundle(cls, bundle: EncodedCatalog) -> TextSpec:
         tm = bundle.manifest.text_model
         sha = bundle.manifest.files.get(ADAPTER_FILE)
         return cls(tm.name, tm.max_length, tm.precision, bundle.path if sha else None, sha)
@@ -183,7 +207,7 @@ def load_text_encoder(spec: TextSpec, device: str = "auto") -> TextEncoder:
         return _LOADED[key]
 
 
-def text_encoder_for(bundle: Bundle, device: str = "auto") -> TextEncoder:
+def text_encoder_for(bundle: EncodedCatalog, device: str = "auto") -> TextEncoder:
     """The text encoder that made ``bundle``'s catalog embeddings (for queries, new items)."""
     return load_text_encoder(TextSpec.of_bundle(bundle), device)
 

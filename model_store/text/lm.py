@@ -72,25 +72,27 @@ def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
+def _from_pretrained(auto_class: Any, name: str, what: str) -> Any:
+    """``auto_class.from_pretrained`` of text model ``name``, from its local directory when
+    there is one (no hub access); a model that cannot be loaded is a ConfigError."""
+    path = resolve_model_path(name)
+    try:
+        return auto_class.from_pretrained(path, local_files_only=Path(path).exists())
+    except OSError as exc:
+        raise ConfigError(f"cannot load {what} {name!r} from {path}: {exc}") from exc
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 
-    path = resolve_model_path(name)
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=Path(path).exists())
-    except OSError as exc:
-        raise ConfigError(f"cannot load the tokenizer of text model {name!r}: {exc}") from exc
+    return _from_pretrained(AutoTokenizer, name, "the tokenizer of text model")
 
 
 def load_encoder(name: str) -> Any:
     """The pretrained transformer (``AutoModel``) without any head."""
     from transformers import AutoModel
 
-    path = resolve_model_path(name)
-    try:
-        return AutoModel.from_pretrained(path, local_files_only=Path(path).exists())
-    except OSError as exc:
-        raise ConfigError(f"cannot load text model {name!r} from {path}: {exc}") from exc
+    return _from_pretrained(AutoModel, name, "text model")
 
 
 def load_masked_lm(name: str) -> Any:
@@ -98,12 +100,9 @@ def load_masked_lm(name: str) -> Any:
     import transformers
     from transformers import AutoModelForMaskedLM
 
-    path = resolve_model_path(name)
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # the MLM head is new by design
     try:
-        return AutoModelForMaskedLM.from_pretrained(path, local_files_only=Path(path).exists())
-    except OSError as exc:
-        raise ConfigError(f"cannot load text model {name!r} from {path}: {exc}") from exc
+        return _from_pretrained(AutoModelForMaskedLM, name, "text model")
     finally:
         transformers.logging.set_verbosity(verbosity)

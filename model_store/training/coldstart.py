@@ -86,7 +86,7 @@ def fit_cold_tower(
         cfg.model.cold_offset = offset
         model.cfg = cfg.model
         calibrated = {"offset": round(offset, 5), "share_trained": want, "share_cold": got}
-    model._catalog_version += 1  # the cold vectors changed: re-trace the serving encoder
+    model.mark_catalog_changed()  # the cold vectors changed: re-trace the serving encoder
     return ColdInfo(
         enabled=True,
         reason=f"trained {tr.cold_epochs} epochs with {tr.cold_rate:g} of the IDs dropped",

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from model_store.bundle.manifest import RerankInfo
 from model_store.config import Config
-from model_store.model.fused import FusedModel, FusionHead
+from model_store.model.fused import FusedModel
+from model_store.model.fusion_head import FusionHead
 from model_store.model.scoring import EvalSet, metrics_from_ranks, rank_targets, scored_catalog
 
 

@@ -99,7 +99,7 @@ def training_manifest(
             train_seconds=result.seconds,
             seconds_to_best=result.seconds_to_best,
             seconds_per_epoch=result.seconds / result.epochs_run if result.epochs_run else 0.0,
-            history=result.history,
+            history=[row.as_dict() for row in result.history],
         ),
         rerank=result.rerank,
         cold=result.cold,

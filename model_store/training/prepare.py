@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from model_store.data.dataset import Dataset, holdout_last
+from model_store.data.dataset import Dataset
+from model_store.data.splits import holdout_last
 from model_store.errors import DataError
 from model_store.model.scoring import EvalSet
 

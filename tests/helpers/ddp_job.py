@@ -18,9 +18,12 @@ from model_store.config import Config
 from model_store.data import movielens
 from model_store.data.dataset import load_dataset
 from model_store.training import distributed as dist_mod
+from model_store.training.epochs import EpochRow
+from model_store.training.loop import Loop, shard
 from model_store.training.pipeline import catalog_embeddings, train_and_publish
 from model_store.training.prepare import prepare, with_earlier
-from model_store.training.trainer import Loop, build_model, shard, train_step
+from model_store.training.step import train_step
+from model_store.training.trainer import build_model
 
 CONFIG = {
     "model": {"fusion": "joint", "dim": 32, "max_len": 20},
@@ -54,8 +57,8 @@ def step(data: Path, out: Path) -> None:
 def die(data: Path, store: Path) -> None:
     ranks = dist_mod.current()
 
-    def on_epoch(row: dict[str, float]) -> None:
-        if ranks.rank == 1 and row["epoch"] >= 1:
+    def on_epoch(row: EpochRow) -> None:
+        if ranks.rank == 1 and row.epoch >= 1:
             os._exit(3)  # a rank dying mid-training
 
     train_and_publish(

@@ -21,6 +21,7 @@ from indexer.build import (
     tune_to_floor,
 )
 from indexer.index import INDEX_FILE
+from model_store.bundle.manifest import HnswParams
 from model_store.errors import BundleIntegrityError, IndexBuildError
 
 DIM = 16
@@ -104,7 +105,7 @@ def test_hnsw_mips_transform_reaches_floor_where_inner_product_graph_stalls() ->
     ip_recall = np.mean([len(set(a) & set(b)) / 100 for a, b in zip(top, exact, strict=True)])
     assert ip_recall < 0.95
     mips = build_index(x, rows, kind="hnsw", params=IndexParams(**base))
-    assert mips.dim == DIM and mips.params["radius"] > 0
+    assert mips.dim == DIM and isinstance(mips.params, HnswParams) and mips.params.radius > 0
     recall = tune_to_floor(mips, x, rows, q, floor=0.95, params=IndexParams(**base))
     assert recall["recall@100"] >= 0.95
     scores, got = mips.search(q[:5], 20)  # scores are the exact inner products, descending
@@ -117,7 +118,8 @@ def test_hnsw_mips_overflow_items_are_found_and_persist(
 ) -> None:
     x, rows, _ = catalog
     index = build_index(x[:2000], rows[:2000], kind="hnsw", params=IndexParams(ef_search=128))
-    radius = index.params["radius"]
+    assert isinstance(index.params, HnswParams)
+    radius = index.params.radius
     direction = x[2500] / np.linalg.norm(x[2500])
     big = (3 * radius * direction)[None]  # above the build radius: cannot sit on the sphere
     index.add(big, [99_999])
@@ -141,7 +143,8 @@ def test_build_tuned_rebuilds_hnsw_with_larger_m(
     p = IndexParams(hnsw_m=4, ef_construction=8, ef_search=64, max_ef_search=64, max_hnsw_m=32)
     tuned = build_tuned(x, rows, q, kind="hnsw", params=p, floor=0.95)
     assert tuned.rebuilds >= 1
-    assert tuned.item_index.params["M"] == 4 * 2**tuned.rebuilds
+    params = tuned.item_index.params
+    assert isinstance(params, HnswParams) and params.m == 4 * 2**tuned.rebuilds
     assert tuned.recall["recall@100"] >= 0.95
     with pytest.raises(IndexBuildError, match=r"'M': 4.*\| .*'M': 8.*Not published"):
         build_tuned(

@@ -12,6 +12,7 @@ from fusionrec.cli.main import build
 from indexer.publish import load_index
 from model_store.bundle import store as store_mod
 from model_store.bundle.io import load_bundle
+from model_store.bundle.manifest import HnswParams
 
 runner = CliRunner()
 
@@ -108,8 +109,9 @@ def test_index_cli_passes_hnsw_build_parameters(tiny_store: Path, tmp_path: Path
     assert res.exit_code == 0, res.output
     section = load_bundle(store).manifest.index
     assert section is not None
-    assert section.params["M"] == 8 and section.params["efConstruction"] == 40
-    assert section.params["radius"] > 0
+    assert isinstance(section.params, HnswParams)
+    assert section.params.m == 8 and section.params.ef_construction == 40
+    assert section.params.radius > 0
     res = runner.invoke(
         build(),
         [

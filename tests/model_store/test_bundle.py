@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,13 +13,6 @@ from model_store.bundle import store as store_mod
 from model_store.errors import BundleIntegrityError, BundleNotFoundError
 from model_store.model.scoring import EvalSet, rank_targets
 from tests.helpers.bundles import train_tiny
-
-
-@pytest.fixture()
-def store(tiny_store: Path, tmp_path: Path) -> Path:
-    dst = tmp_path / "store"
-    shutil.copytree(tiny_store, dst)
-    return dst
 
 
 def test_round_trip_gives_identical_scores(tiny_dataset: Path, tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from model_store.config import Config, ModelConfig
 from model_store.data.dataset import load_dataset
 from model_store.data.movielens import default_cache_dir
 from model_store.evaluation.protocols import Split, cold_items, measure_cold
-from model_store.model.fused import FusedModel, NeighbourTower, left_pad
+from model_store.model.fused import FusedModel, left_pad
+from model_store.model.item_tower import NeighbourTower
 from model_store.training.coldstart import dropped_id_loss, fit_cold_tower
 from model_store.training.pipeline import train
 from model_store.training.prepare import Prepared, windows, with_earlier

@@ -10,11 +10,10 @@ from model_store.data.dataset import (
     Dataset,
     default_text_columns,
     format_item_text,
-    holdout_last,
-    leave_one_out,
     load_dataset,
     read_table,
 )
+from model_store.data.splits import holdout_last, leave_one_out
 from model_store.errors import DataError
 
 ITEMS = "item_id,title,genres\ni1,Alpha,Drama|War\ni2,Beta,\ni3,,Comedy\n"

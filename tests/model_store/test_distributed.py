@@ -20,7 +20,7 @@ from indexer.publish import index_bundle
 from model_store.bundle import store as store_mod
 from model_store.bundle.io import load_bundle, read_manifest
 from model_store.training import distributed as dist_mod
-from model_store.training.trainer import shard
+from model_store.training.loop import shard
 from tests.helpers.ddp_job import CONFIG
 from tests.helpers.servers import make_settings
 

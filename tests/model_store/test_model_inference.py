@@ -47,7 +47,7 @@ def test_text_part_table_follows_edits_and_weight_updates() -> None:
     idx = torch.arange(1, model.n_items + 1)
 
     def live() -> torch.Tensor:  # computed afresh: the ID part and the text side of each item
-        return model.items.id_part(idx, model.has_id) + model._content(idx)
+        return model.items.id_part(idx, model.has_id) + model.content(idx)
 
     with torch.no_grad():
         torch.testing.assert_close(model.item_vectors(), live())

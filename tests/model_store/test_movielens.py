@@ -6,9 +6,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from model_store.bundle.store import sha256_file
 from model_store.data import movielens
-from model_store.data.dataset import holdout_last, leave_one_out, load_dataset
+from model_store.data.dataset import load_dataset
+from model_store.data.splits import holdout_last, leave_one_out
+from model_store.digest import sha256_file
 from model_store.errors import FetchError
 
 

@@ -21,7 +21,8 @@ from model_store.bundle import store as store_mod
 from model_store.config import Config
 from model_store.data.dataset import load_dataset
 from model_store.errors import ConfigError
-from model_store.progress import epoch_line, stage_lines
+from model_store.progress import stage_lines
+from model_store.training.epochs import EpochRow
 from model_store.training.pipeline import reusable_current
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,8 +59,8 @@ def test_set_threads_sets_torch() -> None:
 
 
 def test_plain_lines() -> None:
-    row = {"epoch": 2.0, "loss_rs": 5.0, "loss_lm": 0.5, "valid_ndcg@10": 0.1, "seconds": 4.0}
-    line = epoch_line(row, 10, 1.5)
+    row = EpochRow(2, loss_rs=5.0, loss_lm=0.5, valid={"ndcg@10": 0.1}, seconds=4.0)
+    line = row.log_line(10, 1.5)
     assert line == (
         "epoch 2/10 | loss_rs 5.0000 loss_lm 0.5000 | valid_ndcg@10 0.1000 | epoch 2.5 s | "
         "elapsed 4.0 s | ETA <= 16 s"

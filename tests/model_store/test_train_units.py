@@ -207,7 +207,7 @@ def test_best_epoch_is_chosen_on_the_validation_score_averaged_with_its_neighbou
         cfg.train.epochs, cfg.train.patience, cfg.train.rerank = 6, 100, False
         cfg.train.select_window = window
         result = fit(cfg, prep)
-        v = [row["valid_ndcg@10"] for row in result.history]
+        v = [row.valid["ndcg@10"] for row in result.history]
         smoothed = [
             float(np.mean(v[max(0, e - window // 2) : e + window // 2 + 1])) for e in range(len(v))
         ]

@@ -67,12 +67,12 @@ def _post_event(url: str, user: str, item: str) -> None:
     assert r.status_code == 200, r.text
 
 
-def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> None:
+def test_redis_restart_under_load(store: Path, redis_server: RedisServer) -> None:
     """Redis stopped and restarted during load: zero failed requests, the cache refills,
     and events accepted during the outage reach the new Redis (written back)."""
     settings = make_settings(
-        rel_store,
-        redis_url=rel_redis.url,
+        store,
+        redis_url=redis_server.url,
         redis_timeout_s=0.05,
         breaker_failures=2,
         breaker_reset_s=0.3,
@@ -84,14 +84,14 @@ def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> No
             httpx.get(f"{srv.url}/metrics").text, "fusionrec_user_vector_cache_total", result="hit"
         )
         assert hits_before_outage > 0  # the repeated histories are served from the cache
-        rel_redis.stop()
+        redis_server.stop()
         during: list[str] = []
         for n in range(2, 6):  # accepted while Redis is down
             _post_event(srv.url, "outage-shopper", f"i{n}")
             during.append(f"i{n}")
             time.sleep(0.3)
         n_before_restart = load.count()
-        rel_redis.start()  # a new, empty Redis on the same port (no persistence in tests)
+        redis_server.start()  # a new, empty Redis on the same port (no persistence in tests)
         _wait_breaker_closed(srv.url)
         hits_at_restart = metric(
             httpx.get(f"{srv.url}/metrics").text, "fusionrec_user_vector_cache_total", result="hit"
@@ -102,7 +102,7 @@ def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> No
     assert load.count() > n_before_restart + 20, "load kept running after the restart"
     failures = load.failures()
     assert not failures, failures[:5]
-    r = _redis(rel_redis)
+    r = _redis(redis_server)
     try:
         vector_keys = list(r.scan_iter(match="fusionrec:uv:*", count=1000))
     finally:
@@ -112,29 +112,29 @@ def test_redis_restart_under_load(rel_store: Path, rel_redis: RedisServer) -> No
         metric(metrics_after, "fusionrec_user_vector_cache_total", result="hit") > hits_at_restart
     )
     # the events of the outage were written back, in order, before the next one
-    assert _is_subsequence([*during, "i9"], _stored(rel_redis, rel_store, "outage-shopper"))
+    assert _is_subsequence([*during, "i9"], _stored(redis_server, store, "outage-shopper"))
 
 
 def test_events_during_redis_outage_are_not_lost(
-    rel_store: Path,
-    rel_redis: RedisServer,
+    store: Path,
+    redis_server: RedisServer,
 ) -> None:
     """Redis unresponsive (SIGSTOP, data kept) while events arrive: after it resumes, the
     stored list has every accepted event in arrival order — also for a user who sends
     nothing more (the background write-back) — and the in-process copy is dropped."""
     settings = make_settings(
-        rel_store,
-        redis_url=rel_redis.url,
+        store,
+        redis_url=redis_server.url,
         redis_timeout_s=0.05,
         breaker_failures=2,
         breaker_reset_s=0.3,
     )
-    assert rel_redis.proc is not None
+    assert redis_server.proc is not None
     with LiveServer(settings) as srv:
         for item in ("i1", "i2"):
             _post_event(srv.url, "kept", item)
-        assert _stored(rel_redis, rel_store, "kept") == ["i1", "i2"]
-        os.kill(rel_redis.proc.pid, signal.SIGSTOP)
+        assert _stored(redis_server, store, "kept") == ["i1", "i2"]
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
             for item in ("i3", "i4", "i5"):
                 _post_event(srv.url, "kept", item)
@@ -143,14 +143,14 @@ def test_events_during_redis_outage_are_not_lost(
             r = httpx.post(f"{srv.url}/v1/recommend", json={"user_id": "quiet", "k": 3}, timeout=10)
             assert r.status_code == 200 and r.json()["strategy"] == "personalized"
         finally:
-            os.kill(rel_redis.proc.pid, signal.SIGCONT)
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
         _wait_breaker_closed(srv.url)
         _post_event(srv.url, "kept", "i6")
         deadline = time.monotonic() + 10
-        while not _stored(rel_redis, rel_store, "quiet") and time.monotonic() < deadline:
+        while not _stored(redis_server, store, "quiet") and time.monotonic() < deadline:
             time.sleep(0.1)
-        kept = _stored(rel_redis, rel_store, "kept")
-        quiet = _stored(rel_redis, rel_store, "quiet")
+        kept = _stored(redis_server, store, "kept")
+        quiet = _stored(redis_server, store, "quiet")
     # at least once: a write that timed out while Redis was frozen may also have been
     # executed when it resumed, so an event can appear twice, but none is missing
     assert _is_subsequence(["i1", "i2", "i3", "i4", "i5", "i6"], kept), kept
@@ -158,47 +158,47 @@ def test_events_during_redis_outage_are_not_lost(
 
 
 def test_shutdown_writes_back_events_of_a_redis_outage(
-    rel_store: Path, rel_redis: RedisServer
+    store: Path, redis_server: RedisServer
 ) -> None:
     """Events accepted while Redis was frozen, then the service stops right after Redis
     resumes (no request in between to start the background write-back): the shutdown
     writes them back instead of dropping them with the process."""
     settings = make_settings(
-        rel_store,
-        redis_url=rel_redis.url,
+        store,
+        redis_url=redis_server.url,
         redis_timeout_s=0.05,
         breaker_failures=2,
         breaker_reset_s=0.3,
         history_drain_s=10,
     )
-    assert rel_redis.proc is not None
+    assert redis_server.proc is not None
     with LiveServer(settings) as srv:
         _post_event(srv.url, "leaving", "i1")
-        os.kill(rel_redis.proc.pid, signal.SIGSTOP)
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
         try:
             for item in ("i2", "i3", "i4"):
                 _post_event(srv.url, "leaving", item)  # accepted in-process
         finally:
-            os.kill(rel_redis.proc.pid, signal.SIGCONT)
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
     assert not srv.thread.is_alive()
-    assert _is_subsequence(["i1", "i2", "i3", "i4"], _stored(rel_redis, rel_store, "leaving"))
+    assert _is_subsequence(["i1", "i2", "i3", "i4"], _stored(redis_server, store, "leaving"))
 
 
-def test_hot_reload_under_load_versions_existed(rel_store: Path) -> None:
+def test_hot_reload_under_load_versions_existed(store: Path) -> None:
     """New bundles published and hot-reloaded under load: zero failures; every response's
     model_version had been published before that response; after a reload returns, new
     requests are answered by the new bundle."""
-    first = store_mod.current_version(rel_store)
+    first = store_mod.current_version(store)
     publish_started: dict[str, float] = {first: float("-inf")}
     reloaded_at: list[tuple[float, str]] = []
     with (
-        LiveServer(make_settings(rel_store)) as srv,
+        LiveServer(make_settings(store)) as srv,
         LoadThread(srv.url, recommend_mix, clients=4) as load,
     ):
         for _ in range(3):
             time.sleep(0.6)
             t0 = time.monotonic()
-            version = clone_version(rel_store)
+            version = clone_version(store)
             publish_started[version] = t0
             r = httpx.post(f"{srv.url}/admin/reload", headers=AUTH, timeout=60)
             assert r.status_code == 200 and r.json()["model_version"] == version, r.text
@@ -221,22 +221,22 @@ def test_hot_reload_under_load_versions_existed(rel_store: Path) -> None:
     assert len(seen) >= 3, seen
 
 
-def test_corrupt_bundle_is_refused(rel_store: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_corrupt_bundle_is_refused(store: Path, caplog: pytest.LogCaptureFixture) -> None:
     """CURRENT pointing to a bundle with a flipped byte: reload refused (409), the previous
     bundle keeps serving under load, /readyz stays ok, the reason is in the log and /metrics."""
-    good = store_mod.current_version(rel_store)
+    good = store_mod.current_version(store)
     caplog.set_level(logging.ERROR, logger="app")
     with (
-        LiveServer(make_settings(rel_store)) as srv,
+        LiveServer(make_settings(store)) as srv,
         LoadThread(srv.url, recommend_mix, clients=3) as load,
     ):
         time.sleep(0.5)
-        bad = clone_version(rel_store)
-        weights = rel_store / bad / "model.safetensors"
+        bad = clone_version(store)
+        weights = store / bad / "model.safetensors"
         raw = bytearray(weights.read_bytes())
         raw[len(raw) // 2] ^= 0xFF
         weights.write_bytes(bytes(raw))
-        assert store_mod.current_version(rel_store) == bad
+        assert store_mod.current_version(store) == bad
         r = httpx.post(f"{srv.url}/admin/reload", headers=AUTH, timeout=60)
         assert r.status_code == 409, r.text
         error = r.json()["error"]

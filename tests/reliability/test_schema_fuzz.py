@@ -77,8 +77,8 @@ def fuzz(
     return calls
 
 
-def test_live_openapi_fuzzing(rel_store: Path) -> None:
-    with LiveServer(make_settings(rel_store)) as srv:
+def test_live_openapi_fuzzing(store: Path) -> None:
+    with LiveServer(make_settings(store)) as srv:
         schema = schemathesis.openapi.from_url(f"{srv.url}/openapi.json")
         operations = [result.ok() for result in schema.get_all_operations()]
         assert {op.label for op in operations} >= OPERATIONS
