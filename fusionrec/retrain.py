@@ -41,6 +41,7 @@ from model_store.errors import BundleError, DataError
 from model_store.evaluation.stats import paired_bootstrap, per_user
 from model_store.events.log import EventStore, redact, training_interactions
 from model_store.model.scoring import EvalSet, rank_targets
+from model_store.privacy.forgotten import Forgotten
 from model_store.training.pipeline import Trained, train
 
 log = logging.getLogger("fusionrec.retrain")
@@ -166,7 +167,10 @@ def retrain(
     margin: float = MARGIN,
     final: bool = True,
     cache_dir: Path | None = None,
+    forgotten: Forgotten | None = None,
 ) -> Decision:
+    """One retraining round (module docstring); ``forgotten`` (read by the caller through
+    ``model_store.privacy``) are left out of the events, whatever the log still holds."""
     t0 = time.perf_counter()
     expect = _current(store)
     if expect is None:
@@ -179,6 +183,8 @@ def retrain(
         events = training_interactions(log_store.frame())
     finally:
         log_store.close()
+    if forgotten is not None:
+        events, _ = forgotten.drop(events)
     items = read_items(store)
     events = events[events["item_id"].isin(set(items["item_id"]))]
     if len(events) < 10:

@@ -14,11 +14,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from fusionrec.forgotten import RedisUrlOption, UserKeySecretOption, forgotten_users
 from model_store.config import FUSIONS, Config
 from model_store.errors import ConfigError, FusionrecError
 
 if TYPE_CHECKING:
     from model_store.data.dataset import Dataset
+    from model_store.privacy.forgotten import Forgotten
     from model_store.training.trainer import TrainResult
 
 console = Console(stderr=True)
@@ -195,6 +197,8 @@ def train(
             help="do nothing when CURRENT is indexed and was trained on this data and config",
         ),
     ] = False,
+    redis_url: RedisUrlOption = None,
+    user_key_secret: UserKeySecretOption = None,
 ) -> None:
     """Train the fused model and publish a new bundle version."""
     # (long: one parameter per command-line option, and the progress display around the job)
@@ -246,10 +250,16 @@ def train(
             )
             if version is not None:
                 return
+        forgotten = forgotten_users(store, redis_url=redis_url, user_key_secret=user_key_secret)
         ranks = dist_mod.init(cfg.train.device)
         try:
             path, result = run_training(
-                dataset, cfg, store, cache_dir or default_cache_dir(), show=ranks.main
+                dataset,
+                cfg,
+                store,
+                cache_dir or default_cache_dir(),
+                show=ranks.main,
+                forgotten=forgotten,
             )
         finally:
             dist_mod.shutdown()
@@ -295,7 +305,13 @@ def launch_torchrun(nproc: int) -> int:
 
 
 def run_training(
-    dataset: Dataset, cfg: Config, store: Path, cache_dir: Path, *, show: bool
+    dataset: Dataset,
+    cfg: Config,
+    store: Path,
+    cache_dir: Path,
+    *,
+    show: bool,
+    forgotten: Forgotten,
 ) -> tuple[Path, TrainResult]:
     """``train_and_publish`` with its progress: rich bars on a terminal, plain lines in a
     log (``model_store.progress``), nothing on ranks > 0 (``show`` False)."""
@@ -303,7 +319,7 @@ def run_training(
     from model_store.training.pipeline import train_and_publish
 
     if not show:
-        return train_and_publish(dataset, cfg, store, cache_dir=cache_dir)
+        return train_and_publish(dataset, cfg, store, forgotten=forgotten, cache_dir=cache_dir)
     if not console.is_terminal:
         previous = [0.0]
 
@@ -320,6 +336,7 @@ def run_training(
             dataset,
             cfg,
             store,
+            forgotten=forgotten,
             cache_dir=cache_dir,
             on_epoch=on_epoch_line,
             text_progress=lambda n: texts(n, None),
@@ -348,6 +365,7 @@ def run_training(
             dataset,
             cfg,
             store,
+            forgotten=forgotten,
             cache_dir=cache_dir,
             on_epoch=on_epoch,
             text_progress=lambda n: progress.update(text_task, advance=n),
@@ -559,6 +577,8 @@ def retrain(
         str | None, typer.Option(help="run on this schedule (6h, 30m) instead of once")
     ] = None,
     cache_dir: Annotated[Path | None, typer.Option(help="text-embedding cache")] = None,
+    redis_url: RedisUrlOption = None,
+    user_key_secret: UserKeySecretOption = None,
 ) -> None:
     """Retrain on the event log; publish and index only when the candidate is not worse than
     CURRENT on the most recent events (the gate); the decision goes to the store's
@@ -575,10 +595,12 @@ def retrain(
         raise fail(exc) from exc
     while True:
         try:
+            forgotten = forgotten_users(store, redis_url=redis_url, user_key_secret=user_key_secret)
             d = run_retrain(
                 store,
                 events,
                 cfg,
+                forgotten=forgotten,
                 holdout=holdout,
                 margin=margin,
                 final=final,
