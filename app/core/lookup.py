@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -54,8 +53,7 @@ def resolve(snap: Snapshot, ids: Sequence[str], *, report: bool, unknown: list[s
     return rows
 
 
-@dataclass(frozen=True, slots=True)
-class Selection:
+class Selection(NamedTuple):
     """A request's filter as a mask over catalog rows (None = every live row) and the
     catalog fields to return with each item."""
 

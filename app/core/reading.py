@@ -87,10 +87,10 @@ class Reading:
             min_similarity=search.min_similarity,
         )
         # metric children bound once (labels() is a dict lookup under a lock per call)
-        self._strategies = {
-            (endpoint, strategy): metrics.strategy.labels(endpoint, strategy)
-            for endpoint in ("recommend", "search")
-            for strategy in ("personalized", "cold_start")
+        self._cold_starts = metrics.strategy.labels("recommend", "cold_start")
+        self._personalized = metrics.strategy.labels("recommend", "personalized")
+        self._searches = {
+            s: metrics.strategy.labels("search", s) for s in ("personalized", "cold_start")
         }
         user_batches = metrics.batch_size.labels("user")
         query_batches = metrics.batch_size.labels("query")
@@ -135,7 +135,7 @@ class Reading:
         if user is not None:
             excluded.update(await self.lookup.disliked_rows(snap, user.uhash, unknown))
         if not rows:
-            self._strategies["recommend", "cold_start"].inc()
+            self._cold_starts.inc()
             order, scores = allowed_popular(snap.popular, snap.popular_scores, chosen.allowed)
             ids = snap.bundle.item_ids
             items = [Scored(ids[r], s) for r, s in popular(order, scores, request.k, excluded)]
@@ -147,7 +147,7 @@ class Reading:
         out = await self._rec.submit(job)
         if vec is None:
             await self.lookup.keep_vector(snap, key, out.vector)
-        self._strategies["recommend", "personalized"].inc()
+        self._personalized.inc()
         items = with_fields(snap, out.items, chosen.names)
         return Answer(snap.version, "personalized", items, unknown)
 
@@ -173,7 +173,7 @@ class Reading:
         job = SearchJob(snap, request.query, vec, request.k, chosen.allowed, mode, request.offset)
         items = await self._text.submit(job)
         strategy: Strategy = "personalized" if vec is not None else "cold_start"
-        self._strategies["search", strategy].inc()
+        self._searches[strategy].inc()
         return Answer(snap.version, strategy, with_fields(snap, items, chosen.names), unknown)
 
     async def similar(self, *, item_id: str, request: SimilarRequest) -> Answer:
