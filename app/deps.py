@@ -1,4 +1,5 @@
-"""Dependencies: the recommender and settings from lifespan state, client and admin guards."""
+"""Dependencies: the core's parts and the settings from lifespan state, client and admin
+guards. Each part of ``app.core`` is its own dependency, so a route asks for what it uses."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.core.catalog import Catalog
+from app.core.reading import Reading
+from app.core.shoppers import Shoppers
+from app.core.snapshot import SnapshotHolder
 from app.errors import ApiError
 from app.metrics import Metrics
-from app.recommender import Recommender
 from app.settings import Settings
 
 MAX_CLIENTS = 100_000
@@ -53,9 +57,24 @@ class RateLimiter:
         return None if tokens >= 1.0 else (1.0 - tokens) / self.rate
 
 
-async def get_recommender(request: Request) -> Recommender:
-    rec: Recommender = request.state.recommender
-    return rec
+async def get_snapshots(request: Request) -> SnapshotHolder:
+    snapshots: SnapshotHolder = request.state.snapshots
+    return snapshots
+
+
+async def get_reading(request: Request) -> Reading:
+    reading: Reading = request.state.reading
+    return reading
+
+
+async def get_catalog(request: Request) -> Catalog:
+    catalog: Catalog = request.state.catalog
+    return catalog
+
+
+async def get_shoppers(request: Request) -> Shoppers:
+    shoppers: Shoppers = request.state.shoppers
+    return shoppers
 
 
 async def get_settings(request: Request) -> Settings:
@@ -63,7 +82,10 @@ async def get_settings(request: Request) -> Settings:
     return settings
 
 
-RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
+SnapshotsDep = Annotated[SnapshotHolder, Depends(get_snapshots)]
+ReadingDep = Annotated[Reading, Depends(get_reading)]
+CatalogDep = Annotated[Catalog, Depends(get_catalog)]
+ShoppersDep = Annotated[Shoppers, Depends(get_shoppers)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
@@ -73,19 +95,24 @@ def _client_id(request: Request, api_key: str | None) -> str:
     return "ip:" + (request.client.host if request.client else "unknown")
 
 
+def _too_many(request: Request, code: str, message: str, wait: float) -> ApiError:
+    """A 429 (counted in the metrics) with the Retry-After of ``wait`` seconds."""
+    metrics: Metrics = request.state.metrics
+    metrics.rate_limited.inc()
+    return ApiError(429, code, message, headers={"Retry-After": str(max(1, math.ceil(wait)))})
+
+
 def _rate_limit(request: Request, client: str) -> None:
     limiter: RateLimiter = request.state.limiter
     wait = limiter.take(client)
     if wait is not None:
-        metrics: Metrics = request.state.metrics
-        metrics.rate_limited.inc()
-        raise ApiError(
-            429,
+        raise _too_many(
+            request,
             "rate_limited",
             f"rate limit exceeded: {limiter.rate:g} requests/s with bursts of "
             f"{limiter.burst:g} per client (FUSIONREC_RATE_LIMIT_RPS/_BURST); "
             f"retry after {wait:.2f} s",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            wait,
         )
 
 
@@ -99,14 +126,12 @@ def _check_failures(request: Request, realm: str) -> None:
     failures: RateLimiter = request.state.auth_failures
     wait = failures.exhausted(f"{realm}:{_ip(request)}")
     if wait is not None:
-        metrics: Metrics = request.state.metrics
-        metrics.rate_limited.inc()
-        raise ApiError(
-            429,
+        raise _too_many(
+            request,
             "too_many_failed_attempts",
             f"too many failed {realm} credential attempts from this client "
             f"(FUSIONREC_AUTH_FAIL_RPS/_BURST); retry after {wait:.0f} s",
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            wait,
         )
 
 
@@ -122,8 +147,9 @@ async def client_guard(request: Request) -> None:
     itself rather than through a nested dependency (each one costs FastAPI ~20 µs).
     """
     settings: Settings = request.state.settings
+    api_keys = settings.security.api_keys
     key = request.headers.get("x-api-key")
-    if settings.api_keys:
+    if api_keys:
         if not key:
             raise ApiError(
                 401,
@@ -132,12 +158,11 @@ async def client_guard(request: Request) -> None:
             )
         _check_failures(request, "api-key")
         if not any(
-            hmac.compare_digest(key.encode(), k.get_secret_value().encode())
-            for k in settings.api_keys
+            hmac.compare_digest(key.encode(), k.get_secret_value().encode()) for k in api_keys
         ):
             _record_failure(request, "api-key")
             raise ApiError(401, "invalid_api_key", "the X-API-Key header is not a valid key")
-    _rate_limit(request, _client_id(request, key if settings.api_keys else None))
+    _rate_limit(request, _client_id(request, key if api_keys else None))
 
 
 async def write_guard(request: Request) -> None:
@@ -145,7 +170,8 @@ async def write_guard(request: Request) -> None:
     with FUSIONREC_API_KEYS unset they are refused (403) unless
     FUSIONREC_ALLOW_ANONYMOUS_WRITES=true. Runs after ``client_guard``, which checks a key."""
     settings: Settings = request.state.settings
-    if not settings.api_keys and not settings.allow_anonymous_writes:
+    security = settings.security
+    if not security.api_keys and not security.allow_anonymous_writes:
         raise ApiError(
             403,
             "api_key_required",
@@ -156,7 +182,8 @@ async def write_guard(request: Request) -> None:
 
 async def admin_guard(request: Request, settings: SettingsDep) -> None:
     """``Authorization: Bearer <FUSIONREC_ADMIN_TOKEN>``; admin is off when no token is set."""
-    if settings.admin_token is None:
+    token = settings.security.admin_token
+    if token is None:
         raise ApiError(
             403,
             "admin_disabled",
@@ -174,7 +201,7 @@ async def admin_guard(request: Request, settings: SettingsDep) -> None:
         )
     _check_failures(request, "admin")
     scheme, _, credential = header.partition(" ")
-    expected = settings.admin_token.get_secret_value().encode()
+    expected = token.get_secret_value().encode()
     if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), expected):
         _record_failure(request, "admin")
         raise ApiError(

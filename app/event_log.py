@@ -36,8 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from model_store.database import redact
 from model_store.errors import DependencyError
-from model_store.events.log import Event, EventStore, iter_chunks, redact
+from model_store.events.log import Event, EventStore, iter_chunks
 
 log = logging.getLogger("fusionrec.events")
 

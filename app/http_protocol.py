@@ -24,7 +24,7 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from app.settings import Settings
+from app.settings import HttpSettings
 
 _ENV = {
     "header_timeout_s": "FUSIONREC_HTTP_HEADER_TIMEOUT_S",
@@ -37,11 +37,11 @@ LIMITS: dict[str, float] = {
 }
 
 
-def configure(settings: Settings) -> None:
+def configure(http: HttpSettings) -> None:
     values = {
-        "header_timeout_s": settings.http_header_timeout_s,
-        "max_header_bytes": float(settings.http_max_header_bytes),
-        "body_timeout_s": settings.http_body_timeout_s,
+        "header_timeout_s": http.header_timeout_s,
+        "max_header_bytes": float(http.max_header_bytes),
+        "body_timeout_s": http.body_timeout_s,
     }
     LIMITS.update(values)
     for name, var in _ENV.items():
@@ -128,17 +128,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
-def uvicorn_options(settings: Settings) -> dict[str, Any]:
+def uvicorn_options(http: HttpSettings) -> dict[str, Any]:
     """The keyword arguments of ``uvicorn.run``/``uvicorn.Config`` for the HTTP limits."""
-    configure(settings)
-    trusted = settings.forwarded_allow_ips
+    configure(http)
+    trusted = http.forwarded_allow_ips
     return {
         "http": GuardedHttpToolsProtocol,
         # client addresses (rate limits, failed-auth limits) from X-Forwarded-For only when
         # the operator names the proxies that set it (compose: the nginx LB)
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted or "127.0.0.1",
-        "timeout_keep_alive": settings.http_keep_alive_s,
-        "limit_concurrency": settings.http_limit_concurrency,
-        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "timeout_keep_alive": http.keep_alive_s,
+        "limit_concurrency": http.limit_concurrency,
+        "h11_max_incomplete_event_size": http.max_header_bytes,
     }

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from app import ranking
-from app.snapshot import Snapshot
+from app.core.snapshot import Snapshot
 from indexer.index import empty_result, search_allowed
 from model_store.model.fused import left_pad
 

@@ -1,14 +1,14 @@
-"""Redis key names and the hashing of user ids (the only form in which one is stored).
+"""Key names of the service's per-user data in Redis and the vector cache.
 
 fusionrec:uv:u:{uhash}                    version, newline, float32 bytes of a user vector; TTL
 fusionrec:uv:{version}:h:{sha256(history)}  the same, for an explicit history
 fusionrec:hist:{uhash}                    Redis list of item ids, oldest first; TTL
 fusionrec:hist:{uhash}:neg                items with negative feedback (dislike); TTL
-fusionrec:forgotten                       Redis set of the uhashes of forgotten users
+fusionrec:forgotten                       Redis set of forgotten users (model_store.privacy)
 
-``uhash`` is ``HMAC-SHA256(user key, user id)`` (``model_store.privacy.users.user_hash``). Every key
-that holds a user's data is named by the uhash alone, so erasing a user deletes a fixed set
-of keys (:func:`user_keys`) and never scans the keyspace.
+``uhash`` is the keyed user hash (``model_store.privacy.keys.user_hash``). Every key that
+holds a user's data is named by the uhash alone, so erasing a user deletes a fixed set of
+keys (:func:`user_keys`) and never scans the keyspace.
 """
 
 from __future__ import annotations
@@ -16,16 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
-from model_store.privacy.users import TOMBSTONES_KEY
-from model_store.privacy.users import user_hash as _user_hash
-
 PREFIX = "fusionrec:"
-__all__ = ["PREFIX", "TOMBSTONES_KEY", "history_key", "user_hash", "user_vector_key"]
-
-
-def user_hash(user_id: str, key: bytes) -> str:
-    """The only form in which a user id is stored or logged (keyed: not reversible)."""
-    return _user_hash(user_id, key)
 
 
 def history_hash(item_ids: Sequence[str]) -> str:

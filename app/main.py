@@ -1,16 +1,19 @@
-"""The app factory: ``create_app(settings)``; the lifespan loads the bundle into a Recommender.
+"""The app factory: ``create_app(settings)``; the lifespan builds the core and loads the bundle.
 
 Nothing happens at import time. ``uvicorn --factory app.main:app_from_env`` builds the
 settings from the environment (what ``fusionrec serve`` does, also with several workers).
+:func:`build_core` composes the parts of ``app.core`` over the stores the settings name —
+Redis (when configured) behind its breaker, the vector cache and histories over it, the
+event log, the privacy room — and each part is handed the settings group it uses.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TypedDict
 
 import torch
@@ -18,146 +21,178 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 
 from app import errors
+from app.core.catalog import Catalog
+from app.core.follow import start_following
+from app.core.lookup import Lookup
+from app.core.reading import Reading
+from app.core.shoppers import Shoppers, erasable_stores
+from app.core.snapshot import SnapshotHolder
 from app.deps import RateLimiter
 from app.event_log import EventLogWriter
-from app.follow import CurrentFollower, notify_current, pubsub_client
 from app.history import HistoryStore, LocalHistory, RedisHistory
 from app.metrics import Metrics
 from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
-from app.recommender import Recommender
 from app.redis_gateway import CircuitBreaker, RedisGateway
 from app.routes import admin, demo, health, items, recommend, users
-from app.settings import Settings, settings_error_message
-from app.tombstones import FileTombstones, RedisTombstones, Tombstones
+from app.settings import HistorySettings, RedisSettings, Settings, settings_error_message
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
 from model_store.errors import ConfigError
 from model_store.events.log import EventStore
-from model_store.privacy import users as private
+from model_store.privacy import FileTombstones, Privacy, RedisTombstones, Tombstones, user_key
 
 log = logging.getLogger("app")
 
 
 class State(TypedDict):
     settings: Settings
-    recommender: Recommender
     metrics: Metrics
     limiter: RateLimiter
     auth_failures: RateLimiter
+    redis: RedisGateway | None
+    snapshots: SnapshotHolder
+    reading: Reading
+    catalog: Catalog
+    shoppers: Shoppers
 
 
-def build_recommender(
-    settings: Settings, metrics: Metrics
-) -> tuple[Recommender, RedisGateway | None]:
-    """The service core for ``settings``: Redis (when configured) behind its breaker, the
-    vector cache and history store over it, and the recommender using them."""
-    gateway: RedisGateway | None = None
-    local_history = LocalHistory(
-        settings.history_max_len,
-        ttl_s=settings.history_ttl_s,
-        max_bytes=settings.history_max_bytes,
-    )
-    history: HistoryStore = local_history
-    tombstones: Tombstones
-    if settings.redis_url:
-        gateway = RedisGateway(
-            settings.redis_url,
-            timeout_s=settings.redis_timeout_s,
-            breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s),
-        )
-        history = RedisHistory(
-            gateway,
-            local_history,
-            settings.history_max_len,
-            ttl_s=settings.history_ttl_s,
-            max_pending=settings.history_max_pending_users,
-            retry_after_s=settings.breaker_reset_s,
-        )
-        tombstones = RedisTombstones(gateway)
-    else:
-        tombstones = FileTombstones(settings.store)
-    secret = settings.user_key_secret
-    user_key = private.user_key(settings.store, secret.get_secret_value() if secret else None)
-    cache = VectorCache(
-        LocalLRU(settings.cache_size, settings.cache_ttl_s, settings.cache_max_bytes),
+@dataclass
+class Core:
+    """The parts of one app and the stores under them, started and stopped together."""
+
+    snapshots: SnapshotHolder
+    reading: Reading
+    catalog: Catalog
+    shoppers: Shoppers
+    redis: RedisGateway | None
+    history: HistoryStore
+    event_log: EventLogWriter | None
+
+    async def start(self) -> None:
+        """Start the model workers and load CURRENT (a failure is kept for /readyz)."""
+        self.reading.start()
+        await asyncio.to_thread(self.snapshots.start)
+        if self.redis is not None and not await self.redis.ping():
+            log.warning("Redis at the configured URL is not answering; serving without it")
+
+    async def stop(self, *, drain_s: float) -> None:
+        """Write back what waits for Redis or the log (up to ``drain_s``), then close."""
+        if isinstance(self.history, RedisHistory):
+            await self.history.drain(drain_s)
+        if self.event_log is not None:
+            await self.event_log.drain(drain_s)
+            await asyncio.to_thread(self.event_log.close)
+        await asyncio.to_thread(self.reading.stop)
+        if self.redis is not None:
+            await self.redis.close()
+
+
+def _stores(
+    redis: RedisSettings, history: HistorySettings
+) -> tuple[RedisGateway | None, HistoryStore]:
+    """Redis behind its breaker (when configured) and the history store over it."""
+    local = LocalHistory(history.max_len, ttl_s=history.ttl_s, max_bytes=history.max_bytes)
+    if not redis.url:
+        return None, local
+    breaker = CircuitBreaker(redis.breaker_failures, redis.breaker_reset_s)
+    gateway = RedisGateway(redis.url, timeout_s=redis.timeout_s, breaker=breaker)
+    shared = RedisHistory(
         gateway,
-        settings.cache_ttl_s,
+        local,
+        history.max_len,
+        ttl_s=history.ttl_s,
+        max_pending=history.max_pending_users,
+        retry_after_s=redis.breaker_reset_s,
     )
-    event_log = None
-    url = settings.events_log_url()
-    if url is not None:
-        event_log = EventLogWriter(
-            EventStore(url),
-            settings.store / "events-spool",
-            max_pending=settings.events_max_pending,
-            spool_max_bytes=settings.events_spool_max_bytes,
-        )
-    rec = Recommender(
-        store=settings.store,
-        cache=cache,
-        history=history,
-        metrics=metrics,
-        device=settings.device,
-        candidates=settings.candidates,
-        batch_max_size=settings.batch_max_size,
-        batch_max_wait_ms=settings.batch_max_wait_ms,
-        search_user_weight=settings.search_user_weight,
-        event_log=event_log,
-        event_types=settings.event_types,
+    return gateway, shared
+
+
+def _event_log(settings: Settings) -> EventLogWriter | None:
+    url = settings.events.log_url(settings.store)
+    if url is None:
+        return None
+    return EventLogWriter(
+        EventStore(url),
+        settings.store / "events-spool",
+        max_pending=settings.events.max_pending,
+        spool_max_bytes=settings.events.spool_max_bytes,
+    )
+
+
+def _privacy_key(settings: Settings) -> bytes:
+    """The HMAC key of user ids: the configured secret, else the store's key file."""
+    secret = settings.security.user_key_secret
+    return user_key(settings.store, secret.get_secret_value() if secret else None)
+
+
+def build_core(settings: Settings, metrics: Metrics) -> Core:
+    """The service core for ``settings``, nothing started yet."""
+    gateway, history = _stores(settings.redis, settings.history)
+    c = settings.cache
+    cache = VectorCache(LocalLRU(c.size, c.ttl_s, c.max_bytes), gateway, c.ttl_s)
+    event_log = _event_log(settings)
+    tombstones: Tombstones = (
+        RedisTombstones(gateway) if gateway is not None else FileTombstones(settings.store)
+    )
+    privacy = Privacy(
+        key=_privacy_key(settings),
         tombstones=tombstones,
-        user_key=user_key,
-        search_mode=settings.search_mode,
-        search_min_similarity=settings.search_min_similarity,
+        stores=erasable_stores(cache=cache, history=history, event_log=event_log),
     )
-    return rec, gateway
+    snapshots = SnapshotHolder(
+        store=settings.store, device=settings.runtime.device, metrics=metrics
+    )
+    lookup = Lookup(history=history, cache=cache, privacy=privacy, metrics=metrics)
+    reading = Reading(
+        snapshots=snapshots,
+        lookup=lookup,
+        metrics=metrics,
+        runtime=settings.runtime,
+        batching=settings.batching,
+        search=settings.search,
+    )
+    shoppers = Shoppers(
+        snapshots=snapshots,
+        lookup=lookup,
+        privacy=privacy,
+        event_log=event_log,
+        event_types=settings.events.types,
+    )
+    catalog = Catalog(snapshots=snapshots)
+    return Core(snapshots, reading, catalog, shoppers, gateway, history, event_log)
 
 
 def create_app(settings: Settings) -> FastAPI:
     """Build the service for ``settings``; the bundle is loaded when the lifespan starts."""
     metrics = Metrics()
+    security = settings.security
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         threads_before = torch.get_num_threads()
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        set_faiss_threads(settings.faiss_threads)
-        rec, gateway = build_recommender(settings, metrics)
-        await asyncio.to_thread(rec.start)
-        if gateway is not None and not await gateway.ping():
-            log.warning("Redis at the configured URL is not answering; serving without it")
-        follower = None
-        if settings.follow_poll_s > 0:
-            follower = CurrentFollower(
-                rec,
-                settings.store,
-                poll_s=settings.follow_poll_s,
-                redis=pubsub_client(settings.redis_url),
-            )
-            rec.on_publish = functools.partial(notify_current, follower.redis)
-            follower.start()
+        if settings.runtime.torch_threads:
+            torch.set_num_threads(settings.runtime.torch_threads)
+        set_faiss_threads(settings.runtime.faiss_threads)
+        core = build_core(settings, metrics)
+        await core.start()
+        follower = start_following(core.snapshots, settings.follow, settings.redis.url)
         try:
             yield State(
                 settings=settings,
-                recommender=rec,
                 metrics=metrics,
-                limiter=RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
-                auth_failures=RateLimiter(settings.auth_fail_rps, settings.auth_fail_burst),
+                limiter=RateLimiter(security.rate_limit_rps, security.rate_limit_burst),
+                auth_failures=RateLimiter(security.auth_fail_rps, security.auth_fail_burst),
+                redis=core.redis,
+                snapshots=core.snapshots,
+                reading=core.reading,
+                catalog=core.catalog,
+                shoppers=core.shoppers,
             )
         finally:
             if follower is not None:
                 await follower.stop()
-                if follower.redis is not None:
-                    await follower.redis.aclose()
-            if isinstance(rec.history, RedisHistory):
-                await rec.history.drain(settings.history_drain_s)
-            if rec.event_log is not None:
-                await rec.event_log.drain(settings.history_drain_s)
-                await asyncio.to_thread(rec.event_log.close)
-            await asyncio.to_thread(rec.stop)
+            await core.stop(drain_s=settings.history.drain_s)
             torch.set_num_threads(threads_before)
-            if gateway is not None:
-                await gateway.close()
 
     app = FastAPI(
         title="fusionrec",
@@ -171,7 +206,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(module.router)
     if settings.demo:
         demo.install(app)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.http.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     install_log_redaction()
     return app

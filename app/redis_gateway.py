@@ -100,6 +100,16 @@ class RedisGateway:
         self.breaker.success()
         return True, result
 
+    async def set_add(self, key: str, member: str) -> bool:
+        """``SADD``; False when Redis is unavailable (``model_store.privacy`` SharedSets)."""
+        ok, _ = await self.run(lambda r: r.sadd(key, member))
+        return ok
+
+    async def set_contains(self, key: str, member: str) -> bool | None:
+        """``SISMEMBER``; None when Redis is unavailable."""
+        ok, found = await self.run(lambda r: r.sismember(key, member))
+        return bool(found) if ok else None
+
     async def ping(self) -> bool:
         ok, _ = await self.run(lambda r: r.ping())
         return ok

@@ -49,7 +49,7 @@ def main() -> None:
     from model_store.data.dataset import load_dataset
     from model_store.evaluation.stats import paired_bootstrap, per_user
     from model_store.events.log import Event, EventStore
-    from model_store.privacy import users as private
+    from model_store.privacy import keys as private
     from model_store.training.pipeline import train_and_publish
 
     work = args.work

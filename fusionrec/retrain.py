@@ -37,10 +37,12 @@ from model_store.bundle.io import Bundle, load_bundle, read_items
 from model_store.bundle.manifest import GateInfo
 from model_store.config import Config
 from model_store.data.dataset import Dataset, load_dataset
+from model_store.database import redact
 from model_store.errors import BundleError, DataError
 from model_store.evaluation.stats import Paired, paired_bootstrap, per_user
-from model_store.events.log import EventStore, redact, training_interactions
+from model_store.events.log import EventStore, training_interactions
 from model_store.model.scoring import EvalSet, rank_targets
+from model_store.privacy.forgotten import Forgotten
 from model_store.training.pipeline import Trained, train
 
 log = logging.getLogger("fusionrec.retrain")
@@ -166,7 +168,10 @@ def retrain(
     margin: float = MARGIN,
     final: bool = True,
     cache_dir: Path | None = None,
+    forgotten: Forgotten | None = None,
 ) -> Decision:
+    """One retraining round (module docstring); ``forgotten`` (read by the caller through
+    ``model_store.privacy``) are left out of the events, whatever the log still holds."""
     t0 = time.perf_counter()
     expect = _current(store)
     if expect is None:
@@ -175,6 +180,8 @@ def retrain(
             "adds the event log to its catalog"
         )
     logged = _logged_interactions(events_url)
+    if forgotten is not None:
+        logged, _ = forgotten.drop(logged)
     items = read_items(store)
     events = _usable_events(logged, items, events_url)
     before, held = time_holdout(events, holdout)

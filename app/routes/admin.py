@@ -6,13 +6,13 @@ from dataclasses import asdict
 
 from fastapi import APIRouter
 
-from app.deps import AdminGuard, RecommenderDep
+from app.deps import AdminGuard, SnapshotsDep
 from app.schemas import ReloadResponse
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[AdminGuard])
 
 
 @router.post("/reload", response_model=ReloadResponse)
-async def reload(rec: RecommenderDep) -> ReloadResponse:
+async def reload(snapshots: SnapshotsDep) -> ReloadResponse:
     """Swap to the store's CURRENT bundle; a broken one answers 409 and the old keeps serving."""
-    return ReloadResponse.model_validate(asdict(await rec.reload()))
+    return ReloadResponse.model_validate(asdict(await snapshots.reload()))

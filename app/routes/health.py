@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.deps import RecommenderDep
+from app.deps import SnapshotsDep
 from app.metrics import Metrics
+from app.redis_gateway import RedisGateway
 from app.schemas import Health, Ready
 
 router = APIRouter(tags=["health"])
@@ -18,9 +19,9 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", response_model=Ready)
-async def readyz(rec: RecommenderDep) -> Ready:
-    snap = rec.ready()  # 503 not_ready while no bundle is loaded
-    gateway = rec.cache.redis
+async def readyz(request: Request, snapshots: SnapshotsDep) -> Ready:
+    snap = snapshots.ready()  # 503 not_ready while no bundle is loaded
+    gateway: RedisGateway | None = request.state.redis
     return Ready(
         status="ready",
         model_version=snap.version,
@@ -39,6 +40,6 @@ async def readyz(rec: RecommenderDep) -> Ready:
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     m: Metrics = request.state.metrics
-    gateway = request.state.recommender.cache.redis
+    gateway: RedisGateway | None = request.state.redis
     m.redis_errors.set(0 if gateway is None or gateway.breaker.state == "closed" else 1)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

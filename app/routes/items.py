@@ -10,8 +10,8 @@ import orjson
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from app.deps import AdminGuard, ClientGuard, RecommenderDep
-from app.recommender import Answer, Recommender
+from app.core.reading import Answer, ItemsFound
+from app.deps import AdminGuard, CatalogDep, ClientGuard, ReadingDep
 from app.routes.recommend import item_dicts
 from app.schemas import (
     DeleteResponse,
@@ -42,12 +42,15 @@ def _names(fields: list[str] | None) -> list[str] | None:
     return [f.strip() for part in fields for f in part.split(",") if f.strip()]
 
 
-def _batch(rec: Recommender, ids: list[str], fields: list[str] | None) -> ItemsBatch:
-    version, found, missing = rec.items(item_ids=ids, fields=fields)
+def _batch(found: ItemsFound) -> ItemsBatch:
+    version = found.model_version
     return ItemsBatch(
         model_version=version,
-        items=[ItemOut(item_id=i, model_version=version, fields=f, trained=t) for i, f, t in found],
-        not_found=missing,
+        items=[
+            ItemOut(item_id=r.item_id, model_version=version, fields=r.fields, trained=r.trained)
+            for r in found.items
+        ],
+        not_found=found.missing,
     )
 
 
@@ -60,74 +63,78 @@ def _similar(item_id: str, answer: Answer) -> Response:
 
 @router.get("", response_model=ItemsBatch, dependencies=[ClientGuard])
 async def get_items(
-    rec: RecommenderDep,
+    reading: ReadingDep,
     ids: Annotated[
         list[str], Query(min_length=1, max_length=1000, description="item ids (repeat or a,b,c)")
     ],
     fields: FieldsQuery = None,
 ) -> ItemsBatch:
     """Many items at once; ids not in the catalog are listed in `not_found`."""
-    wanted = _names(ids) or []
-    return _batch(rec, wanted[:1000], _names(fields))
+    wanted = (_names(ids) or [])[:1000]
+    # the query is validated already; its ids and fields as the body of :batchGet
+    request = ItemsBatchGet.model_construct(ids=wanted, fields=_names(fields))
+    return _batch(reading.items(request=request))
 
 
 @router.post(":batchGet", response_model=ItemsBatch, dependencies=[ClientGuard])
-async def batch_get_items(body: ItemsBatchGet, rec: RecommenderDep) -> ItemsBatch:
+async def batch_get_items(body: ItemsBatchGet, reading: ReadingDep) -> ItemsBatch:
     """Many items at once; ids not in the catalog are listed in `not_found`."""
-    return _batch(rec, list(body.ids), body.fields)
+    return _batch(reading.items(request=body))
 
 
 @router.get("/{item_id}", response_model=ItemOut, dependencies=[ClientGuard])
-async def get_item(item_id: str, rec: RecommenderDep) -> ItemOut:
-    version, fields, trained = rec.item(item_id=item_id)
-    return ItemOut(item_id=item_id, model_version=version, fields=fields, trained=trained)
+async def get_item(item_id: str, reading: ReadingDep) -> ItemOut:
+    version, record = reading.item(item_id=item_id)
+    return ItemOut(
+        item_id=item_id, model_version=version, fields=record.fields, trained=record.trained
+    )
 
 
 @router.get("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
 async def similar_items(
     item_id: str,
-    rec: RecommenderDep,
+    reading: ReadingDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     fields: FieldsQuery = None,
     explain: bool = False,
 ) -> Response:
     """Items closest to this one in the fused item space (text-only items included)."""
-    answer = await rec.similar(item_id=item_id, k=k, fields=_names(fields), explain=explain)
-    return _similar(item_id, answer)
+    # the query is validated already; it is the body of the POST form without a filter
+    request = SimilarRequest.model_construct(
+        k=k, filter=None, fields=_names(fields), explain=explain
+    )
+    return _similar(item_id, await reading.similar(item_id=item_id, request=request))
 
 
 @router.post("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
 async def similar_items_filtered(
-    item_id: str, body: SimilarRequest, rec: RecommenderDep
+    item_id: str, body: SimilarRequest, reading: ReadingDep
 ) -> Response:
     """Like the GET form, with a `filter` and `fields` in the body."""
-    answer = await rec.similar(
-        item_id=item_id, k=body.k, filter=body.filter, fields=body.fields, explain=body.explain
-    )
-    return _similar(item_id, answer)
+    return _similar(item_id, await reading.similar(item_id=item_id, request=body))
 
 
 @router.post("", response_model=UpsertResponse, dependencies=[AdminGuard])
-async def upsert_items(body: ItemsUpsert, rec: RecommenderDep) -> UpsertResponse:
+async def upsert_items(body: ItemsUpsert, catalog: CatalogDep) -> UpsertResponse:
     """Add or edit up to 1,000 items; live at once and persisted as a new bundle version."""
-    result = await rec.upsert_items(items=[i.model_dump() for i in body.items])
+    result = await catalog.upsert(request=body)
     return UpsertResponse(
         model_version=result.model_version, added=result.added, updated=result.updated
     )
 
 
 @router.patch("/{item_id}", response_model=UpsertResponse, dependencies=[AdminGuard])
-async def patch_item(item_id: str, body: ItemPatch, rec: RecommenderDep) -> UpsertResponse:
+async def patch_item(item_id: str, body: ItemPatch, catalog: CatalogDep) -> UpsertResponse:
     """Change some fields of an item (`available: false` hides it from every list);
     live at once and persisted as a new bundle version."""
-    result = await rec.patch_item(item_id=item_id, values=body.model_dump())
+    result = await catalog.patch(item_id=item_id, request=body)
     return UpsertResponse(
         model_version=result.model_version, added=result.added, updated=result.updated
     )
 
 
 @router.delete("/{item_id}", response_model=DeleteResponse, dependencies=[AdminGuard])
-async def delete_item(item_id: str, rec: RecommenderDep) -> DeleteResponse:
+async def delete_item(item_id: str, catalog: CatalogDep) -> DeleteResponse:
     """Delete an item: never returned again by any endpoint, on every replica that reloads."""
-    version = await rec.delete_item(item_id=item_id)
+    version = await catalog.delete(item_id=item_id)
     return DeleteResponse(model_version=version, deleted=item_id)

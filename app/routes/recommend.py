@@ -8,8 +8,8 @@ import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.deps import ClientGuard, RecommenderDep
-from app.recommender import Answer
+from app.core.reading import Answer
+from app.deps import ClientGuard, ReadingDep
 from app.schemas import RecommendRequest, RecommendResponse, SearchRequest
 
 router = APIRouter(prefix="/v1", tags=["recommend"], dependencies=[ClientGuard])
@@ -42,34 +42,12 @@ def _response(answer: Answer) -> Response:
 
 
 @router.post("/recommend", response_model=RecommendResponse, response_model_exclude_none=True)
-async def recommend(body: RecommendRequest, rec: RecommenderDep) -> Response:
+async def recommend(body: RecommendRequest, reading: ReadingDep) -> Response:
     """Next items for a user (stored history) or an explicit history; cold start when empty."""
-    return _response(
-        await rec.recommend(
-            user_id=body.user_id,
-            history=body.history,
-            k=body.k,
-            exclude=body.exclude,
-            exclude_history=body.exclude_history,
-            explain=body.explain,
-            filter=body.filter,
-            fields=body.fields,
-        )
-    )
+    return _response(await reading.recommend(request=body))
 
 
 @router.post("/search", response_model=RecommendResponse, response_model_exclude_none=True)
-async def search(body: SearchRequest, rec: RecommenderDep) -> Response:
+async def search(body: SearchRequest, reading: ReadingDep) -> Response:
     """Items matching a text query, reordered for the user when a user or history is given."""
-    return _response(
-        await rec.search(
-            query=body.query,
-            user_id=body.user_id,
-            history=body.history,
-            k=body.k,
-            filter=body.filter,
-            fields=body.fields,
-            mode=body.mode,
-            offset=body.offset,
-        )
-    )
+    return _response(await reading.search(request=body))

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from app.deps import ClientGuard, RecommenderDep, WriteGuard
+from app.deps import ClientGuard, ShoppersDep, WriteGuard
 from app.schemas import EventIn, EventOut
 
 router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard, WriteGuard])
 
 
 @router.post("/events", response_model=EventOut)
-async def add_event(body: EventIn, rec: RecommenderDep) -> EventOut:
+async def add_event(body: EventIn, shoppers: ShoppersDep) -> EventOut:
     """Record an event in the durable log and the user's history (a dislike hides the item
     instead); answered once the event is durable. The user's cached vector is dropped."""
-    n = await rec.add_event(
-        user_id=body.user_id,
-        item_id=body.item_id,
-        timestamp=body.timestamp,
-        type=body.type,
-        value=body.value,
-    )
-    return EventOut(history_length=n)
+    return EventOut(history_length=await shoppers.add_event(request=body))
 
 
 @router.delete("/users/{user_id}", status_code=204, response_class=Response)
-async def forget_user(user_id: str, rec: RecommenderDep) -> Response:
+async def forget_user(user_id: str, shoppers: ShoppersDep) -> Response:
     """Forget a user: a durable tombstone first (every replica and the next training honour
     it), then the server-side history, negative feedback, cached vector and their events in
     the log, in Redis and in process."""
-    await rec.forget_user(user_id=user_id)
+    await shoppers.forget_user(user_id=user_id)
     return Response(status_code=204)

@@ -40,7 +40,7 @@ def events_export(
     except FusionrecError as exc:
         raise fail(exc) from exc
     except Exception as exc:  # a database that cannot be read: say which
-        from model_store.events.log import redact
+        from model_store.database import redact
 
         console.print(
             f"[bold red]error:[/] cannot read the event log {redact(events)}: "

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from fusionrec.cli.common import ConfigFile, TextCache, console, fail, load_config, out
+from fusionrec.forgotten import RedisUrlOption, UserKeySecretOption, forgotten_users
 from model_store.errors import ConfigError, FusionrecError
 
 
@@ -43,6 +44,8 @@ def retrain(
         str | None, typer.Option(help="run on this schedule (6h, 30m) instead of once")
     ] = None,
     cache_dir: TextCache = None,
+    redis_url: RedisUrlOption = None,
+    user_key_secret: UserKeySecretOption = None,
 ) -> None:
     """Retrain on the event log; publish and index only when the candidate is not worse than
     CURRENT on the most recent events (the gate); the decision goes to the store's
@@ -59,10 +62,12 @@ def retrain(
         raise fail(exc) from exc
     while True:
         try:
+            forgotten = forgotten_users(store, redis_url=redis_url, user_key_secret=user_key_secret)
             d = run_retrain(
                 store,
                 events,
                 cfg,
+                forgotten=forgotten,
                 holdout=holdout,
                 margin=margin,
                 final=final,

@@ -33,19 +33,19 @@ def register(app: typer.Typer) -> None:
             # pydantic's own text echoes every input value, secrets included
             typer.echo(f"error: invalid settings:\n{settings_error_message(exc)}", err=True)
             raise typer.Exit(code=2) from None
-        if not _loopback(host) and not settings.api_keys:
+        if not _loopback(host) and not settings.security.api_keys:
             typer.echo(
                 f"warning: serving on {host} (reachable from other machines) without "
                 "FUSIONREC_API_KEYS: anyone who can connect can read recommendations"
                 + (
                     " and write or erase any user's history (FUSIONREC_ALLOW_ANONYMOUS_WRITES)"
-                    if settings.allow_anonymous_writes
+                    if settings.security.allow_anonymous_writes
                     else ""
                 )
                 + "; set FUSIONREC_API_KEYS or bind 127.0.0.1",
                 err=True,
             )
-        if workers > 1 and settings.redis_url is None:
+        if workers > 1 and settings.redis.url is None:
             typer.echo(
                 "warning: with --workers > 1 and no REDIS_URL each worker keeps its own "
                 "histories and cache; set REDIS_URL to share them",
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
             workers=workers,
             server_header=False,
             timeout_graceful_shutdown=10,
-            **uvicorn_options(settings),
+            **uvicorn_options(settings.http),
         )
 
 

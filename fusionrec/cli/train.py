@@ -22,11 +22,13 @@ from fusionrec.cli.common import (
     metrics_table,
     out,
 )
+from fusionrec.forgotten import RedisUrlOption, UserKeySecretOption, forgotten_users
 from model_store.config import FUSIONS, Config
 from model_store.errors import ConfigError, FusionrecError
 
 if TYPE_CHECKING:
     from model_store.data.dataset import Dataset
+    from model_store.privacy.forgotten import Forgotten
     from model_store.training.trainer import TrainResult
 
 
@@ -70,6 +72,8 @@ def train(
             help="do nothing when CURRENT is indexed and was trained on this data and config",
         ),
     ] = False,
+    redis_url: RedisUrlOption = None,
+    user_key_secret: UserKeySecretOption = None,
 ) -> None:
     """Train the fused model and publish a new bundle version."""
     from model_store.data.movielens import default_cache_dir
@@ -93,10 +97,16 @@ def train(
         dataset = training_data(data, cfg, cold_items, cold_seed)
         if reuse_current and current_is_reusable(store, dataset, cfg):
             return
+        forgotten = forgotten_users(store, redis_url=redis_url, user_key_secret=user_key_secret)
         ranks = dist_mod.init(cfg.train.device)
         try:
             path, result = run_training(
-                dataset, cfg, store, cache_dir or default_cache_dir(), show=ranks.main
+                dataset,
+                cfg,
+                store,
+                cache_dir or default_cache_dir(),
+                show=ranks.main,
+                forgotten=forgotten,
             )
         finally:
             dist_mod.shutdown()
@@ -206,7 +216,13 @@ def launch_torchrun(nproc: int) -> int:
 
 
 def run_training(
-    dataset: Dataset, cfg: Config, store: Path, cache_dir: Path, *, show: bool
+    dataset: Dataset,
+    cfg: Config,
+    store: Path,
+    cache_dir: Path,
+    *,
+    show: bool,
+    forgotten: Forgotten,
 ) -> tuple[Path, TrainResult]:
     """``train_and_publish`` with its progress (``fusionrec.cli.progress``); none on ranks
     > 0 (``show`` False)."""
@@ -214,11 +230,17 @@ def run_training(
     from model_store.training.pipeline import train_and_publish
 
     if not show:
-        return train_and_publish(dataset, cfg, store, cache_dir=cache_dir)
+        return train_and_publish(dataset, cfg, store, forgotten=forgotten, cache_dir=cache_dir)
     n_items, n_interactions = len(dataset.items), len(dataset.interactions)
     with training_progress(cfg, n_items, n_interactions) as (on_epoch, on_texts):
         return train_and_publish(
-            dataset, cfg, store, cache_dir=cache_dir, on_epoch=on_epoch, text_progress=on_texts
+            dataset,
+            cfg,
+            store,
+            forgotten=forgotten,
+            cache_dir=cache_dir,
+            on_epoch=on_epoch,
+            text_progress=on_texts,
         )
 
 

@@ -10,7 +10,6 @@ writes to the store.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from model_store.bundle.manifest import DataInfo, Dims, Manifest, TextModelInfo,
 from model_store.config import Config
 from model_store.data.dataset import Dataset
 from model_store.errors import ConfigError
-from model_store.privacy import users as private
+from model_store.privacy.forgotten import Forgotten
 from model_store.text.encoder import TextSpec, text_embeddings
 from model_store.text.lm import pick_device, resolve_precision
 from model_store.text.lora import LoraText
@@ -164,6 +163,7 @@ def train_and_publish(
     cfg: Config,
     store: Path,
     *,
+    forgotten: Forgotten | None = None,
     cache_dir: Path | None = None,
     epochs: int | None = None,
     on_epoch: OnEpoch | None = None,
@@ -171,13 +171,11 @@ def train_and_publish(
 ) -> tuple[Path, TrainResult]:
     """Train on ``dataset`` with ``cfg`` and publish a new bundle version in ``store``.
 
-    Users forgotten through the service on this store (its tombstone file, and the Redis
-    set when ``REDIS_URL`` is set: ``model_store.privacy.users``) are dropped from the training
-    data first."""
-    forgotten = private.forgotten_users(store)
-    if forgotten:
-        key = private.user_key(store, os.environ.get(private.USER_KEY_ENV) or None)
-        kept, dropped = private.drop_forgotten(dataset.interactions, forgotten, key)
+    The users in ``forgotten`` (forgotten through the service; read by the caller through
+    ``model_store.privacy``) are dropped from the training data first. None: a dataset no
+    service has seen, nobody to drop."""
+    if forgotten is not None:
+        kept, dropped = forgotten.drop(dataset.interactions)
         if dropped:
             log.warning("dropped %d forgotten user(s) from the training data", dropped)
             dataset = replace(dataset, interactions=kept)

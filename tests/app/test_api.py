@@ -305,9 +305,9 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     monkeypatch.setenv("FUSIONREC_API_KEYS", "a, b")
     s = Settings()  # type: ignore[call-arg]
-    assert s.redis_url == "redis://127.0.0.1:1/0"
-    assert [k.get_secret_value() for k in s.api_keys] == ["a", "b"]
-    assert s.max_body_bytes == 1 << 20 and s.candidates == 200
+    assert s.redis.url == "redis://127.0.0.1:1/0"
+    assert [k.get_secret_value() for k in s.security.api_keys] == ["a", "b"]
+    assert s.http.max_body_bytes == 1 << 20 and s.runtime.candidates == 200
     monkeypatch.setenv("FUSIONREC_ADMIN_TOKEN", "short")
     with pytest.raises(ValidationError, match="16 characters"):
         Settings()  # type: ignore[call-arg]

@@ -17,10 +17,19 @@ import pandas as pd
 import pytest
 import redis
 
-from app.keys import TOMBSTONES_KEY, history_key, user_hash
+from app.keys import history_key
+from fusionrec.forgotten import forgotten_users
 from model_store.bundle import store as store_mod
 from model_store.errors import DependencyError
-from model_store.privacy import users as private
+from model_store.privacy import Forgotten
+from model_store.privacy import keys as private
+from model_store.privacy.keys import user_hash
+from model_store.privacy.tombstones import (
+    TOMBSTONES_FILE,
+    TOMBSTONES_KEY,
+    append_tombstone,
+    tombstone_path,
+)
 from tests.helpers.bundles import clone_version
 from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings, store_user_hash
 
@@ -48,7 +57,7 @@ def test_forget_survives_a_restart_embedded(store: Path) -> None:
         assert _strategy(srv.url, user) == "personalized"
         assert httpx.delete(f"{srv.url}/v1/users/{user}", timeout=30).status_code == 204
         assert _strategy(srv.url, user) == "cold_start"
-    tombstones = store / private.PRIVATE_DIR / private.TOMBSTONES_FILE
+    tombstones = store / private.PRIVATE_DIR / TOMBSTONES_FILE
     assert tombstones.read_text().split() == [store_user_hash(store, user)]
     for f in (tombstones, store / private.PRIVATE_DIR / private.USER_KEY_FILE):
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
@@ -160,26 +169,33 @@ def test_user_ids_are_keyed_hashes(tmp_path: Path) -> None:
 
 
 def test_training_drops_forgotten_users() -> None:
+    """By raw id (a dataset) or by hash (a dataset exported from the event log)."""
     key = b"k" * 32
-    frame = pd.DataFrame({"user_id": ["a", "a", "b", "c"], "item_id": ["1", "2", "1", "3"]})
-    kept, dropped = private.drop_forgotten(frame, {user_hash("a", key), "f" * 64}, key)
-    assert dropped == 1 and kept["user_id"].tolist() == ["b", "c"]
+    hashed = user_hash("d", key)
+    frame = pd.DataFrame(
+        {"user_id": ["a", "a", "b", "c", hashed], "item_id": ["1", "2", "1", "3", "4"]}
+    )
+    forgotten = Forgotten(frozenset({user_hash("a", key), hashed, "f" * 64}), key)
+    kept, dropped = forgotten.drop(frame)
+    assert dropped == 2 and kept["user_id"].tolist() == ["b", "c"]
 
 
 def test_training_reads_the_tombstones_of_both_setups(
     store: Path, redis_server: RedisServer
 ) -> None:
     """What the next training drops: the store's tombstone file and the Redis set."""
-    private.append_tombstone(private.tombstone_path(store), "a" * 64)
+    append_tombstone(tombstone_path(store), "a" * 64)
     r = _redis(redis_server)
     try:
         r.sadd(TOMBSTONES_KEY, "b" * 64)
     finally:
         r.close()
-    assert private.forgotten_users(store, redis_server.url) == {"a" * 64, "b" * 64}
+    got = forgotten_users(store, redis_url=redis_server.url, user_key_secret=None)
+    assert got.hashes == {"a" * 64, "b" * 64} and got.key == private.user_key(store)
+    assert forgotten_users(store, redis_url=None, user_key_secret=None).hashes == {"a" * 64}
     redis_server.stop()
     with pytest.raises(DependencyError, match="refusing to train"):
-        private.forgotten_users(store, redis_server.url)
+        forgotten_users(store, redis_url=redis_server.url, user_key_secret=None)
 
 
 def test_writes_need_a_key_by_default(store: Path) -> None:
@@ -388,3 +404,28 @@ def test_failed_auth_limit_is_per_client_behind_a_trusted_proxy(store: Path) -> 
 
         assert [post("203.0.113.7", "guess") for _ in range(3)] == [401, 401, 429]
         assert post("198.51.100.9", "right-key") == 200
+
+
+def test_train_command_drops_the_users_forgotten_in_either_record(
+    store: Path, tiny_dataset: Path, redis_server: RedisServer
+) -> None:
+    """`fusionrec train` is handed the forgotten users (the store's file, and the Redis set
+    named by --redis-url); the new bundle holds no history of either."""
+    from typer.testing import CliRunner
+
+    from fusionrec.cli.main import build
+
+    users = pd.read_csv(tiny_dataset / "interactions.csv", dtype=str)["user_id"].unique()
+    in_file, in_redis, kept = str(users[0]), str(users[1]), str(users[2])
+    append_tombstone(tombstone_path(store), store_user_hash(store, in_file))
+    r = _redis(redis_server)
+    try:
+        r.sadd(TOMBSTONES_KEY, store_user_hash(store, in_redis))
+    finally:
+        r.close()
+    args = ["train", "--data", str(tiny_dataset), "--store", str(store), "--epochs", "1"]
+    res = CliRunner().invoke(build(), [*args, "--redis-url", redis_server.url])
+    assert res.exit_code == 0, res.output
+    hist = pd.read_parquet(store / store_mod.current_version(store) / "histories.parquet")
+    trained = set(hist["user_id"].astype(str))
+    assert kept in trained and in_file not in trained and in_redis not in trained

@@ -7,10 +7,11 @@ import logging
 from typer.testing import CliRunner
 
 from app.deps import RateLimiter
-from app.keys import history_hash, user_hash, user_vector_key, vector_key
+from app.keys import history_hash, user_vector_key, vector_key
 from app.middleware import RedactUserIds
 from app.redis_gateway import CircuitBreaker
 from app.vector_cache import LocalLRU
+from model_store.privacy.keys import user_hash
 
 
 def test_circuit_breaker_opens_and_probes() -> None:

@@ -17,10 +17,9 @@ import pytest
 import uvicorn
 
 from app.http_protocol import uvicorn_options
-from app.keys import user_hash
 from app.main import create_app
 from app.settings import Settings
-from model_store.privacy import users as private
+from model_store.privacy.keys import user_hash, user_key
 
 ADMIN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -51,7 +50,7 @@ def make_settings(store: Path, **overrides: Any) -> Settings:
 
 def store_user_hash(store: Path, user_id: str) -> str:
     """The hash under which a server on ``store`` (no configured key) keeps ``user_id``."""
-    return user_hash(user_id, private.user_key(store))
+    return user_hash(user_id, user_key(store))
 
 
 class LiveServer:
@@ -67,7 +66,7 @@ class LiveServer:
             port=self.port,
             log_level="warning",
             lifespan="on",
-            **uvicorn_options(settings),
+            **uvicorn_options(settings.http),
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)

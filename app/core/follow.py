@@ -2,7 +2,7 @@
 
 A background task reads the CURRENT pointer every ``poll_s`` seconds (one small file read)
 and hot-swaps when it names another version, with the refusal rules of
-:meth:`Recommender.reload` (a broken bundle is refused once and not retried until CURRENT
+:meth:`SnapshotHolder.reload` (a broken bundle is refused once and not retried until CURRENT
 changes again). When Redis is configured, a publisher (this service after an item upsert,
 ``notify_current``) also sends the new version on a pub/sub channel, and every replica
 subscribed to it reloads at once instead of at its next poll. ``POST /admin/reload`` stays
@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from pathlib import Path
 
 import redis.asyncio as aioredis
 
-from app.recommender import Recommender
+from app.core.snapshot import SnapshotHolder
+from app.settings import FollowSettings
 from model_store.bundle import store as store_mod
 from model_store.errors import FusionrecError
 
@@ -28,16 +29,17 @@ CHANNEL = "fusionrec:current"
 
 
 class CurrentFollower:
+    """Keeps ``holder`` on the store's CURRENT: a poll, woken early by pub/sub."""
+
     def __init__(
         self,
-        rec: Recommender,
-        store: Path,
+        holder: SnapshotHolder,
         *,
         poll_s: float,
         redis: aioredis.Redis | None = None,
     ) -> None:
-        self.rec = rec
-        self.store = store
+        self.holder = holder
+        self.store = holder.store
         self.poll_s = poll_s
         self.redis = redis
         self._refused: str | None = None
@@ -51,12 +53,15 @@ class CurrentFollower:
             self._tasks.append(asyncio.create_task(self._listen(), name="follow-pubsub"))
 
     async def stop(self) -> None:
+        """Cancel the poll and the subscription and close the subscriber's client."""
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     async def check(self) -> bool:
         """Reload when CURRENT names another version; True when a swap happened."""
@@ -64,11 +69,11 @@ class CurrentFollower:
             name = store_mod.current_version(self.store)
         except FusionrecError:
             return False  # nothing published (yet), or a pointer being replaced
-        snap = self.rec.snapshot
+        snap = self.holder.snapshot
         if (snap is not None and snap.version == name) or name == self._refused:
             return False
         try:
-            result = await self.rec.reload()
+            result = await self.holder.reload()
         except FusionrecError as exc:
             self._refused = name
             log.error("CURRENT=%s refused, still serving the previous bundle: %s", name, exc)
@@ -119,3 +124,16 @@ def pubsub_client(url: str | None) -> aioredis.Redis | None:
     if url is None:
         return None
     return aioredis.Redis.from_url(url, socket_timeout=None, socket_connect_timeout=2.0)
+
+
+def start_following(
+    holder: SnapshotHolder, settings: FollowSettings, redis_url: str | None
+) -> CurrentFollower | None:
+    """Follow CURRENT (``settings.poll_s`` > 0) and announce this process's publications on
+    the channel; None when following is off."""
+    if settings.poll_s <= 0:
+        return None
+    follower = CurrentFollower(holder, poll_s=settings.poll_s, redis=pubsub_client(redis_url))
+    holder.on_publish = functools.partial(notify_current, follower.redis)
+    follower.start()
+    return follower
