@@ -132,40 +132,47 @@ def retrain_published(s: StateCtx) -> Result:
     return verdict("retrain_published", problems, figures)
 
 
-def attribution(s: StateCtx) -> Result:
-    """Click-through per model version: the system's attribution (request ids in answers
-    and in the log) beside the shoppers' own count, stale model vs retrained."""
-    steps = [x for x in s.ctx.ledger.shown if x.endpoint == "step"]
-    by_rid = {x.request_id: x for x in steps if x.request_id}
+def _ctr_table(s: StateCtx) -> dict[str, dict[str, float]]:
+    """Per model lineage: step answers, the shoppers' clicks and purchases (what they did)
+    and the rows of the log attributed to those answers by request id (what the system saw)."""
+    by_rid = {x.request_id: x for x in s.ctx.ledger.shown if x.endpoint == "step" and x.request_id}
     table: dict[str, dict[str, float]] = defaultdict(
-        lambda: {"answers": 0, "clicks": 0, "logged_clicks": 0}
+        lambda: {"answers": 0, "clicks": 0, "purchases": 0, "attributed_in_log": 0}
     )
-    for x in steps:
-        table[s.lineage(x.version)]["answers"] += 1
-    for e in s.ctx.ledger.events:
-        if e.type == "click" and e.outcome == "ok" and e.request_id in by_rid:
-            table[s.lineage(by_rid[e.request_id].version)]["clicks"] += 1
+    for version, clicked, bought in s.ctx.ledger.steps:
+        row = table[s.lineage(version)]
+        row["answers"] += 1
+        row["clicks"] += clicked
+        row["purchases"] += bought
     for rid, n in s.final.log_request_ids.items():
         if rid in by_rid:
-            table[s.lineage(by_rid[rid].version)]["logged_clicks"] += n
+            table[s.lineage(by_rid[rid].version)]["attributed_in_log"] += n
     for row in table.values():
         row["ctr"] = round(row["clicks"] / row["answers"], 4) if row["answers"] else 0.0
+    return dict(table)
+
+
+def attribution(s: StateCtx) -> Result:
+    """Click-through per model: the system's attribution (request ids in answers and in the
+    log) beside the shoppers' own count, the stale model vs the retrained one."""
+    table = _ctr_table(s)
+    steps = [x for x in s.ctx.ledger.shown if x.endpoint == "step"]
+    sent = sum(1 for e in s.ctx.ledger.events if e.request_id and e.outcome == "ok")
+    logged = sum(s.final.log_request_ids.values())
     problems = []
-    if steps and not by_rid:
+    if steps and not any(x.request_id for x in steps):
         problems.append("recommend answers carry no request_id (issue 29)")
     if "request_id" not in s.final.log_columns:
         problems.append("the event log has no request_id column")
+    elif logged < sent:
+        problems.append(
+            f"{sent} attributed events answered 200, {logged} with a request id in the log"
+        )
     if "retrained" not in table:
         problems.append("no answer came from a retrained model: nothing to compare")
-    metrics = sorted(
-        {
-            m
-            for text in s.final.metrics.values()
-            for m in re.findall(r"^(\w*(?:attribut|click)\w*)", text, re.M)
-        }
-    )
-    figures = {"per_model": dict(table), "metrics": metrics}
-    return verdict("attribution", problems, figures)
+    pattern = r"^(\w*(?:attribut|click)\w*)"
+    metrics = sorted({m for t in s.final.metrics.values() for m in re.findall(pattern, t, re.M)})
+    return verdict("attribution", problems, {"per_model": table, "metrics": metrics})
 
 
 def log_healthy(s: StateCtx) -> Result:

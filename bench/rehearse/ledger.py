@@ -105,6 +105,7 @@ class Ledger:
         self.hidden_since: dict[str, float] = {}  # item -> ack time of its hide/delete
         self.hidden_shown: list[tuple[float, str, str]] = []  # (t, endpoint, item)
         self.search_hits: Counter[str] = Counter()
+        self.steps: list[tuple[str, bool, bool]] = []  # (version, clicked, purchased) per step
 
     def restart_clock(self) -> None:
         """Time 0 = the start of the traffic (after the stack is up)."""

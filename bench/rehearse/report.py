@@ -195,7 +195,13 @@ def summary(results: list[Result], ledger: Ledger, meta: dict[str, Any]) -> dict
             for w in ledger.windows
         ],
         "requests": len(ledger.calls),
-        "events": Counter(e.outcome for e in ledger.events),
+        "events": Counter(f"{e.type} {e.via} {e.outcome}" for e in ledger.events),
+        "catalog_writes_detail": [
+            f"{w.t_sent:.1f}s {w.op} {w.item_id} {w.status} on {w.replica} "
+            f"propagated {'never' if w.propagation_s is None else f'{w.propagation_s:.1f}s'}"
+            + (" (concurrent pair)" if w.concurrent else "")
+            for w in ledger.writes
+        ],
         "catalog_writes": Counter(w.outcome for w in ledger.writes),
         "forgotten": len(ledger.forgotten),
         "search_top5": dict(ledger.search_hits),

@@ -115,13 +115,18 @@ class Shoppers:
             items = self._shown("step", reply, s.user_id)
             rid = reply.body.get("request_id") if isinstance(reply.body, dict) else None
             target = s.items[s.pos]
-            if target in items:
+            clicked, bought = target in items, False
+            if clicked:
                 await self.sender.send(s.user_id, target, "click", rid)
                 if self.rng.random() < 0.3:
+                    bought = True
                     await self.sender.send(s.user_id, target, "purchase", rid)
             else:
                 await self.sender.send(s.user_id, target, "view", None)
             s.pos += 1
+            if reply.ok and isinstance(reply.body, dict):
+                version = str(reply.body.get("model_version", ""))
+                self.ledger.steps.append((version, clicked, bought))
         finally:
             s.busy = False
 

@@ -59,3 +59,38 @@ def test_lb_configuration_is_shared_and_valid(tmp_path: Path) -> None:
             nginx.check()
     finally:
         nginx.stop()
+
+
+def test_checks_fail_on_evidence() -> None:
+    """The checks are not hard-coded passes: a 500 outside a fault fails, a 503 with
+    Retry-After inside one does not; an event answered 200 must be in the log once."""
+    from collections import Counter
+
+    from bench.rehearse.checks import Ctx, no_server_errors
+    from bench.rehearse.checks_state import StateCtx, events_exactly_once
+    from bench.rehearse.ledger import Call, Ledger, SentEvent, Window
+    from bench.rehearse.plan import Plan
+    from bench.rehearse.state import Final, user_hash
+
+    ledger = Ledger()
+    ledger.windows.append(Window("stop_postgres", 10.0, 20.0))
+    ctx = Ctx(Plan(duration_s=60), ledger, 60.0, [])
+    ledger.calls.append(Call(12.0, "event", "shopper", 503, 5.0, "503_retry_after"))
+    assert no_server_errors(ctx).passed
+    ledger.calls.append(Call(40.0, "recommend", "shopper", 500, 5.0, "http_500"))
+    assert not no_server_errors(ctx).passed
+    ledger.events.append(SentEvent("u1", "i1", "click", None, "single", "ok", 1.0, 200))
+    key = "k" * 32
+    for rows, ok in ((0, False), (1, True), (2, False)):
+        final = Final(log_counts=Counter({(user_hash("u1", key), "i1", "click"): rows}))
+        s = StateCtx(ctx, final, key, {}, {}, {})
+        assert events_exactly_once(s).passed is ok, rows
+
+
+def test_batch_answers_are_read_per_event() -> None:
+    from bench.rehearse.events import batch_outcomes
+
+    rows = {"results": [{"index": 0, "accepted": True}, {"index": 1, "error": "bad"}]}
+    assert batch_outcomes(rows, 2) == ["ok", "refused"]
+    assert batch_outcomes({"accepted": 2, "rejected": [{"index": 1}]}, 3) == ["ok", "refused", "ok"]
+    assert batch_outcomes({"accepted": 3}, 3) is None
