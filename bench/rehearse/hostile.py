@@ -28,10 +28,8 @@ class Case:
     ok: frozenset[int] = REFUSED
 
 
-def _event(
-    raw_timestamp: str = "1700000000.0", user: str = '"rh-hostile-1"', item: str = '"1"'
-) -> bytes:
-    return f'{{"user_id": {user}, "item_id": {item}, "timestamp": {raw_timestamp}}}'.encode()
+def _event(ts: str = "1700000000.0", *, user: str = '"rh-hostile-1"', item: str) -> bytes:
+    return f'{{"user_id": {user}, "item_id": {item}, "timestamp": {ts}}}'.encode()
 
 
 def cases(shopper_key: str, admin_token: str, admin_key: str, item: str) -> list[Case]:
@@ -41,6 +39,14 @@ def cases(shopper_key: str, admin_token: str, admin_key: str, item: str) -> list
     big_in = json.dumps({"history": [item], "filter": {"title": {"in": ["x" * 90] * 10_000}}})
     big_contains = json.dumps({"query": "star", "filter": {"title": {"contains": "y" * 900_000}}})
     batch = json.dumps({"events": [{"user_id": "rh-hostile-9", "item_id": item}] * 1001})
+    real = json.dumps(item)  # an item of the catalog: only the broken field is wrong
+
+    def ev(timestamp: str) -> bytes:
+        return _event(timestamp, item=real)
+
+    nul_item = _event(item=json.dumps(item + "\x00x"))
+    nul_user = _event(user='"rh-\\u0000"', item=real)
+
     return [
         Case("malformed_json", "POST", "/v1/recommend", "recommend", b'{"user_id": ', key),
         Case("oversized_body", "POST", "/v1/recommend", "recommend", b" " * BIG, key),
@@ -51,16 +57,19 @@ def cases(shopper_key: str, admin_token: str, admin_key: str, item: str) -> list
         Case("bad_admin_token", "POST", "/v1/items", "admin_write",
              b'{"items": [{"item_id": "rh-hostile-item", "title": "x"}]}',
              {**key, "authorization": "Bearer wrong-token-0123456789"}),
-        Case("nan_timestamp", "POST", "/v1/events", "event", _event("NaN"), key),
-        Case("infinite_timestamp", "POST", "/v1/events", "event", _event("Infinity"), key),
-        Case("negative_infinity", "POST", "/v1/events", "event", _event("-Infinity"), key),
-        Case("huge_timestamp", "POST", "/v1/events", "event", _event("1e400"), key),
-        Case("far_future_timestamp", "POST", "/v1/events", "event", _event("4102444800e3"), key),
-        Case("nul_item_id", "POST", "/v1/events", "event", _event(item='"1\\u0000x"'), key),
-        Case("nul_user_id", "POST", "/v1/events", "event", _event(user='"rh-\\u0000"'), key),
+        Case("nan_timestamp", "POST", "/v1/events", "event", ev("NaN"), key),
+        Case("infinite_timestamp", "POST", "/v1/events", "event", ev("Infinity"), key),
+        Case("negative_infinity", "POST", "/v1/events", "event", ev("-Infinity"), key),
+        Case("huge_timestamp", "POST", "/v1/events", "event", ev("1e400"), key),
+        Case("far_future_timestamp", "POST", "/v1/events", "event", ev("4102444800e3"), key),
+        Case("nul_item_id", "POST", "/v1/events", "event", nul_item, key),
+        Case("nul_user_id", "POST", "/v1/events", "event", nul_user, key),
         Case("lone_surrogate", "POST", "/v1/events", "event", _event(item='"\\ud800"'), key),
         Case("nul_upsert_id", "POST", "/v1/items", "admin_write",
              b'{"items": [{"item_id": "rh-\\u0000bad", "title": "nul"}]}', admin),
+        # the item a careless upsert let in: its events must not wedge the log either
+        Case("event_of_nul_item", "POST", "/v1/events", "event",
+             _event(item='"rh-\\u0000bad"'), key),
         Case("huge_in_filter", "POST", "/v1/recommend", "recommend", big_in.encode(), key),
         Case("huge_contains_filter", "POST", "/v1/search", "search", big_contains.encode(), key),
         Case("batch_too_large", "POST", "/v1/events:batch", "events_batch", batch.encode(), key),
