@@ -10,10 +10,19 @@ import random
 from typing import Any
 
 from bench.rehearse.client import Http, Reply
-from bench.rehearse.ledger import CatalogWrite, Ledger
+from bench.rehearse.ledger import CatalogWrite, Ledger, Outcome
 from bench.rehearse.shoppers import Shoppers
 
 WATCH_S = 10.0  # how long to watch the other replica for a change
+
+
+def write_outcome(reply: Reply) -> Outcome:
+    """ok; unknown when no replica's answer came back (the write may have happened);
+    refused when a replica said no."""
+    if reply.ok:
+        return "ok"
+    lb_said = reply.status == 503 and "upstream_unavailable" in str(reply.body)
+    return "unknown" if reply.status in (0, 502, 504) or lb_said else "refused"
 
 
 def shows(reply: Reply, expect: dict[str, Any] | None) -> bool:
@@ -64,7 +73,7 @@ class Admin:
         if expect is not None and expect.get("available", True):
             self.ledger.hidden_since.pop(item_id, None)  # may be visible from now on
         reply = await http.call(method, path, "admin_write", json=body, case=op)
-        outcome = "ok" if reply.ok else ("unknown" if reply.status in (0, 502, 504) else "refused")
+        outcome = write_outcome(reply)
         w = CatalogWrite(
             op, item_id, expect, outcome, t, self.ledger.now(), reply.status,
             replica=reply.headers.get("x-upstream", http.base_url), concurrent=concurrent,

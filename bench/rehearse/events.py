@@ -13,13 +13,13 @@ import time
 from typing import Any
 
 from bench.rehearse.client import Http, Reply
-from bench.rehearse.ledger import Ledger, SentEvent
+from bench.rehearse.ledger import Ledger, Outcome, SentEvent
 
 BATCH_MAX = 50
 BATCH_EVERY_S = 1.0
 
 
-def _outcome(reply: Reply) -> str:
+def _outcome(reply: Reply) -> Outcome:
     if reply.ok:
         return "ok"
     if reply.status == 0 or reply.status >= 500:
@@ -27,7 +27,7 @@ def _outcome(reply: Reply) -> str:
     return "refused"
 
 
-def batch_outcomes(body: Any, n: int) -> list[str] | None:
+def batch_outcomes(body: Any, n: int) -> list[Outcome] | None:
     """Per-event outcomes of a batch answer, in whichever of the usual shapes it comes:
     a list of per-event results, or the indices of the refused ones. None: unreadable."""
     if not isinstance(body, dict):
@@ -71,7 +71,7 @@ class EventSender:
         return body
 
     def _record(
-        self, body: dict[str, Any], via: str, outcome: str, status: int, why: str = ""
+        self, body: dict[str, Any], via: str, outcome: Outcome, status: int, why: str = ""
     ) -> None:
         self.ledger.events.append(
             SentEvent(
@@ -120,7 +120,7 @@ class EventSender:
             return
         outcomes = batch_outcomes(reply.body, len(batch)) if reply.ok else None
         if outcomes is None:
-            outcome = _outcome(reply) if not reply.ok else "unknown"
+            outcome: Outcome = _outcome(reply) if not reply.ok else "unknown"
             if reply.ok:
                 self.ledger.note(f"unreadable events:batch answer: {str(reply.body)[:200]}")
             outcomes = [outcome] * len(batch)

@@ -66,10 +66,10 @@ class Shoppers:
             self.active.remove(s)
             self.finished.append((s.user_id, self.ledger.now()))
         while len(self.active) < ACTIVE:
-            s = self._new_session()
-            if s is None:
+            fresh = self._new_session()
+            if fresh is None:
                 break
-            self.active.append(s)
+            self.active.append(fresh)
         idle = [s for s in self.active if not s.busy and not s.done]
         return self.rng.choice(idle) if idle else None
 
