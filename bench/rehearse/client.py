@@ -86,6 +86,8 @@ class Http:
             hdrs.setdefault("content-type", "application/json")
         reply = await self._send(method, path, content, hdrs, params)
         reply.ms = (time.perf_counter() - start) * 1000
+        if reply.status >= 500 and self.role != "hostile" and len(self.ledger.notes) < 400:
+            self.ledger.note(f"{self.role} {endpoint} {reply.status}: {str(reply.body)[:160]}")
         if record:
             self.ledger.calls.append(
                 Call(
