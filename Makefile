@@ -115,12 +115,13 @@ soak: install
 		--rate $(SOAK_RATE) --out reports
 
 # the deployed shape under traffic, catalog edits, retraining and faults, with checks
-# (README: Rehearsal) -> reports/rehearsal.{html,json}; STORE is trained when it has none
+# (README: Rehearsal) -> reports/rehearsal.{html,json}. Its store is trained once on the
+# data without the held-out interactions the shoppers replay (.cache/rehearsal/);
+# REHEARSAL_ARGS="--store S" serves another one (a copy: S is never changed)
 DURATION ?= 600
 REHEARSAL_ARGS ?=
 rehearsal: install install-system data
-	$(PY) bench/rehearsal.py --duration $(DURATION) --data $(DATA) \
-		$(if $(wildcard $(STORE)/CURRENT),--store $(STORE),) --out reports $(REHEARSAL_ARGS)
+	$(PY) bench/rehearsal.py --duration $(DURATION) --data $(DATA) --out reports $(REHEARSAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports
