@@ -30,14 +30,19 @@ class Faults:
         jobs = [(t, name) for t, name in self.plan.fault_times()]
         if self.plan.retrain_at >= 0:
             jobs.append((self.plan.retrain_at * self.plan.duration_s, "retrain_job"))
-        for at, name in sorted(jobs):
+        tasks = []
+        for at, name in sorted(jobs):  # on time: a slow recovery never delays the next fault
             await asyncio.sleep(max(0.0, at - self.ledger.now()))
-            self.ledger.note(f"fault {name}")
-            try:
-                await getattr(self, name)()
-            except Exception as exc:  # a fault that cannot be injected is reported, not fatal
-                self.ledger.note(f"fault {name} failed: {exc!r}")
-                self.ledger.setup.setdefault("fault_errors", []).append(f"{name}: {exc!r}")
+            tasks.append(asyncio.create_task(self._one(name)))
+        await asyncio.gather(*tasks)
+
+    async def _one(self, name: str) -> None:
+        self.ledger.note(f"fault {name}")
+        try:
+            await getattr(self, name)()
+        except Exception as exc:  # a fault that cannot be injected is reported, not fatal
+            self.ledger.note(f"fault {name} failed: {exc!r}")
+            self.ledger.setup.setdefault("fault_errors", []).append(f"{name}: {exc!r}")
 
     async def _until(self, w: Window, ready: object, timeout_s: float = RECOVERY_TIMEOUT_S) -> None:
         """Close ``w`` when ``ready()`` (a callable returning bool) holds, or note a timeout."""
