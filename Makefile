@@ -17,7 +17,7 @@ export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export HF_HOME ?= $(CURDIR)/.cache/huggingface
 
-.PHONY: install install-system run retrain data train index serve report test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak clean
+.PHONY: install install-system run retrain data train index serve report test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak rehearsal clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,11 +31,15 @@ install: $(VENV)/.installed
 
 # redis-server and PostgreSQL are used by the tests (they start their own on free ports),
 # chromium by the demo page's browser test (Playwright drives the system browser; it
-# downloads none)
+# downloads none), nginx by the rehearsal (its own on a free port: the distribution's
+# service on port 80 is stopped and disabled)
 install-system:
 	@command -v redis-server >/dev/null && command -v chromium >/dev/null \
+		&& { command -v nginx >/dev/null || test -x /usr/sbin/nginx; } \
 		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-		{ apt-get update -qq && apt-get install -y -qq redis-server chromium postgresql; }
+		{ apt-get update -qq && apt-get install -y -qq redis-server chromium postgresql nginx \
+		&& { systemctl disable --now nginx >/dev/null 2>&1 || service nginx stop >/dev/null 2>&1 \
+		|| true; }; }
 
 # The main job: fetch MovieLens-100k, train, index, serve on http://$(HOST):$(PORT).
 # A second `make run` serves the store's CURRENT again when it is indexed and was trained on
@@ -109,6 +113,15 @@ reliability: install install-system
 soak: install
 	$(PY) bench/soak.py --store $(STORE) --data $(DATA) --minutes $(SOAK_MINUTES) \
 		--rate $(SOAK_RATE) --out reports
+
+# the deployed shape under traffic, catalog edits, retraining and faults, with checks
+# (README: Rehearsal) -> reports/rehearsal.{html,json}. Its store is trained once on the
+# data without the held-out interactions the shoppers replay (.cache/rehearsal/);
+# REHEARSAL_ARGS="--store S" serves another one (a copy: S is never changed)
+DURATION ?= 600
+REHEARSAL_ARGS ?=
+rehearsal: install install-system data
+	$(PY) bench/rehearsal.py --duration $(DURATION) --data $(DATA) --out reports $(REHEARSAL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache reports
