@@ -74,7 +74,11 @@ serve: install
 report: install
 	$(VENV)/bin/fusionrec report --store $(STORE) --open
 
+# lint and type checks first: CI fails on any of them before the tests run
 test: install install-system
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest -q
 
 lint: install

@@ -21,6 +21,7 @@ exactly on every search (a rebuild absorbs it).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -55,7 +56,7 @@ class HnswIndex(ItemIndex):
         removed: set[int] | None,
         *,
         label_rows: np.ndarray,
-        overflow: list[int] | np.ndarray = (),  # type: ignore[assignment]
+        overflow: Sequence[int] | np.ndarray = (),
     ) -> None:
         super().__init__(index, params, removed)
         self._label_rows = np.asarray(label_rows, dtype=np.int64)

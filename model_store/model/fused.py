@@ -126,7 +126,8 @@ class FusedModel(nn.Module):
             return self.items.id_part(idx, self.has_id) + table[idx]
         if self.cfg.fusion == "joint" and not self.training:
             return self.items.id_part(idx, self.has_id) + self.content(idx)
-        return self.items(idx, self.text_emb[idx], self.has_id)
+        out: torch.Tensor = self.items(idx, self.text_emb[idx], self.has_id)
+        return out
 
     def content(self, idx: torch.Tensor) -> torch.Tensor:
         """The text side of items ``idx`` (...,) → (..., D): the text projection for items
@@ -152,7 +153,8 @@ class FusedModel(nn.Module):
         assert cold is not None
         text = self.text_emb[idx]
         if isinstance(cold, nn.Sequential):
-            return cold(F.dropout(text, text_dropout, training=text_dropout > 0))
+            mlp: torch.Tensor = cold(F.dropout(text, text_dropout, training=text_dropout > 0))
+            return mlp
         bank = torch.nonzero(self.has_id).squeeze(-1)
         with torch.no_grad():
             bank_vecs = self.items.id_part(bank, self.has_id) + self.items.text_part(
@@ -163,7 +165,10 @@ class FusedModel(nn.Module):
             pos = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=idx.device)
             pos[bank] = torch.arange(len(bank), device=idx.device)
             self_pos = pos[idx]
-        return cold(text, self.text_emb[bank], bank_vecs, self_pos, text_dropout=text_dropout)
+        out: torch.Tensor = cold(
+            text, self.text_emb[bank], bank_vecs, self_pos, text_dropout=text_dropout
+        )
+        return out
 
     def item_vectors(self, idx: torch.Tensor | None = None) -> torch.Tensor:
         """Retrieval vectors of items ``idx`` (default: all, index 1..N) → (M, out_dim)."""
@@ -208,7 +213,8 @@ class FusedModel(nn.Module):
         """hist (B, L) left-padded indices → (B, L, D) user state after each position
         (``last_only``: only the last one, (B, 1, D), computed without the others)."""
         pad = hist == 0
-        return self.users(self._fused_items(hist), pad, last_only=last_only)
+        out: torch.Tensor = self.users(self._fused_items(hist), pad, last_only=last_only)
+        return out
 
     def text_user(self, hist: torch.Tensor) -> torch.Tensor:
         """Zero-shot LM user vector: decayed mean of the last items' text embeddings → (B, T)."""
@@ -307,7 +313,7 @@ class FusedModel(nn.Module):
         """
         if not self.use_head:
             return retrieval
-        fused = self.head(self.rerank_features(hist, user, cand, retrieval))
+        fused: torch.Tensor = self.head(self.rerank_features(hist, user, cand, retrieval))
         cold = ~self.has_id[cand]
         if not bool(cold.any()):
             return fused

@@ -31,4 +31,5 @@ class FusionHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (B, N, F) → rerank score (B, N)."""
-        return features[..., 0] + self.mlp(self.norm(features)).squeeze(-1)
+        out: torch.Tensor = features[..., 0] + self.mlp(self.norm(features)).squeeze(-1)
+        return out

@@ -46,10 +46,13 @@ class ItemTower(nn.Module):
                     self.cold.load_state_dict(self.text_proj.state_dict())
 
     def id_part(self, idx: torch.Tensor, has_id: torch.Tensor) -> torch.Tensor:
-        return self.id_emb(idx) * has_id[idx].unsqueeze(-1).to(self.id_emb.weight.dtype)
+        mask = has_id[idx].unsqueeze(-1).to(self.id_emb.weight.dtype)
+        out: torch.Tensor = self.id_emb(idx) * mask
+        return out
 
     def text_part(self, text: torch.Tensor) -> torch.Tensor:
-        return self.text_proj(text)
+        out: torch.Tensor = self.text_proj(text)
+        return out
 
     def forward(self, idx: torch.Tensor, text: torch.Tensor, has_id: torch.Tensor) -> torch.Tensor:
         """idx (...,) item indices; text (..., T) their text embeddings → (..., D)."""

@@ -5,6 +5,8 @@ Shapes: B sequences, L positions, D model dimension, H heads.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,7 +76,8 @@ class Block(nn.Module):
                 q, k, v, attn_mask=mask, dropout_p=self.p_attn if self.training else 0.0
             )  # (B, H, L, D/H)
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, l, d)))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        out: torch.Tensor = x + self.drop(self.mlp(self.ln2(x)))
+        return out
 
     def forward_last(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``forward(x, mask)[:, -1:]`` computing only the last position's query, attention
@@ -83,13 +86,14 @@ class Block(nn.Module):
         h = self.ln1(x)
         w, bias = self.qkv.weight, self.qkv.bias
         q = F.linear(h[:, -1:], w[:d], bias[:d])  # (B, 1, D)
-        k, v = F.linear(h, w[d:], bias[d:]).split(d, dim=-1)  # (B, L, D) each
+        k, v = torch.split(F.linear(h, w[d:], bias[d:]), d, dim=-1)  # (B, L, D) each
         hd = d // self.n_heads
         q = q.view(b, 1, self.n_heads, hd).transpose(1, 2)
         k, v = (t.view(b, l, self.n_heads, hd).transpose(1, 2) for t in (k, v))
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, :, -1:])
         x = x[:, -1:] + self.proj(att.transpose(1, 2).reshape(b, 1, d))
-        return x + self.mlp(self.ln2(x))
+        out: torch.Tensor = x + self.mlp(self.ln2(x))
+        return out
 
 
 class UserEncoder(nn.Module):
@@ -120,7 +124,7 @@ class UserEncoder(nn.Module):
         # a query may see earlier non-padding keys; padding queries see themselves (no NaN)
         mask = (causal & ~pad[:, None, :]) | eye  # (B, L, L)
         mask = mask[:, None]  # (B, 1, L, L)
-        blocks: list[Block] = list(self.blocks)  # type: ignore[arg-type]
+        blocks = [cast(Block, b) for b in self.blocks]
         for n, block in enumerate(blocks):
             if last_only and n == len(blocks) - 1 and not self.training:
                 x = block.forward_last(x, mask)
@@ -128,4 +132,5 @@ class UserEncoder(nn.Module):
                 x = block(x, mask)
         if last_only:
             x = x[:, -1:]
-        return self.ln_out(x)
+        out: torch.Tensor = self.ln_out(x)
+        return out

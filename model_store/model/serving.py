@@ -116,7 +116,8 @@ def trace_user_vectors(model: FusedModel) -> Callable[[torch.Tensor], torch.Tens
             # the projected text table enters the trace as a constant (computed here,
             # not traced: a traced computation would project the catalog per call)
             model.text_part_table()
-            traced = torch.jit.trace(_UserVectors(model), (example,), check_trace=False)
+            trace: Callable[..., Callable[[torch.Tensor], torch.Tensor]] = torch.jit.trace
+            traced = trace(_UserVectors(model), (example,), check_trace=False)
             same = torch.allclose(traced(probe), model.user_vectors(probe), rtol=1e-4, atol=1e-5)
     except Exception as exc:  # any failure means: serve eager
         log.warning("user encoder not traced (%s); serving it eagerly", exc)

@@ -6,7 +6,7 @@ LoRA-tuned one (``lora``), so neither imports the other.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -63,7 +63,7 @@ def resolve_precision(precision: str, device: torch.device) -> Precision:
         raise ConfigError(f"text precision {precision!r}; valid: {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("text precision fp16 needs a CUDA device; use bf16 or fp32 on CPU")
-    return precision  # type: ignore[return-value]
+    return cast(Precision, precision)
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -100,9 +100,10 @@ def load_masked_lm(name: str) -> Any:
     import transformers
     from transformers import AutoModelForMaskedLM
 
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()  # the MLM head is new by design
+    hf_logging: Any = transformers.logging  # untyped module functions
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the MLM head is new by design
     try:
         return _from_pretrained(AutoModelForMaskedLM, name, "text model")
     finally:
-        transformers.logging.set_verbosity(verbosity)
+        hf_logging.set_verbosity(verbosity)

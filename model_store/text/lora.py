@@ -94,8 +94,9 @@ class LoraText(nn.Module):
             masked[0, 1] = True
         labels[~masked] = -100
         ids[masked] = int(self.tokenizer.mask_token_id)
-        out = self.peft(input_ids=ids, attention_mask=batch["attention_mask"], labels=labels)
-        return out.loss
+        result = self.peft(input_ids=ids, attention_mask=batch["attention_mask"], labels=labels)
+        loss: torch.Tensor = result.loss
+        return loss
 
     @torch.inference_mode()
     def encode_all(self, batch_size: int = 128) -> np.ndarray:

@@ -140,7 +140,7 @@ def train_head(model: FusedModel, ex: HeadExamples, users: np.ndarray, cfg: Conf
             sel = order[s : s + bs]
             loss = F.cross_entropy(model.head(features[sel]), label[sel])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             opt.step()
     model.head.eval()
 

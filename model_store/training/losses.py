@@ -67,7 +67,8 @@ def rs_loss(
         weights = torch.stack(wts, 1)
         # (log_softmax's fused backward is ~2x cheaper on the CPU than logsumexp's)
         logp = logits.log_softmax(-1).gather(1, (targets - 1).clamp(min=0))
-        return -(weights * logp).sum() / weights.sum()
+        out: torch.Tensor = -(weights * logp).sum() / weights.sum()
+        return out
     # sampled softmax: in-batch targets + uniform negatives, logQ-corrected
     h = model.sequence_states(batch.inputs)[mask]
     neg = torch.randint(1, model.n_items + 1, (cfg.train.num_negatives,), device=h.device)
