@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
-Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+from model_store.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
+
+# one id rule everywhere (model_store.ids): no control characters, lone surrogates or "/"
+Id = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN),
+    AfterValidator(check_id),
+]
 MAX_LIST = 1000
 
 
