@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -37,7 +38,6 @@ from app.routes import admin, demo, health, items, recommend, users
 from app.settings import HistorySettings, RedisSettings, Settings, settings_error_message
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
-from model_store.errors import ConfigError
 from model_store.events.log import EventStore
 from model_store.privacy import FileTombstones, Privacy, RedisTombstones, Tombstones, user_key
 
@@ -218,5 +218,9 @@ def app_from_env() -> FastAPI:
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise ConfigError("invalid settings:\n" + settings_error_message(exc)) from None
+        # one line per bad setting on stderr and exit 2, as `fusionrec serve` does: under
+        # uvicorn a raised error would print a traceback (and pydantic's text every input)
+        for line in settings_error_message(exc).splitlines():
+            sys.stderr.write(f"error: {line}\n")
+        raise SystemExit(2) from None
     return create_app(settings)

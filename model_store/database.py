@@ -67,6 +67,8 @@ class Database:
     tables (:data:`METADATA`) are created on first use."""
 
     def __init__(self, url: str, *, what: str = "database") -> None:
+        if url.startswith("postgres://"):  # PostgreSQL's own short scheme (libpq, Heroku)
+            url = "postgresql" + url.removeprefix("postgres")
         self.url = url
         try:
             sa_url = sa.engine.make_url(url)

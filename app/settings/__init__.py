@@ -10,7 +10,6 @@ Model hyper-parameters are not here: they live inside the bundle (``model_store.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from app.settings.groups import (
     SecuritySettings,
     SettingsGroup,
 )
+from model_store.database import redact
 
 __all__ = [
     "ENV_NAMES",
@@ -50,7 +50,6 @@ __all__ = [
     "redact_url",
     "settings_error_message",
 ]
-_URL_PASSWORD = re.compile(r"(//[^:/@\s]*:)[^@/\s]+@")
 
 
 class Settings(BaseSettings):
@@ -104,13 +103,13 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _store_exists(self) -> Settings:
         if not self.store.is_dir():
-            raise ValueError(f"FUSIONREC_STORE={self.store} is not a directory")
+            raise ValueError(f"{self.store} is not a directory")
         return self
 
 
 def redact_url(text: str) -> str:
     """``text`` with the password of any ``scheme://user:password@`` URL replaced."""
-    return _URL_PASSWORD.sub(r"\1***@", text)
+    return redact(text)
 
 
 def settings_error_message(exc: ValidationError) -> str:

@@ -70,6 +70,7 @@ SECRETS = frozenset(
         ("security", "api_keys"),
         ("security", "user_key_secret"),
         ("redis", "url"),
+        ("events", "url"),  # its validator names the value itself, password masked
         ("redis", PLAIN_REDIS_URL),
     }
 )

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
+from model_store.database import redact
+from model_store.errors import ConfigError
 from model_store.events.log import DEFAULT_EVENT_TYPES, event_types
 
 MIB = 1 << 20
@@ -83,7 +85,7 @@ class RedisSettings(SettingsGroup):
         if value is not None and value.strip() == "":
             return None
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("REDIS_URL must start with redis://, rediss:// or unix://")
+            raise ValueError("must start with redis://, rediss:// or unix://")
         return value
 
 
@@ -139,21 +141,35 @@ class EventSettings(SettingsGroup):
     @field_validator("types", mode="before")
     @classmethod
     def _json(cls, value: object) -> object:
-        return json.loads(value) if isinstance(value, str) else value
+        example = 'a JSON object such as {"view": 1, "purchase": 5}'
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(f"must be {example}") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"must be {example}")
+        return value
 
     @field_validator("types")
     @classmethod
     def _types(cls, value: dict[str, float]) -> dict[str, float]:
-        return event_types(value)
+        try:
+            return event_types(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("event types: ")) from None
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, value: str | None) -> str | None:
         if value is None or value.strip() == "":
             return None
+        if value.startswith("postgres://"):  # PostgreSQL's own short scheme
+            value = "postgresql" + value.removeprefix("postgres")
         if value != "off" and not value.startswith(("sqlite:", "postgresql")):
             raise ValueError(
-                "FUSIONREC_EVENTS_URL must be sqlite:///path.db, postgresql+psycopg://… or off"
+                "must be sqlite:///path.db, postgresql://user@host/db "
+                f"(or postgresql+psycopg://…) or off, not {redact(value)[:80]!r}"
             )
         return value
 

@@ -13,7 +13,10 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
-        store: Annotated[Path, typer.Option(help="store root with the published bundles")],
+        store: Annotated[
+            Path,
+            typer.Option(envvar="FUSIONREC_STORE", help="store root with the published bundles"),
+        ],
         host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
         port: Annotated[int, typer.Option(help="TCP port")] = 8000,
         workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes")] = 1,
@@ -31,7 +34,8 @@ def register(app: typer.Typer) -> None:
             settings = Settings()  # refuse bad settings before forking
         except ValidationError as exc:
             # pydantic's own text echoes every input value, secrets included
-            typer.echo(f"error: invalid settings:\n{settings_error_message(exc)}", err=True)
+            for line in settings_error_message(exc).splitlines():
+                typer.echo(f"error: {line}", err=True)
             raise typer.Exit(code=2) from None
         if not _loopback(host) and not settings.security.api_keys:
             typer.echo(

@@ -67,7 +67,7 @@ def test_errors_name_the_variable_used(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "hunter2" not in message and "http://" not in message
     assert "(got 'soon')" in lines["FUSIONREC_CACHE_TTL_S"]
     monkeypatch.setenv("FUSIONREC_REDIS_URL", "http://user:hunter2@other:6379/0")
-    assert "FUSIONREC_REDIS_URL: REDIS_URL must start with" in _message()
+    assert "FUSIONREC_REDIS_URL: must start with redis://" in _message()
     monkeypatch.delenv("FUSIONREC_REDIS_URL")
     monkeypatch.delenv("REDIS_URL")
     monkeypatch.setenv("FUSIONREC_EVENT_TYPES", "{not json")
@@ -77,3 +77,57 @@ def test_errors_name_the_variable_used(monkeypatch: pytest.MonkeyPatch, tmp_path
     assert "hunter2" not in message
     monkeypatch.delenv("FUSIONREC_STORE")
     assert "FUSIONREC_STORE: Field required" in _message()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("FUSIONREC_EVENT_TYPES", "not json", "a JSON object"),
+        ("FUSIONREC_EVENT_TYPES", "{}", "at least one type"),
+        ("FUSIONREC_EVENT_TYPES", '{"view": NaN}', "finite number"),
+        ("FUSIONREC_EVENT_TYPES", '["view"]', "a JSON object"),
+        ("FUSIONREC_EVENTS_URL", "mysql://app:Sup3r/SecretPw@db/x", "sqlite"),
+        ("FUSIONREC_EVENTS_URL", "postgres://app:Sup3r/Secret@Pw@db:5432/x", None),
+    ],
+)
+def test_every_bad_setting_is_one_line_without_secrets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, expected: str | None
+) -> None:
+    """No traceback, no password, whatever shape the URL has ('/' and '@' in it)."""
+    monkeypatch.setenv("FUSIONREC_STORE", str(tmp_path))
+    monkeypatch.setenv(variable, value)
+    if expected is None:  # a valid URL in PostgreSQL's short scheme is accepted
+        assert Settings().events.url is not None  # type: ignore[call-arg]
+        return
+    message = _message()
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(f"{variable}: ") and expected in message, message
+    assert "Sup3r" not in message and "SecretPw" not in message
+
+
+def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    """The operator's view: `fusionrec serve` and `uvicorn --factory` print one line per bad
+    setting and exit 2, never a traceback or the password."""
+    import os
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "FUSIONREC_STORE": str(tmp_path),
+        "FUSIONREC_EVENTS_URL": "mysql://app:Sup3r/SecretPw@db/x",
+        "FUSIONREC_EVENT_TYPES": "{}",
+    }
+    for cmd in (
+        [sys.executable, "-m", "fusionrec", "serve", "--port", "1"],
+        [sys.executable, "-m", "uvicorn", "--factory", "app.main:app_from_env", "--port", "1"],
+    ):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        text = done.stdout + done.stderr
+        assert done.returncode != 0 and "Traceback" not in text, text
+        assert "Sup3r" not in text and "SecretPw" not in text, text
+        bad = [line for line in text.splitlines() if line.startswith("error: FUSIONREC_")]
+        assert {line.split(":")[1].strip() for line in bad} == {
+            "FUSIONREC_EVENTS_URL",
+            "FUSIONREC_EVENT_TYPES",
+        }, text
