@@ -201,6 +201,7 @@ class ItemPatch(BaseModel):
 class DeleteResponse(BaseModel):
     model_version: str
     deleted: str
+    catalog_seq: int = Field(0, description="the catalog change that holds this delete")
 
 
 class EventIn(_Strict):

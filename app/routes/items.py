@@ -183,4 +183,6 @@ async def delete_item(
     `If-Match`: only if unchanged."""
     result = await catalog.delete(item_id=item_id, if_match=_if_match(if_match))
     _written(result, response, item_id)
-    return DeleteResponse(model_version=result.model_version, deleted=item_id)
+    return DeleteResponse(
+        model_version=result.model_version, deleted=item_id, catalog_seq=result.seq
+    )
