@@ -176,36 +176,55 @@ def print_indexed(path: Path) -> None:
         )
 
 
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--events",
+        envvar="FUSIONREC_EVENTS_URL",
+        help="the database of the catalog table (the event log's; default: SQLite in the store)",
+    ),
+]
+
+
 @index_app.command("add")
 def add_cmd(
     store: Annotated[Path, typer.Option(help="bundle store root")],
     items: Annotated[Path, typer.Option(help="CSV or Parquet with item_id + text columns")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    events: DbOption = None,
 ) -> None:
-    """Add new items (text path) or re-encode changed ones; publish a new version."""
-    from indexer.publish import add_items, read_items_file
+    """Add new items (text path) or edit items: one change of the catalog table, applied
+    live by every replica (no new bundle version)."""
+    from indexer.publish import read_items_file
+    from model_store.catalog.writes import add_items
 
     try:
         rows = read_items_file(items)
-        path = add_items(store, rows, device=_device(device))
+        seq, _ = add_items(store, _db(events), rows, device=_device(device))
     except FusionrecError as exc:
         raise fail(exc) from exc
-    out.print(f"published {path}: upserted {len(rows)} item(s)", highlight=False)
+    out.print(f"catalog change {seq}: upserted {len(rows)} item(s)", highlight=False)
 
 
 @index_app.command("remove")
 def remove_cmd(
     store: Annotated[Path, typer.Option(help="bundle store root")],
     ids: Annotated[list[str], typer.Option(help="item ids, comma-separated or repeated")],
+    events: DbOption = None,
 ) -> None:
-    """Remove items from the index (never returned again); publish a new version."""
-    from indexer.publish import remove_items
+    """Delete items (never returned again): one change of the catalog table."""
+    from model_store.catalog.writes import remove_items
 
     wanted = [i.strip() for chunk in ids for i in chunk.split(",") if i.strip()]
     if not wanted:
         raise fail(ConfigError("--ids names no item"))
     try:
-        path = remove_items(store, wanted)
+        seq, _ = remove_items(store, _db(events), wanted)
     except FusionrecError as exc:
         raise fail(exc) from exc
-    out.print(f"published {path}: removed {len(wanted)} item(s)", highlight=False)
+    out.print(f"catalog change {seq}: removed {len(wanted)} item(s)", highlight=False)
+
+
+def _db(url: str | None) -> str | None:
+    """``--events`` (``off`` or blank: the store's SQLite, as the service does)."""
+    return None if url is None or url.strip() in ("", "off") else url
