@@ -13,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import redis.asyncio as aioredis
 
 from app.core.catalog_apply import catch_up
 from app.core.follow import pubsub_client
 from app.core.snapshot import Snapshot, SnapshotHolder
+from model_store.bundle.retention import REFRESH_S, clear_serving, report_serving
 from model_store.catalog.table import CatalogStore
 from model_store.errors import FusionrecError
 
@@ -66,6 +68,7 @@ class CatalogFollower:
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()
+        clear_serving(self.holder.store)
 
     async def sync(self, upto: int | None = None) -> int:
         """Apply the changes up to the head (or at least ``upto``); the applied sequence."""
@@ -98,10 +101,15 @@ class CatalogFollower:
             await asyncio.wait_for(self.redis.publish(CHANNEL, str(seq)), timeout=1.0)
 
     async def _poll(self) -> None:
+        reported = time.monotonic()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.poll_s)
             self._wake.clear()
+            snap = self.holder.snapshot
+            if snap is not None and time.monotonic() - reported > REFRESH_S:
+                reported = time.monotonic()  # still serving it: `fusionrec gc` keeps it
+                await asyncio.to_thread(report_serving, self.holder.store, snap.version)
             try:
                 await self.sync()
             except FusionrecError as exc:

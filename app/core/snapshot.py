@@ -31,6 +31,7 @@ from indexer.lexical import LexicalIndex
 from indexer.publish import load_index, load_text_index
 from model_store.bundle import store as store_mod
 from model_store.bundle.io import Bundle, load_bundle
+from model_store.bundle.retention import report_serving
 from model_store.data.attributes import AttributeTable
 from model_store.errors import BundleError, FusionrecError, NotReadyError, ReloadRefusedError
 from model_store.text.encoder import TextEncoder, text_encoder_for
@@ -197,6 +198,7 @@ class SnapshotHolder:
         self.snapshot = snap
         self.load_error = None
         self.note_head(self.catalog_head)
+        report_serving(self.store, snap.version)  # what `fusionrec gc` must keep
         freeze_heap(full=full_gc)
         if snap.version not in self.versions_served:
             self.versions_served.append(snap.version)

@@ -31,7 +31,13 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from model_store.database import METADATA, Database
-from model_store.errors import DependencyError, NotFoundError, PreconditionFailedError
+from model_store.errors import (
+    DependencyError,
+    InvalidInputError,
+    NotFoundError,
+    PreconditionFailedError,
+)
+from model_store.ids import id_problem
 
 _SEQ = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 RETRY_AFTER_S = 2.0
@@ -218,6 +224,10 @@ class CatalogStore:
 
     def _write(self, changes: Sequence[ItemWrite]) -> tuple[int, list[ItemRow]]:
         ids = [w.item_id for w in changes]
+        for n, item_id in enumerate(ids):  # the one id rule, at the table's door too
+            problem = id_problem(item_id)
+            if problem is not None:
+                raise InvalidInputError(f"items[{n}].item_id {item_id!r}: {problem}")
         with self.engine.connect() as conn:
             try:
                 seq = self._begin(conn)

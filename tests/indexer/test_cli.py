@@ -61,6 +61,18 @@ def test_index_add_remove_cli(tiny_store: Path, tmp_path: Path) -> None:
     res = runner.invoke(app, ["index", "remove", "--store", str(store), "--ids", "n1"])
     assert res.exit_code == 2 and "unknown item id(s) ['n1']" in res.output
 
+    # compaction folds the rows into a new CURRENT at the table's head
+    res = runner.invoke(app, ["index", "--store", str(store), "--compact", "--device", "cpu"])
+    assert res.exit_code == 0 and "the catalog up to change 2" in res.output, res.output
+    compacted = load_bundle(store)
+    assert compacted.manifest.catalog_seq == 2 and compacted.version not in versions
+    n = len(compacted.item_ids)
+    assert compacted.item_ids[-2:] == ["n1", "n2"] and n == len(bundle.item_ids) + 2
+    index = load_index(compacted)
+    assert index.removed == {0, n - 2, n - 1} and index.ntotal == n - 3
+    res = runner.invoke(app, ["index", "--store", str(store), "--compact", "--device", "cpu"])
+    assert res.exit_code == 0 and "nothing to do" in res.output
+
 
 def test_cli_errors_are_one_red_line(tiny_store: Path, tmp_path: Path) -> None:
     app = build()
