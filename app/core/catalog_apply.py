@@ -14,15 +14,18 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from app.core.snapshot import Snapshot, attribute_table, popular_rows
 from indexer import catalog
 from model_store.catalog.changes import Change
 from model_store.catalog.table import CatalogStore, ItemRow
-from model_store.catalog.writes import record_frame, row_vectors
+from model_store.catalog.writes import attribute_names, record_frame, row_vectors
+from model_store.data.attributes import coerce_column
 
 
 def _upsert(
@@ -57,6 +60,43 @@ def _upsert(
     return replace(snap, row_of=row_of, item_vecs=item_vecs, popular=popular, popular_scores=scores)
 
 
+def _same_text(snap: Snapshot, r: ItemRow) -> bool:
+    """Whether ``r`` is a live item whose text is what the snapshot has (an attribute edit:
+    ``available``, a price): nothing of the model or the indexes changes."""
+    row = snap.live(r.item_id)
+    if row is None:
+        return False
+    current = snap.bundle.items.iloc[row]
+    return all(
+        r.texts.get(c) == (None if pd.isna(current[c]) else str(current[c]))
+        for c in snap.bundle.text_columns
+    )
+
+
+def _set_attributes(snap: Snapshot, rows: Sequence[ItemRow], *, lock: threading.Lock) -> None:
+    """Attribute edits in place in the catalog table (O(changed rows); no LM, no FAISS, no
+    re-trace); the attribute table is rebuilt by the caller."""
+    bundle = snap.bundle
+    types = bundle.attribute_types
+    with lock:
+        items = bundle.items
+        for c in attribute_names(bundle):
+            if c not in items.columns:  # set for the first time (``available``)
+                items[c] = pd.Series([None] * len(items), dtype=object, index=items.index)
+            elif types[c] == "bool" and items[c].dtype != object:  # None must fit
+                items[c] = coerce_column(items[c], types[c])
+            for r in rows:
+                value: Any = r.attributes.get(c)
+                items.at[items.index[snap.row_of[r.item_id]], c] = value
+
+
+def retrace(snap: Snapshot, *, lock: threading.Lock) -> None:
+    """Rebuild the serving trace for the snapshot's catalog (after an upsert), off the
+    write's path; a request arriving first traces it itself."""
+    with lock, torch.no_grad():
+        snap.bundle.model.serving_encoder()
+
+
 def _delete(snap: Snapshot, ids: Sequence[str], *, lock: threading.Lock) -> Snapshot:
     with lock:
         catalog.remove_items(snap.bundle, snap.index, ids, text_index=snap.text_index)
@@ -69,9 +109,13 @@ def apply_rows(
 ) -> Snapshot:
     """``snap`` with ``rows`` (the latest row of each item changed up to ``seq``) applied;
     the returned snapshot serves them (one reference swap by the caller)."""
-    live = [r for r in rows if not r.deleted]
+    attrs = [r for r in rows if not r.deleted and _same_text(snap, r)]
+    edits = {r.item_id for r in attrs}
+    live = [r for r in rows if not r.deleted and r.item_id not in edits]
     gone = [r.item_id for r in rows if r.deleted and snap.live(r.item_id) is not None]
     out = snap
+    if attrs:
+        _set_attributes(snap, attrs, lock=lock)
     if live:
         out = _upsert(out, live, lock=lock, device=device)
     if gone:

@@ -17,7 +17,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from app.core.catalog_apply import catch_up
+from app.core.catalog_apply import catch_up, retrace
 from app.core.follow import pubsub_client
 from app.core.snapshot import Snapshot, SnapshotHolder
 from model_store.bundle.retention import REFRESH_S, clear_serving, report_serving
@@ -47,11 +47,17 @@ class CatalogFollower:
         self.redis: aioredis.Redis | None = pubsub_client(redis_url)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._tracing: asyncio.Future[None] | None = None
         holder.catch_up = self._catch_up
 
     def _catch_up(self, snap: Snapshot) -> Snapshot:
+        """At a load (off the request path): apply, and trace for the new catalog."""
         h = self.holder
-        return catch_up(snap, self.store, lock=h.model_lock, device=h.device)
+        before = snap.bundle.model.catalog_version
+        out = catch_up(snap, self.store, lock=h.model_lock, device=h.device)
+        if out.bundle.model.catalog_version != before:
+            retrace(out, lock=h.model_lock)
+        return out
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._poll(), name="catalog-poll"))
@@ -82,6 +88,7 @@ class CatalogFollower:
             snap = holder.snapshot
             if snap is None or snap.catalog_seq >= head:
                 return snap.catalog_seq if snap is not None else 0
+            before = snap.bundle.model.catalog_version  # the bundle is changed in place
             new = await asyncio.to_thread(
                 catch_up,
                 snap,
@@ -91,7 +98,17 @@ class CatalogFollower:
                 head=max(head, holder.catalog_head),
             )
             holder.install(new, full_gc=False)
+        if new.bundle.model.catalog_version != before:
+            self._retrace(new)
         return new.catalog_seq
+
+    def _retrace(self, snap: Snapshot) -> None:
+        """The serving trace rebuilt in the background (one at a time is enough)."""
+        if self._tracing is not None and not self._tracing.done():
+            self._tracing.add_done_callback(lambda _: self._retrace(snap))
+            return
+        lock = self.holder.model_lock
+        self._tracing = asyncio.ensure_future(asyncio.to_thread(retrace, snap, lock=lock))
 
     async def notify(self, seq: int) -> None:
         """Tell the subscribed replicas that the head is ``seq`` (best effort: they poll)."""
