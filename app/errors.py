@@ -9,6 +9,7 @@ type; errors that exist only at the edge (auth, rate limit, body size) are
     ├── DataError, ConfigError      400 bad_request
     ├── InvalidInputError           422 invalid_request
     ├── NotFoundError               404 not_found
+    ├── PreconditionFailedError     412 precondition_failed (If-Match)
     ├── ReloadRefusedError          409 reload_refused (other ConflictErrors: 409 conflict)
     ├── IndexBuildError             409 index_error
     ├── BundleError (and children)  503 bundle_unavailable
@@ -41,6 +42,7 @@ from model_store.errors import (
     InvalidInputError,
     NotFoundError,
     NotReadyError,
+    PreconditionFailedError,
     ReloadRefusedError,
     UnavailableError,
 )
@@ -66,6 +68,7 @@ _CORE_STATUS: list[tuple[type[FusionrecError], int, str]] = [
     (DataError, 400, "bad_request"),
     (ConfigError, 400, "bad_request"),
     (InvalidInputError, 422, "invalid_request"),
+    (PreconditionFailedError, 412, "precondition_failed"),
     (ReloadRefusedError, 409, "reload_refused"),
     (ConflictError, 409, "conflict"),
     (IndexBuildError, 409, "index_error"),

@@ -38,6 +38,8 @@ from app.routes import admin, demo, health, items, recommend, users
 from app.settings import HistorySettings, RedisSettings, Settings, settings_error_message
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
+from model_store.catalog.table import CatalogStore
+from model_store.catalog.writes import default_url
 from model_store.events.log import EventStore
 from model_store.privacy import FileTombstones, Privacy, RedisTombstones, Tombstones, user_key
 
@@ -72,11 +74,13 @@ class Core:
         """Start the model workers and load CURRENT (a failure is kept for /readyz)."""
         self.reading.start()
         await asyncio.to_thread(self.snapshots.start)
+        self.catalog.follower.start()
         if self.redis is not None and not await self.redis.ping():
             log.warning("Redis at the configured URL is not answering; serving without it")
 
     async def stop(self, *, drain_s: float) -> None:
         """Write back what waits for Redis or the log (up to ``drain_s``), then close."""
+        await self.catalog.follower.stop()
         if isinstance(self.history, RedisHistory):
             await self.history.drain(drain_s)
         if self.event_log is not None:
@@ -119,6 +123,13 @@ def _event_log(settings: Settings) -> EventLogWriter | None:
     )
 
 
+def _catalog_store(settings: Settings) -> CatalogStore:
+    """The catalog table, in the event log's database (the store's SQLite when the log is
+    off): ``model_store.catalog.table``."""
+    url = settings.events.log_url(settings.store) or default_url(settings.store)
+    return CatalogStore(url)
+
+
 def _privacy_key(settings: Settings) -> bytes:
     """The HMAC key of user ids: the configured secret, else the store's key file."""
     secret = settings.security.user_key_secret
@@ -158,7 +169,9 @@ def build_core(settings: Settings, metrics: Metrics) -> Core:
         event_log=event_log,
         event_types=settings.events.types,
     )
-    catalog = Catalog(snapshots=snapshots)
+    catalog = Catalog(
+        snapshots=snapshots, store=_catalog_store(settings), redis_url=settings.redis.url
+    )
     return Core(snapshots, reading, catalog, shoppers, gateway, history, event_log)
 
 

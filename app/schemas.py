@@ -137,6 +137,7 @@ class UpsertResponse(BaseModel):
     model_version: str
     added: list[str]
     updated: list[str]
+    catalog_seq: int = Field(0, description="the catalog change that holds this write")
 
 
 class ItemOut(BaseModel):
@@ -200,6 +201,7 @@ class ItemPatch(BaseModel):
 class DeleteResponse(BaseModel):
     model_version: str
     deleted: str
+    catalog_seq: int = Field(0, description="the catalog change that holds this delete")
 
 
 class EventIn(_Strict):
@@ -242,3 +244,6 @@ class Ready(BaseModel):
     catalog_items: int
     search_index: str = Field(description="ANN index over text embeddings, or 'exact scan'")
     redis: Literal["disabled", "closed", "open", "half-open"]
+    catalog_seq: int = Field(description="the catalog table's changes this replica applied")
+    catalog_head: int = Field(description="the catalog table's newest change, as last read")
+    catalog_lag_s: float = Field(description="seconds behind the head (0: caught up)")

@@ -272,8 +272,10 @@ def persist_update(
     note: dict[str, Any],
     expect_current: bool = True,
     text_index: ItemIndex | None = None,
+    catalog_seq: int | None = None,
 ) -> Path:
-    """Publish ``bundle`` + ``index`` (+ ``text_index``) after in-memory updates as a child.
+    """Publish ``bundle`` + ``index`` (+ ``text_index``) after in-memory updates as a child
+    (``catalog_seq``: the catalog table's sequence it now includes, ``indexer.compact``).
 
     A bundle with a search index must be given it (``load_text_index``) so that it follows
     the catalog; leaving it out drops it from the child (search then scans exactly).
@@ -308,6 +310,7 @@ def persist_update(
                 "text_index": text_section,
                 "item_vocab_hash": bundle_mod.vocab_hash(bundle.item_ids),
                 "catalog": info,
+                "catalog_seq": manifest.catalog_seq if catalog_seq is None else catalog_seq,
             }
         )
 

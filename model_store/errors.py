@@ -85,5 +85,9 @@ class DependencyError(UnavailableError):
         self.dependency = dependency
 
 
+class PreconditionFailedError(FusionrecError):
+    """A conditional write (``If-Match``) named another version than the current one."""
+
+
 class FetchError(FusionrecError):
     """A download from a package registry failed."""

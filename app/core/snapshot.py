@@ -14,8 +14,9 @@ import asyncio
 import gc
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +31,7 @@ from indexer.lexical import LexicalIndex
 from indexer.publish import load_index, load_text_index
 from model_store.bundle import store as store_mod
 from model_store.bundle.io import Bundle, load_bundle
+from model_store.bundle.retention import report_serving
 from model_store.data.attributes import AttributeTable
 from model_store.errors import BundleError, FusionrecError, NotReadyError, ReloadRefusedError
 from model_store.text.encoder import TextEncoder, text_encoder_for
@@ -55,6 +57,8 @@ class Snapshot:
     text_error: str | None
     attrs: AttributeTable  # filterable columns, visible rows, cached filter masks
     lexical: LexicalIndex  # BM25 over the text columns (hybrid search), follows upserts
+    catalog_seq: int = 0  # the catalog table's changes applied (app.core.catalog_apply)
+    item_versions: dict[str, int] = field(default_factory=dict)  # item -> its row's version
 
     @property
     def n_items(self) -> int:
@@ -111,6 +115,7 @@ def build_snapshot(bundle: Bundle, *, device: str) -> Snapshot:
         text_error=text_error,
         attrs=attribute_table(bundle, index.removed),
         lexical=LexicalIndex.build(bundle.items, bundle.text_columns),
+        catalog_seq=bundle.manifest.catalog_seq,
     )
 
 
@@ -165,6 +170,10 @@ class SnapshotHolder:
         self.admin_lock = asyncio.Lock()
         # called with the new version after this process published one (app.core.follow)
         self.on_publish: Callable[[str], Awaitable[None]] | None = None
+        # applies the catalog table's changes to a loaded snapshot (app.core.catalog_apply)
+        self.catch_up: Callable[[Snapshot], Snapshot] | None = None
+        self.catalog_head = 0
+        self._behind_since: float | None = None
 
     def start(self) -> None:
         """Load CURRENT; a failure is kept for /readyz, not raised."""
@@ -176,12 +185,20 @@ class SnapshotHolder:
 
     def load(self, version: str | None) -> Snapshot:
         bundle = load_bundle(self.store, version, device=self.device)
-        return build_snapshot(bundle, device=self.device)
+        snap = build_snapshot(bundle, device=self.device)
+        if self.catch_up is not None:
+            try:  # served with the catalog's changes from the start
+                snap = self.catch_up(snap)
+            except FusionrecError as exc:  # the database is down: the follower catches up
+                log.warning("catalog changes not applied yet: %s", exc)
+        return snap
 
     def install(self, snap: Snapshot, *, full_gc: bool = True) -> None:
         """Serve ``snap`` from now on (one reference swap)."""
         self.snapshot = snap
         self.load_error = None
+        self.note_head(self.catalog_head)
+        report_serving(self.store, snap.version)  # what `fusionrec gc` must keep
         freeze_heap(full=full_gc)
         if snap.version not in self.versions_served:
             self.versions_served.append(snap.version)
@@ -190,6 +207,21 @@ class SnapshotHolder:
         )
         self.metrics.index_size.set(snap.index.ntotal)
         self.metrics.catalog_size.set(snap.n_items)
+
+    def note_head(self, head: int) -> None:
+        """The catalog's head as last read; the lag counts from when it first ran ahead."""
+        self.catalog_head = max(self.catalog_head, head)
+        snap = self.snapshot
+        behind = snap is not None and snap.catalog_seq < self.catalog_head
+        if not behind:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = time.monotonic()
+
+    def catalog_lag_s(self) -> float:
+        """Seconds this replica has been behind the catalog's head (0: caught up)."""
+        since = self._behind_since
+        return 0.0 if since is None else round(time.monotonic() - since, 3)
 
     def ready(self) -> Snapshot:
         """The snapshot to answer with; ``NotReadyError`` while none is loaded."""

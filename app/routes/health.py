@@ -34,6 +34,9 @@ async def readyz(request: Request, snapshots: SnapshotsDep) -> Ready:
             else f"{snap.text_index.kind} ({snap.text_index.ntotal} items)"
         ),
         redis="disabled" if gateway is None else gateway.breaker.state,
+        catalog_seq=snap.catalog_seq,
+        catalog_head=max(snapshots.catalog_head, snap.catalog_seq),
+        catalog_lag_s=snapshots.catalog_lag_s(),
     )
 
 

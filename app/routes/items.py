@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
 from fastapi.responses import Response
 
+from app.core.catalog import UpsertResult
 from app.core.reading import Answer, ItemsFound
-from app.deps import AdminGuard, CatalogDep, ClientGuard, ReadingDep
+from app.deps import AdminGuard, CatalogDep, ClientGuard, ReadingDep, SnapshotsDep
 from app.routes.recommend import item_dicts
 from app.schemas import (
     DeleteResponse,
@@ -24,6 +25,7 @@ from app.schemas import (
     SimilarResponse,
     UpsertResponse,
 )
+from model_store.errors import PreconditionFailedError
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
 
@@ -83,8 +85,14 @@ async def batch_get_items(body: ItemsBatchGet, reading: ReadingDep) -> ItemsBatc
 
 
 @router.get("/{item_id}", response_model=ItemOut, dependencies=[ClientGuard])
-async def get_item(item_id: str, reading: ReadingDep) -> ItemOut:
+async def get_item(
+    item_id: str, reading: ReadingDep, snapshots: SnapshotsDep, response: Response
+) -> ItemOut:
+    """An item with every catalog field; its `ETag` is the item's version (for `If-Match`)."""
     version, record = reading.item(item_id=item_id)
+    snap = snapshots.snapshot
+    if snap is not None:
+        response.headers["ETag"] = f'"{snap.item_versions.get(item_id, 0)}"'
     return ItemOut(
         item_id=item_id, model_version=version, fields=record.fields, trained=record.trained
     )
@@ -114,27 +122,67 @@ async def similar_items_filtered(
     return _similar(item_id, await reading.similar(item_id=item_id, request=body))
 
 
-@router.post("", response_model=UpsertResponse, dependencies=[AdminGuard])
-async def upsert_items(body: ItemsUpsert, catalog: CatalogDep) -> UpsertResponse:
-    """Add or edit up to 1,000 items; live at once and persisted as a new bundle version."""
-    result = await catalog.upsert(request=body)
+def _if_match(value: str | None) -> int | None:
+    """An ``If-Match`` header's item version (``"3"`` or ``W/"3"``); 412 when unreadable."""
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise PreconditionFailedError(f'If-Match {value[:40]!r}: an item ETag such as "3"')
+    return int(text)
+
+
+IfMatch = Annotated[
+    str | None,
+    Header(description="the item's ETag as last read: the write is refused (412) if it changed"),
+]
+
+
+def _written(result: UpsertResult, response: Response, item_id: str | None) -> UpsertResponse:
+    versions = result.versions or {}
+    if item_id is not None and item_id in versions:
+        response.headers["ETag"] = f'"{versions[item_id]}"'
     return UpsertResponse(
-        model_version=result.model_version, added=result.added, updated=result.updated
+        model_version=result.model_version,
+        added=result.added,
+        updated=result.updated,
+        catalog_seq=result.seq,
     )
+
+
+@router.post("", response_model=UpsertResponse, dependencies=[AdminGuard])
+async def upsert_items(
+    body: ItemsUpsert, catalog: CatalogDep, response: Response
+) -> UpsertResponse:
+    """Add or edit up to 1,000 items: one change of the catalog table (`catalog_seq`), live
+    here at once and on every replica within a second."""
+    result = await catalog.upsert(request=body)
+    only = body.items[0].item_id if len(body.items) == 1 else None
+    return _written(result, response, only)
 
 
 @router.patch("/{item_id}", response_model=UpsertResponse, dependencies=[AdminGuard])
-async def patch_item(item_id: str, body: ItemPatch, catalog: CatalogDep) -> UpsertResponse:
-    """Change some fields of an item (`available: false` hides it from every list);
-    live at once and persisted as a new bundle version."""
-    result = await catalog.patch(item_id=item_id, request=body)
-    return UpsertResponse(
-        model_version=result.model_version, added=result.added, updated=result.updated
-    )
+async def patch_item(
+    item_id: str,
+    body: ItemPatch,
+    catalog: CatalogDep,
+    response: Response,
+    if_match: IfMatch = None,
+) -> UpsertResponse:
+    """Change some fields of an item (`available: false` hides it from every list); live
+    here at once and on every replica within a second. `If-Match`: only if unchanged."""
+    result = await catalog.patch(item_id=item_id, request=body, if_match=_if_match(if_match))
+    return _written(result, response, item_id)
 
 
 @router.delete("/{item_id}", response_model=DeleteResponse, dependencies=[AdminGuard])
-async def delete_item(item_id: str, catalog: CatalogDep) -> DeleteResponse:
-    """Delete an item: never returned again by any endpoint, on every replica that reloads."""
-    version = await catalog.delete(item_id=item_id)
-    return DeleteResponse(model_version=version, deleted=item_id)
+async def delete_item(
+    item_id: str, catalog: CatalogDep, response: Response, if_match: IfMatch = None
+) -> DeleteResponse:
+    """Delete an item: never returned again by any endpoint, on every replica.
+    `If-Match`: only if unchanged."""
+    result = await catalog.delete(item_id=item_id, if_match=_if_match(if_match))
+    _written(result, response, item_id)
+    return DeleteResponse(
+        model_version=result.model_version, deleted=item_id, catalog_seq=result.seq
+    )

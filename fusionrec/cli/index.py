@@ -23,10 +23,20 @@ def _kind(value: str) -> IndexKind:
     return value
 
 
-def _device(value: str) -> str:
+def check_device(value: str) -> str:
     if value not in ("auto", "cpu", "cuda"):
         raise fail(ConfigError(f"--device {value!r}; valid: auto, cpu, cuda"))
     return value
+
+
+DbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--events",
+        envvar="FUSIONREC_EVENTS_URL",
+        help="the database of the catalog table (the event log's; default: SQLite in the store)",
+    ),
+]
 
 
 @index_app.callback()
@@ -67,12 +77,21 @@ def index_cmd(
         bool,
         typer.Option("--if-unindexed", help="do nothing when the bundle already has an index"),
     ] = False,
+    compact: Annotated[
+        bool,
+        typer.Option(
+            "--compact", help="fold the catalog table's changes into a new CURRENT version"
+        ),
+    ] = False,
+    events: DbOption = None,
 ) -> None:
     """Encode the catalog, build and tune the index, publish it as a new bundle version."""
     if ctx.invoked_subcommand is not None:
         return
     if store is None:
         raise fail(ConfigError("--store is required: the bundle store root to index"))
+    if compact:
+        return run_compact(store, db_url(events), check_device(device))
     from model_store.threads import set_threads
 
     params = IndexParams(
@@ -87,7 +106,7 @@ def index_cmd(
         set_threads(threads)
         if if_unindexed and already_indexed(store, version):
             return
-        dev = _device(device)
+        dev = check_device(device)
         path = run_index(
             store,
             version,
@@ -102,6 +121,23 @@ def index_cmd(
         raise fail(exc) from exc
     if path is not None:
         print_indexed(path)
+
+
+def run_compact(store: Path, url: str | None, device: str) -> None:
+    """``--compact``: publish CURRENT with the catalog table's changes folded in."""
+    from indexer.compact import compact
+
+    try:
+        path = compact(store, url, device=device)
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    if path is None:
+        out.print("no catalog changes after CURRENT's sequence: nothing to do", highlight=False)
+        return
+    from model_store.bundle.io import read_manifest
+
+    seq = read_manifest(path).catalog_seq
+    out.print(f"published {path}: the catalog up to change {seq}", highlight=False)
 
 
 def already_indexed(store: Path, version: str | None) -> bool:
@@ -181,31 +217,40 @@ def add_cmd(
     store: Annotated[Path, typer.Option(help="bundle store root")],
     items: Annotated[Path, typer.Option(help="CSV or Parquet with item_id + text columns")],
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    events: DbOption = None,
 ) -> None:
-    """Add new items (text path) or re-encode changed ones; publish a new version."""
-    from indexer.publish import add_items, read_items_file
+    """Add new items (text path) or edit items: one change of the catalog table, applied
+    live by every replica (no new bundle version)."""
+    from indexer.publish import read_items_file
+    from model_store.catalog.writes import add_items
 
     try:
         rows = read_items_file(items)
-        path = add_items(store, rows, device=_device(device))
+        seq, _ = add_items(store, db_url(events), rows, device=check_device(device))
     except FusionrecError as exc:
         raise fail(exc) from exc
-    out.print(f"published {path}: upserted {len(rows)} item(s)", highlight=False)
+    out.print(f"catalog change {seq}: upserted {len(rows)} item(s)", highlight=False)
 
 
 @index_app.command("remove")
 def remove_cmd(
     store: Annotated[Path, typer.Option(help="bundle store root")],
     ids: Annotated[list[str], typer.Option(help="item ids, comma-separated or repeated")],
+    events: DbOption = None,
 ) -> None:
-    """Remove items from the index (never returned again); publish a new version."""
-    from indexer.publish import remove_items
+    """Delete items (never returned again): one change of the catalog table."""
+    from model_store.catalog.writes import remove_items
 
     wanted = [i.strip() for chunk in ids for i in chunk.split(",") if i.strip()]
     if not wanted:
         raise fail(ConfigError("--ids names no item"))
     try:
-        path = remove_items(store, wanted)
+        seq, _ = remove_items(store, db_url(events), wanted)
     except FusionrecError as exc:
         raise fail(exc) from exc
-    out.print(f"published {path}: removed {len(wanted)} item(s)", highlight=False)
+    out.print(f"catalog change {seq}: removed {len(wanted)} item(s)", highlight=False)
+
+
+def db_url(url: str | None) -> str | None:
+    """``--events`` (``off`` or blank: the store's SQLite, as the service does)."""
+    return None if url is None or url.strip() in ("", "off") else url

@@ -217,6 +217,8 @@ class Manifest(_Section):
     index: IndexInfo | None = None
     text_index: IndexInfo | None = None
     catalog: CatalogInfo | None = None
+    # the catalog table's sequence this bundle's catalog includes (model_store.catalog.table)
+    catalog_seq: int = 0
     gate: GateInfo | None = None
     files: dict[str, str] = Field(default_factory=dict)
 

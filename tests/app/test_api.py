@@ -211,8 +211,10 @@ def test_new_item_is_recommended_and_persisted(client: TestClient, api_store: Pa
     r = client.post("/v1/items", headers=AUTH, json={"items": [new]})
     assert r.status_code == 200, r.text
     version = r.json()["model_version"]
-    assert r.json()["added"] == ["brand-new-1"]
+    assert r.json()["added"] == ["brand-new-1"] and r.json()["catalog_seq"] >= 1
+    # a row of the catalog table, not a bundle copy: the model version stays
     assert store_mod.current_version(api_store) == version
+    assert version == client.get("/readyz").json()["model_version"]
     got = client.get("/v1/items/brand-new-1").json()
     assert got["trained"] is False and got["model_version"] == version
     # retrievable at once (the tiny 3-epoch joint model ranks it low; see the text test)
@@ -229,11 +231,13 @@ def test_new_item_is_recommended_and_persisted(client: TestClient, api_store: Pa
     assert r.json()["updated"] == ["brand-new-1"]
     fields = client.get("/v1/items/brand-new-1").json()["fields"]
     assert fields["title"] == "Renamed" and fields["category"] == category
-    # a restart loads the persisted version with the item
+    # a restart loads the bundle and applies the catalog's rows after it
     with TestClient(create_app(make_settings(api_store))) as fresh:
         again = fresh.get("/v1/items/brand-new-1").json()
         assert again["model_version"] == r.json()["model_version"]
         assert again["fields"]["title"] == "Renamed"
+        ready = fresh.get("/readyz").json()
+        assert ready["catalog_seq"] == ready["catalog_head"] == r.json()["catalog_seq"]
 
 
 def test_broken_bundle_is_refused_and_old_keeps_serving(
@@ -374,5 +378,5 @@ def test_search_through_the_text_index_matches_the_exact_scan(
         query = format_item_text(new, ["title", "category"])
         found = ann.post("/v1/search", json={"query": query, "k": 3}).json()["items"]
         assert "ann-new" in {i["item_id"] for i in found}
-        manifest = json.loads((ann_store / r.json()["model_version"] / "manifest.json").read_text())
-        assert manifest["text_index"]["n_vectors"] == len(items) + 1
+        # added to the live text index in place (no bundle copy)
+        assert ann.get("/readyz").json()["search_index"] == f"ivfpq ({len(items) + 1} items)"

@@ -31,7 +31,15 @@ from app.schemas import (
 from app.settings import BatchingSettings, RuntimeSettings, SearchSettings
 from app.vector_cache import LocalLRU, VectorCache
 from model_store.bundle import store as store_mod
-from model_store.errors import InvalidInputError, NotFoundError, NotReadyError, ReloadRefusedError
+from model_store.catalog.table import CatalogStore
+from model_store.catalog.writes import default_url
+from model_store.errors import (
+    InvalidInputError,
+    NotFoundError,
+    NotReadyError,
+    PreconditionFailedError,
+    ReloadRefusedError,
+)
 from model_store.privacy import FileTombstones, Privacy
 from model_store.privacy.tombstones import read_tombstones
 from tests.helpers.bundles import clone_version
@@ -77,7 +85,8 @@ def build(store: Path) -> Parts:
         event_log=None,
         event_types={"view": 1.0, "dislike": -1.0},
     )
-    return Parts(holder, reading, Catalog(snapshots=holder), shoppers, history, cache, metrics)
+    catalog = Catalog(snapshots=holder, store=CatalogStore(default_url(store)))
+    return Parts(holder, reading, catalog, shoppers, history, cache, metrics)
 
 
 @pytest.fixture
@@ -141,15 +150,18 @@ def test_catalog_upsert_is_found_by_reading(parts: Parts, store: Path) -> None:
     before = parts.holder.ready().version
     new = ItemIn(item_id="brand-new", title="A brand new item", description="new", category="x")
     result = asyncio.run(parts.catalog.upsert(request=ItemsUpsert(items=[new])))
-    assert result.added == ["brand-new"] and result.model_version != before
-    assert store_mod.current_version(store) == result.model_version  # published
+    assert result.added == ["brand-new"] and result.model_version == before
+    assert store_mod.current_version(store) == before  # a row of the table, no bundle copy
+    assert result.seq == 1 and parts.holder.ready().catalog_seq == 1  # applied here at once
     version, record = parts.reading.item(item_id="brand-new")
     assert version == result.model_version and record.fields["title"] == "A brand new item"
     assert record.trained is False  # text path only
     hidden = asyncio.run(
         parts.catalog.patch(item_id="brand-new", request=ItemPatch(available=False))
     )
-    assert hidden.updated == ["brand-new"]
+    assert hidden.updated == ["brand-new"] and hidden.versions == {"brand-new": 2}
+    with pytest.raises(PreconditionFailedError):  # If-Match of a stale version
+        asyncio.run(parts.catalog.delete(item_id="brand-new", if_match=1))
     asyncio.run(parts.catalog.delete(item_id="brand-new"))
     with pytest.raises(NotFoundError):
         parts.reading.item(item_id="brand-new")

@@ -13,6 +13,8 @@ from indexer.publish import load_index
 from model_store.bundle import store as store_mod
 from model_store.bundle.io import load_bundle
 from model_store.bundle.manifest import HnswParams
+from model_store.catalog.table import CatalogStore
+from model_store.catalog.writes import default_url
 
 runner = CliRunner()
 
@@ -27,6 +29,7 @@ def test_index_add_remove_cli(tiny_store: Path, tmp_path: Path) -> None:
     bundle = load_bundle(store)
     assert bundle.manifest.index is not None and bundle.manifest.index.kind == "flat"
 
+    versions = store_mod.list_versions(store)
     items = tmp_path / "new.csv"
     pd.DataFrame(
         {
@@ -39,18 +42,40 @@ def test_index_add_remove_cli(tiny_store: Path, tmp_path: Path) -> None:
         app, ["index", "add", "--store", str(store), "--items", str(items), "--device", "cpu"]
     )
     assert res.exit_code == 0, res.output
-    bundle = load_bundle(store)
-    assert bundle.item_ids[-2:] == ["n1", "n2"]
-    assert load_index(bundle).ntotal == len(bundle.item_ids)
+    assert "catalog change 1: upserted 2 item(s)" in res.output
+    # rows of the catalog table (the service's database), no new bundle version
+    db = CatalogStore(default_url(store))
+    rows = db.get(["n1", "n2"])
+    assert rows["n1"].texts["title"] == "zumo bika" and rows["n2"].seq == 1
+    assert rows["n1"].text_vec is not None and not rows["n1"].deleted
+    assert store_mod.list_versions(store) == versions
 
+    first = bundle.item_ids[0]
     res = runner.invoke(
-        app,
-        ["index", "remove", "--store", str(store), "--ids", "n1,n2", "--ids", bundle.item_ids[0]],
+        app, ["index", "remove", "--store", str(store), "--ids", "n1,n2", "--ids", first]
     )
     assert res.exit_code == 0, res.output
-    index = load_index(load_bundle(store))
-    n = len(bundle.item_ids)
-    assert index.removed == {0, n - 2, n - 1} and index.ntotal == n - 3
+    rows = db.get(["n1", "n2", first])
+    assert all(r.deleted and r.seq == 2 for r in rows.values()) and len(rows) == 3
+    assert db.head() == 2 and load_index(load_bundle(store)).removed == set()
+    res = runner.invoke(app, ["index", "remove", "--store", str(store), "--ids", "n1"])
+    assert res.exit_code == 2 and "unknown item id(s) ['n1']" in res.output
+
+    pd.DataFrame({"item_id": ["n3"], "title": ["kept one"]}).to_csv(items, index=False)
+    add = ["index", "add", "--store", str(store), "--items", str(items), "--device", "cpu"]
+    assert runner.invoke(app, add).exit_code == 0
+
+    # compaction folds the rows into a new CURRENT at the table's head
+    res = runner.invoke(app, ["index", "--store", str(store), "--compact", "--device", "cpu"])
+    assert res.exit_code == 0 and "the catalog up to change 3" in res.output, res.output
+    compacted = load_bundle(store)
+    assert compacted.manifest.catalog_seq == 3 and compacted.version not in versions
+    # n1, n2 were added and deleted after the bundle: they never reach it; n3 does
+    assert compacted.item_ids == [*bundle.item_ids, "n3"]
+    index = load_index(compacted)
+    assert index.removed == {0} and index.ntotal == len(bundle.item_ids)
+    res = runner.invoke(app, ["index", "--store", str(store), "--compact", "--device", "cpu"])
+    assert res.exit_code == 0 and "nothing to do" in res.output
 
 
 def test_cli_errors_are_one_red_line(tiny_store: Path, tmp_path: Path) -> None:
@@ -64,7 +89,7 @@ def test_cli_errors_are_one_red_line(tiny_store: Path, tmp_path: Path) -> None:
     shutil.copytree(tiny_store, store)
     current = store_mod.current_version(store)
     res = runner.invoke(app, ["index", "remove", "--store", str(store), "--ids", "x"])
-    assert res.exit_code == 2 and "no index" in res.output
+    assert res.exit_code == 2 and "unknown item id(s) ['x']" in res.output
     res = runner.invoke(
         app,
         [
