@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.deps import SnapshotsDep
 from app.metrics import Metrics
 from app.redis_gateway import RedisGateway
-from app.schemas import Health, Ready
+from app.schemas import EventLogHealth, Health, Ready
 
 router = APIRouter(tags=["health"])
 
@@ -34,7 +34,13 @@ async def readyz(request: Request, snapshots: SnapshotsDep) -> Ready:
             else f"{snap.text_index.kind} ({snap.text_index.ntotal} items)"
         ),
         redis="disabled" if gateway is None else gateway.breaker.state,
+        event_log=_event_log_health(request),
     )
+
+
+def _event_log_health(request: Request) -> EventLogHealth | None:
+    writer = request.state.shoppers.event_log
+    return None if writer is None else EventLogHealth.model_validate(writer.health())
 
 
 @router.get("/metrics", response_class=Response)
@@ -42,4 +48,11 @@ async def metrics(request: Request) -> Response:
     m: Metrics = request.state.metrics
     gateway: RedisGateway | None = request.state.redis
     m.redis_errors.set(0 if gateway is None or gateway.breaker.state == "closed" else 1)
+    writer = request.state.shoppers.event_log
+    if writer is not None:
+        h = writer.health()
+        m.events_spooled.set(h["spooled_events"])
+        m.events_spool_bytes.set(h["spooled_bytes"])
+        m.events_spool_age.set(h["oldest_spooled_age_s"])
+        m.events_quarantined.set(h["quarantined_events"])
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
