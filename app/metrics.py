@@ -81,7 +81,11 @@ class Metrics:
         self.rate_limited = Counter(
             "fusionrec_rate_limited_total", "requests answered 429", registry=r
         )
-        # the event log (set at each scrape from the writer); alert rule in deploy/README.md
+        self._event_log(r)
+
+    def _event_log(self, r: CollectorRegistry) -> None:
+        """The event log's health, set at each scrape from the writer (the alert rule is in
+        deploy/README.md)."""
         self.events_spooled = Gauge(
             "fusionrec_events_spooled", "events in the spool, not yet in the database", registry=r
         )
