@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from model_store.events.log import EventStore
-from tests.helpers.postgres import PostgresServer, postgres_server
+from tests.helpers.postgres import postgres_server
 from tests.helpers.servers import LiveServer, make_settings, store_user_hash
 
 HOSTILE = [  # (raw JSON body, the field the 422 must name)

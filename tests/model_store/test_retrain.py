@@ -166,3 +166,22 @@ def test_cli_export_writes_a_dataset_train_can_read(
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{len(inter)} interactions" in r.stdout
     assert len(load_dataset(tmp_path / "exported").interactions) == len(inter)
+
+
+def test_server_stamped_events_export_and_retrain(
+    setup: tuple[Path, str, pd.DataFrame], tmp_path: Path
+) -> None:
+    """Events stamped by the server on arrival have fractional seconds (issue 29: export →
+    train and retrain exited 2 with 'cannot parse timestamp np.float64(…)')."""
+    store, _, inter = setup
+    stamped = inter.copy()
+    stamped["timestamp"] = stamped["timestamp"].astype(float) + 0.4321
+    url = f"sqlite:///{tmp_path}/stamped.db"
+    log = log_from(stamped, url)
+    export_dataset(log, tmp_path / "exported", items=read_items(store))
+    back = load_dataset(tmp_path / "exported").interactions
+    assert len(back) == len(inter)
+    assert sorted(back["timestamp"].tolist()) == sorted(stamped["timestamp"].tolist())
+    d = retrain(store, url, Config.from_dict(TINY), margin=1.0, final=False)
+    assert d.published, d.reason
+    log.close()
