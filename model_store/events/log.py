@@ -63,6 +63,7 @@ quarantine_table = sa.Table(
     METADATA,
     sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
     sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_key", sa.String(128), nullable=False, index=True),
     sa.Column("payload", sa.Text(), nullable=False),
     sa.Column("reason", sa.Text(), nullable=False),
     sa.Column("quarantined", sa.Float(), nullable=False),
@@ -159,6 +160,7 @@ class EventStore:
         self.create()
         row = {
             "event_id": event.event_id[:64],
+            "user_key": event.user_key[:128],
             "payload": json.dumps(asdict(event), ensure_ascii=True),
             "reason": reason[:2000],
             "quarantined": time.time(),
@@ -175,9 +177,12 @@ class EventStore:
             return int(conn.execute(query).scalar_one())
 
     def erase_user(self, user_key: str) -> int:
-        """Delete every event of one user; returns how many rows went."""
+        """Delete every event of one user (quarantined ones too); returns how many rows
+        of the log went."""
         self.create()
         with self.engine.begin() as conn:
+            gone = quarantine_table.delete().where(quarantine_table.c.user_key == user_key)
+            conn.execute(gone)
             result = conn.execute(events_table.delete().where(events_table.c.user_key == user_key))
         return int(result.rowcount or 0)
 

@@ -105,6 +105,8 @@ def test_an_erasure_behind_a_refused_event_is_applied(
     asyncio.run(main())
     frame = s.frame()
     assert set(frame["user_key"]) == {"kept"} and len(frame) == 2
+    assert writer.health()["quarantined_events"] == 1
+    assert quarantined_rows(s) == []  # erased with the user's other events
     assert writer.health()["spooled_events"] == 0
     writer.close()
 

@@ -66,9 +66,7 @@ def test_hostile_events_are_422_naming_the_field_and_the_log_keeps_writing(
     assert frame["user_key"].tolist() == [store_user_hash(store, "ann")]  # nothing of "h"
 
 
-def test_batch_answers_per_event_and_records_the_valid_ones(
-    store: Path, events_url: str
-) -> None:
+def test_batch_answers_per_event_and_records_the_valid_ones(store: Path, events_url: str) -> None:
     settings = make_settings(store, events_url=events_url)
     with LiveServer(settings) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
         answer = c.post("/v1/recommend", json={"user_id": "ann", "k": 3}).json()
