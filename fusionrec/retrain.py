@@ -6,6 +6,8 @@ store's CURRENT catalog (upserted items included), then:
 1. **Time-based holdout.** The most recent ``holdout`` fraction of the events (by
    timestamp) is set aside; each user with events on both sides of the cut contributes
    one target — their first event after it — with their events before it as history.
+   When none has (every recent shopper is new: a log without its imported history), the
+   newest users' last events are held out instead, their earlier events as history.
 2. **Candidate.** A model is trained on the events before the cut (the usual per-user
    validation item inside them decides its epochs).
 3. **Gate.** The candidate and CURRENT rank the same targets over their whole catalogs
@@ -73,7 +75,33 @@ class Decision:
 
 
 def time_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
-    """(interactions before the cut, the holdout targets after it)."""
+    """(interactions before the cut, the holdout targets after it). When no user has events
+    on both sides of the cut (the newest shoppers are all new), the newest users' last
+    events are held out instead (:func:`last_event_holdout`)."""
+    before, held = _cut_holdout(interactions, fraction)
+    if held.users:
+        return before, held
+    return last_event_holdout(interactions, fraction)
+
+
+def last_event_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
+    """The fallback holdout: each of the users with two or more events whose last event is
+    among the newest ``fraction`` of such users contributes that last event as target and
+    the rest as history; the training set is everything but those targets."""
+    counts = interactions.groupby("user_id", sort=False)["item_id"].transform("size")
+    last = interactions[counts >= 2].drop_duplicates("user_id", keep="last")
+    last = last.sort_values("timestamp", kind="stable")
+    last = last.iloc[len(last) - max(1, round(len(last) * fraction)) :] if len(last) else last
+    before = interactions.drop(index=last.index)
+    seen: dict[str, list[str]] = {}
+    for u, i in zip(before["user_id"], before["item_id"], strict=True):
+        seen.setdefault(u, []).append(i)
+    users = [str(u) for u in last["user_id"]]
+    cut = float(last["timestamp"].min()) if len(last) else float("inf")
+    return before, Holdout(cut, users, [seen[u] for u in users], [str(i) for i in last["item_id"]])
+
+
+def _cut_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
     cut = float(np.quantile(interactions["timestamp"].to_numpy(), 1.0 - fraction))
     before = interactions[interactions["timestamp"] < cut]
     after = interactions[interactions["timestamp"] >= cut]
@@ -187,7 +215,8 @@ def retrain(
     before, held = time_holdout(events, holdout)
     if not held.users:
         raise DataError(
-            "no user has events on both sides of the time-based holdout; collect more events"
+            "no user has two or more events to hold one out; collect more events (or import "
+            "the history: `fusionrec events import`)"
         )
     with tempfile.TemporaryDirectory(prefix="fusionrec-retrain-") as tmp:
         work = Path(tmp)

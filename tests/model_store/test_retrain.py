@@ -94,6 +94,18 @@ def test_time_holdout_targets_follow_their_histories(setup: tuple[Path, str, pd.
     assert first[first["timestamp"] >= held.cut]["item_id"].iloc[0] == held.targets[0]
 
 
+def test_holdout_falls_back_to_last_events_when_recent_shoppers_are_new() -> None:
+    """Old shoppers before the cut, new ones after it: no user spans the cut, so each of
+    the newest users' last event is held out (issue 29: retrain failed outright)."""
+    rows = [("old", f"i{k}", 100.0 + k) for k in range(5)]
+    rows += [(f"new{u}", f"i{k}", 1000.0 + 10 * u + k) for u in range(4) for k in range(3)]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    before, held = time_holdout(inter, 0.5)
+    assert held.users == ["new2", "new3"]
+    assert held.targets == ["i2", "i2"] and held.histories == [["i0", "i1"], ["i0", "i1"]]
+    assert len(before) == len(inter) - 2 and held.cut == 1022.0
+
+
 def test_retrain_publishes_an_indexed_bundle_with_the_gate(
     setup: tuple[Path, str, pd.DataFrame],
 ) -> None:
