@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from fusionrec.retrain import DECISIONS, retrain, time_holdout
 from model_store.bundle import store as store_mod
-from model_store.bundle.io import read_items, read_manifest
+from model_store.bundle.io import load_bundle, read_items, read_manifest
 from model_store.config import Config
 from model_store.data.dataset import load_dataset
 from model_store.events.log import Event, EventStore, export_dataset, parse_since
+from model_store.training.warm import WarmStart, warm_start
 from tests.helpers.bundles import train_tiny
 
 TINY = {"model": {"fusion": "joint", "dim": 32, "max_len": 20}, "train": {"epochs": 3}}
@@ -121,6 +123,33 @@ def test_retrain_publishes_an_indexed_bundle_with_the_gate(
     assert manifest.gate.users > 10
     line = json.loads((store / DECISIONS).read_text().splitlines()[-1])
     assert line["published"] and line["version"] == d.version
+
+
+def test_warm_started_retrain_grows_the_item_table_and_publishes(
+    setup: tuple[Path, str, pd.DataFrame],
+) -> None:
+    """Warm start from CURRENT (trained on 80 % of the events, fewer items than the log
+    names): the candidate starts from CURRENT's weights, items in both keep their learned
+    ID rows before training, new items get rows, and the gate publishes as before."""
+    store, url, _ = setup
+    current = load_bundle(store)
+    cfg = Config.from_dict(TINY)
+    items = [*current.item_ids[:5], "brand-new"]
+    fresh = Config.from_dict(TINY).checked()
+    model = type(current.model)(
+        fresh.model,
+        torch.zeros(len(items) + 1, current.model.text_emb.shape[1]),
+        torch.ones(len(items) + 1, dtype=torch.bool),
+        torch.zeros(len(items) + 1),
+    )
+    info = warm_start(model, items, WarmStart(current.model, current.item_ids))
+    assert (info.items_kept, info.items_new) == (5, 1) and not info.skipped
+    old, new = current.model.items.id_emb.weight, model.items.id_emb.weight
+    assert torch.equal(new[1:6], old[1:6])
+    d = retrain(store, url, cfg, margin=1.0, final=False)
+    assert d.published and d.start == "warm"
+    scratch = retrain(store, url, cfg, margin=1.0, final=False, warm=False)
+    assert scratch.start.startswith("scratch")
 
 
 def test_the_gate_refuses_a_worse_candidate_and_keeps_current(
