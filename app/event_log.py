@@ -16,12 +16,19 @@ Retry-After) and the event is refused rather than kept in memory.
 
 Erasure (``erase``) takes the same queue and spool, so a user's events written before the
 erasure are erased with it, whatever the order of outages.
+
+Permanent vs transient (:func:`model_store.database.is_permanent`): only an unreachable
+database spools. An event the database refuses for good (a constraint, a value a column
+cannot hold) is found by splitting the failed batch in halves, kept in the
+``fusionrec_events_quarantine`` table with the reason (or, when that cannot be written
+either, in ``quarantined-events.ndjson`` beside the spools) and counted; the rest of the batch, and
+any erasure behind it, is committed. A spool line that cannot be read back is quarantined to
+the file the same way, so a poisoned spool never loops after a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import json
 import logging
@@ -32,10 +39,11 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO
 
+from app.event_ops import QUARANTINE_FILE, Op, last_byte, parse, permanent, reason, resolve
 from model_store.database import redact
 from model_store.errors import DependencyError
 from model_store.events.log import Event, EventStore, iter_chunks
@@ -43,40 +51,6 @@ from model_store.events.log import Event, EventStore, iter_chunks
 log = logging.getLogger("fusionrec.events")
 
 _STOP = object()
-
-
-@dataclass
-class _Op:
-    kind: str  # "insert" | "erase"
-    events: list[Event] = field(default_factory=list)
-    user_key: str = ""
-    done: asyncio.Future[None] | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-
-    def size(self) -> int:
-        return max(1, len(self.events))
-
-    def line(self) -> str:
-        if self.kind == "insert":
-            return json.dumps({"op": "insert", "events": [asdict(e) for e in self.events]})
-        return json.dumps({"op": "erase", "user_key": self.user_key})
-
-
-def _resolve(op: _Op, error: BaseException | None) -> None:
-    fut, loop = op.done, op.loop
-    if fut is None or loop is None:
-        return
-
-    def settle() -> None:
-        if fut.done():
-            return
-        if error is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(error)
-
-    with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-        loop.call_soon_threadsafe(settle)
 
 
 class EventLogWriter:
@@ -110,6 +84,9 @@ class EventLogWriter:
         self._down_since: float | None = None
         self._next_try = 0.0
         self._written = 0
+        self.quarantined = 0  # events quarantined by this process
+        self._spooled_events = 0  # in our own spool file
+        self._spooled_since: float | None = None  # unix time of its oldest line
         self._thread = threading.Thread(target=self._run, name="fusionrec-event-log", daemon=True)
         self._thread.start()
 
@@ -126,15 +103,31 @@ class EventLogWriter:
     def spooled_bytes(self) -> int:
         return os.fstat(self._spool_file.fileno()).st_size
 
+    def health(self) -> dict[str, float | int | bool]:
+        """What /readyz and /metrics show of the log: spool depth and age, quarantine."""
+        orphans = self._orphans()
+        ages = [time.time() - p.stat().st_mtime for p in orphans if p.exists()]
+        if self._spooled_since is not None:
+            ages.append(time.time() - self._spooled_since)
+        return {
+            "healthy": self.healthy,
+            "pending_events": self._pending,
+            "spooled_events": self._spooled_events,
+            "spooled_bytes": self.spooled_bytes()
+            + sum(p.stat().st_size for p in orphans if p.exists()),
+            "oldest_spooled_age_s": round(max(ages), 3) if ages else 0.0,
+            "quarantined_events": self.quarantined,
+        }
+
     async def record(self, events: Sequence[Event]) -> None:
         """Return once ``events`` are committed or spooled (durable either way)."""
-        await self._submit(_Op("insert", events=list(events)))
+        await self._submit(Op("insert", events=list(events)))
 
     async def erase(self, user_key: str) -> None:
         """Return once the erasure of ``user_key``'s events is committed or spooled."""
-        await self._submit(_Op("erase", user_key=user_key))
+        await self._submit(Op("erase", user_key=user_key))
 
-    async def _submit(self, op: _Op) -> None:
+    async def _submit(self, op: Op) -> None:
         with self._lock:
             full = self._pending + op.size() > self.max_pending
             if not full:
@@ -197,9 +190,9 @@ class EventLogWriter:
                     break
                 ops.append(nxt)
                 n += nxt.size()  # type: ignore[attr-defined]
-            self._write([op for op in ops if isinstance(op, _Op)])
+            self._write([op for op in ops if isinstance(op, Op)])
 
-    def _write(self, ops: list[_Op]) -> None:
+    def _write(self, ops: list[Op]) -> None:
         error: BaseException | None = None
         if self._replay():
             try:
@@ -212,9 +205,9 @@ class EventLogWriter:
         with self._lock:
             self._pending -= sum(op.size() for op in ops)
         for op in ops:
-            _resolve(op, error)
+            resolve(op, error)
 
-    def _apply(self, ops: Sequence[_Op]) -> None:
+    def _apply(self, ops: Sequence[Op]) -> None:
         """Inserts are grouped into one statement between erasures, in order."""
         run: list[Event] = []
         for op in ops:
@@ -222,11 +215,45 @@ class EventLogWriter:
                 run.extend(op.events)
                 continue
             for chunk in iter_chunks(run, self.batch):
-                self._written += self.store.insert(chunk)
+                self._insert(chunk)
             run = []
             self.store.erase_user(op.user_key)
         for chunk in iter_chunks(run, self.batch):
+            self._insert(chunk)
+
+    def _insert(self, chunk: list[Event]) -> None:
+        """Insert ``chunk``; on a permanent error, split it until the refused events are
+        alone, and quarantine those (a transient error propagates: spool and retry)."""
+        try:
             self._written += self.store.insert(chunk)
+        except Exception as e:
+            if not permanent(e):
+                raise
+            if len(chunk) == 1:
+                self._quarantine(chunk[0], reason(e))
+                return
+            half = len(chunk) // 2
+            self._insert(chunk[:half])
+            self._insert(chunk[half:])
+
+    def _quarantine(self, event: Event, reason: str) -> None:
+        self.quarantined += 1
+        log.error(
+            "event %s refused by the event log for good (%s); quarantined",
+            event.event_id,
+            reason,
+        )
+        try:
+            self.store.quarantine(event, reason)
+        except Exception:  # the database cannot take it either: the file keeps it
+            self._quarantine_file({"event": asdict(event), "reason": reason})
+
+    def _quarantine_file(self, row: dict[str, object]) -> None:
+        path = self.spool_dir / QUARANTINE_FILE
+        with open(path, "a", encoding="ascii") as f:
+            f.write(json.dumps({**row, "at": time.time()}, ensure_ascii=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def _went_down(self, e: BaseException) -> None:
         if self._down_since is None:
@@ -239,16 +266,19 @@ class EventLogWriter:
             )
         self._next_try = time.monotonic() + self.retry_s
 
-    def _spool(self, ops: Sequence[_Op]) -> BaseException | None:
+    def _spool(self, ops: Sequence[Op]) -> BaseException | None:
         f = self._spool_file
         try:
             f.seek(0, os.SEEK_END)
-            if f.tell() and _last_byte(f) != b"\n":
+            if f.tell() and last_byte(f) != b"\n":
                 f.write(b"\n")  # a line torn by a failed write: keep the next one whole
             for op in ops:
                 f.write(op.line().encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
+            self._spooled_events += sum(op.size() for op in ops)
+            if self._spooled_since is None:
+                self._spooled_since = time.time()
         except OSError as e:
             log.error("event spool %s cannot be written: %s", self.spool, e.strerror)
             return DependencyError(
@@ -256,6 +286,22 @@ class EventLogWriter:
                 dependency="event_log",
             )
         return None
+
+    def _parse_all(self, data: bytes) -> list[Op]:
+        """The operations of a spool file; a line that cannot be read as one is quarantined
+        to the file."""
+        lines = data.decode("utf-8", "replace").splitlines()
+        ops = []
+        for line in lines:
+            try:
+                ops.append(parse(line))
+            except json.JSONDecodeError:  # torn by a crash mid-write: never answered 200
+                continue
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                self.quarantined += 1
+                log.error("unreadable event spool line quarantined: %s", reason(e))
+                self._quarantine_file({"line": line, "reason": reason(e)})
+        return ops
 
     def _orphans(self) -> list[Path]:
         return [p for p in sorted(self.spool_dir.glob("*.jsonl")) if p != self.spool]
@@ -276,8 +322,7 @@ class EventLogWriter:
                 return  # its process is alive
             if not path.exists():
                 return
-            ops = [_parse(line) for line in f.read().decode("utf-8", "replace").splitlines()]
-            self._apply([op for op in ops if op is not None])
+            self._apply(self._parse_all(f.read()))
             path.unlink()
             log.warning("event spool %s of a stopped process written back", path.name)
         finally:
@@ -292,11 +337,11 @@ class EventLogWriter:
             if self.spooled_bytes():
                 f = self._spool_file
                 f.seek(0)
-                ops = [_parse(line) for line in f.read().decode("utf-8", "replace").splitlines()]
-                self._apply([op for op in ops if op is not None])
+                self._apply(self._parse_all(f.read()))
                 f.truncate(0)
                 f.flush()
                 os.fsync(f.fileno())
+                self._spooled_events, self._spooled_since = 0, None
             for orphan in self._orphans():
                 self._adopt(orphan)
         except Exception as e:  # still down: keep the spools as they are
@@ -310,20 +355,3 @@ class EventLogWriter:
             )
         self._down_since = None
         return True
-
-
-def _last_byte(f: BinaryIO) -> bytes:
-    f.seek(-1, os.SEEK_END)
-    last = f.read(1)
-    f.seek(0, os.SEEK_END)
-    return last
-
-
-def _parse(line: str) -> _Op | None:
-    try:
-        raw = json.loads(line)
-    except json.JSONDecodeError:  # a line torn by a crash mid-write was never answered 200
-        return None
-    if raw.get("op") == "erase":
-        return _Op("erase", user_key=str(raw["user_key"]))
-    return _Op("insert", events=[Event(**e) for e in raw["events"]])

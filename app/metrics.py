@@ -81,3 +81,24 @@ class Metrics:
         self.rate_limited = Counter(
             "fusionrec_rate_limited_total", "requests answered 429", registry=r
         )
+        self._event_log(r)
+
+    def _event_log(self, r: CollectorRegistry) -> None:
+        """The event log's health, set at each scrape from the writer (the alert rule is in
+        deploy/README.md)."""
+        self.events_spooled = Gauge(
+            "fusionrec_events_spooled", "events in the spool, not yet in the database", registry=r
+        )
+        self.events_spool_bytes = Gauge(
+            "fusionrec_events_spool_bytes", "bytes in the event spools", registry=r
+        )
+        self.events_spool_age = Gauge(
+            "fusionrec_events_spool_oldest_age_seconds",
+            "age of the oldest spooled event (0: spool empty)",
+            registry=r,
+        )
+        self.events_quarantined = Gauge(
+            "fusionrec_events_quarantined",
+            "events the database refused for good since start (quarantined with the reason)",
+            registry=r,
+        )

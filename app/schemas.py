@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -120,6 +121,10 @@ class RecommendResponse(BaseModel):
     strategy: Literal["personalized", "cold_start"]
     items: list[ScoredItem]
     unknown_items: list[str]
+    request_id: str = Field(
+        description="this answer's id (uuid4 hex); an event that follows it names it in "
+        "`request_id`, so clicks and purchases are attributed to the model that served them"
+    )
 
 
 class ItemIn(BaseModel):
@@ -204,11 +209,22 @@ class DeleteResponse(BaseModel):
     catalog_seq: int = Field(0, description="the catalog change that holds this delete")
 
 
+# the range of an event's timestamp: from 2000-01-01 to one day after the server's clock
+MIN_TIMESTAMP = 946_684_800.0
+FUTURE_SLACK_S = 86_400.0
+RequestId = Annotated[str, StringConstraints(pattern=r"^[0-9A-Za-z_-]{1,64}$")]
+
+
 class EventIn(_Strict):
     user_id: Id
     item_id: Id
     timestamp: float | None = Field(
-        None, description="unix seconds (default: arrival); history order is arrival order"
+        None,
+        allow_inf_nan=False,
+        ge=MIN_TIMESTAMP,
+        description="unix seconds, fractions allowed (default: arrival); a finite number from "
+        "946684800 (2000-01-01) to one day after the server's clock; history order is "
+        "arrival order",
     )
     type: str = Field(
         "view",
@@ -219,11 +235,51 @@ class EventIn(_Strict):
         "the item from this shopper's recommendations instead of adding it to the history",
         examples=["purchase"],
     )
-    value: float | None = Field(None, description="optional number (a price, a rating)")
+    value: float | None = Field(
+        None, allow_inf_nan=False, description="optional finite number (a price, a rating)"
+    )
+    request_id: RequestId | None = Field(
+        None, description="the `request_id` of the recommend/search answer this event follows"
+    )
+
+    @field_validator("timestamp")
+    @classmethod
+    def _not_far_future(cls, value: float | None) -> float | None:
+        if value is not None and value > time.time() + FUTURE_SLACK_S:
+            raise ValueError(
+                "must not be more than one day after the server's clock (unix seconds, not "
+                "milliseconds)"
+            )
+        return value
 
 
 class EventOut(BaseModel):
     history_length: int
+
+
+MAX_BATCH_EVENTS = 1000
+
+
+class EventsBatchIn(_Strict):
+    events: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH_EVENTS,
+        description="1..1000 events, each an `EventIn` object, validated one by one: a bad "
+        "event is refused in its result, the others are recorded",
+    )
+
+
+class EventResult(BaseModel):
+    index: int = Field(description="position of the event in the request")
+    accepted: bool
+    error: str | None = Field(None, description="what is wrong with a refused event")
+    history_length: int | None = None
+
+
+class EventsBatchOut(BaseModel):
+    accepted: int
+    refused: int
+    results: list[EventResult] = Field(description="one per event, in request order")
 
 
 class ReloadResponse(BaseModel):
@@ -234,6 +290,18 @@ class ReloadResponse(BaseModel):
 
 class Health(BaseModel):
     status: Literal["ok"]
+
+
+class EventLogHealth(BaseModel):
+    healthy: bool = Field(description="false while the database is unreachable (spooling)")
+    pending_events: int = Field(description="events waiting for the writer thread")
+    spooled_events: int = Field(description="events in this process's spool, not yet written")
+    spooled_bytes: int = Field(description="bytes in the spools (this process's and adopted)")
+    oldest_spooled_age_s: float = Field(description="age of the oldest spooled event")
+    quarantined_events: int = Field(
+        description="events the database refused for good since start (kept in "
+        "fusionrec_events_quarantine with the reason)"
+    )
 
 
 class Ready(BaseModel):
@@ -247,3 +315,4 @@ class Ready(BaseModel):
     catalog_seq: int = Field(description="the catalog table's changes this replica applied")
     catalog_head: int = Field(description="the catalog table's newest change, as last read")
     catalog_lag_s: float = Field(description="seconds behind the head (0: caught up)")
+    event_log: EventLogHealth | None = Field(None, description="absent when the log is off")

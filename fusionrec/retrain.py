@@ -6,8 +6,13 @@ store's CURRENT catalog (upserted items included), then:
 1. **Time-based holdout.** The most recent ``holdout`` fraction of the events (by
    timestamp) is set aside; each user with events on both sides of the cut contributes
    one target — their first event after it — with their events before it as history.
+   When none has (every recent shopper is new: a log without its imported history), the
+   newest users' last events are held out instead, their earlier events as history.
 2. **Candidate.** A model is trained on the events before the cut (the usual per-user
-   validation item inside them decides its epochs).
+   validation item inside them decides its epochs), warm-started from CURRENT's weights
+   when its architecture is the configured one (new items grow the ID table), else, or
+   with ``warm=False`` (``--from-scratch``), from scratch. The log holds the imported
+   history (``fusionrec events import``) and the new events, so both are trained on.
 3. **Gate.** The candidate and CURRENT rank the same targets over their whole catalogs
    (history excluded); a target CURRENT's catalog lacks counts as a miss for it. The
    candidate passes when its mean NDCG@10 is at most ``margin`` (0.005) below CURRENT's;
@@ -44,6 +49,7 @@ from model_store.events.log import EventStore, training_interactions
 from model_store.model.scoring import EvalSet, rank_targets
 from model_store.privacy.forgotten import Forgotten
 from model_store.training.pipeline import Trained, train
+from model_store.training.warm import WarmStart
 
 log = logging.getLogger("fusionrec.retrain")
 
@@ -70,10 +76,37 @@ class Decision:
     gate: GateInfo | None
     events: int
     seconds: float
+    start: str = "scratch"  # "warm" (from CURRENT's weights) or "scratch: why"
 
 
 def time_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
-    """(interactions before the cut, the holdout targets after it)."""
+    """(interactions before the cut, the holdout targets after it). When no user has events
+    on both sides of the cut (the newest shoppers are all new), the newest users' last
+    events are held out instead (:func:`last_event_holdout`)."""
+    before, held = _cut_holdout(interactions, fraction)
+    if held.users:
+        return before, held
+    return last_event_holdout(interactions, fraction)
+
+
+def last_event_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
+    """The fallback holdout: each of the users with two or more events whose last event is
+    among the newest ``fraction`` of such users contributes that last event as target and
+    the rest as history; the training set is everything but those targets."""
+    counts = interactions.groupby("user_id", sort=False)["item_id"].transform("size")
+    last = interactions[counts >= 2].drop_duplicates("user_id", keep="last")
+    last = last.sort_values("timestamp", kind="stable")
+    last = last.iloc[len(last) - max(1, round(len(last) * fraction)) :] if len(last) else last
+    before = interactions.drop(index=last.index)
+    seen: dict[str, list[str]] = {}
+    for u, i in zip(before["user_id"], before["item_id"], strict=True):
+        seen.setdefault(u, []).append(i)
+    users = [str(u) for u in last["user_id"]]
+    cut = float(last["timestamp"].min()) if len(last) else float("inf")
+    return before, Holdout(cut, users, [seen[u] for u in users], [str(i) for i in last["item_id"]])
+
+
+def _cut_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
     cut = float(np.quantile(interactions["timestamp"].to_numpy(), 1.0 - fraction))
     before = interactions[interactions["timestamp"] < cut]
     after = interactions[interactions["timestamp"] >= cut]
@@ -169,9 +202,12 @@ def retrain(
     final: bool = True,
     cache_dir: Path | None = None,
     forgotten: Forgotten | None = None,
+    warm: bool = True,
 ) -> Decision:
     """One retraining round (module docstring); ``forgotten`` (read by the caller through
-    ``model_store.privacy``) are left out of the events, whatever the log still holds."""
+    ``model_store.privacy``) are left out of the events, whatever the log still holds.
+    With ``warm`` both trainings start from CURRENT's weights when its architecture is
+    ``cfg``'s (new items grow the ID table; :mod:`model_store.training.warm`)."""
     t0 = time.perf_counter()
     expect = _current(store)
     if expect is None:
@@ -187,19 +223,22 @@ def retrain(
     before, held = time_holdout(events, holdout)
     if not held.users:
         raise DataError(
-            "no user has events on both sides of the time-based holdout; collect more events"
+            "no user has two or more events to hold one out; collect more events (or import "
+            "the history: `fusionrec events import`)"
         )
+    current = load_bundle(store, expect)
+    init, start = _warm_start(current, cfg, warm)
     with tempfile.TemporaryDirectory(prefix="fusionrec-retrain-") as tmp:
         work = Path(tmp)
-        candidate = train(_dataset(before, items, work, "before"), cfg, cache_dir=cache_dir)
-        current = load_bundle(store, expect)
+        before_set = _dataset(before, items, work, "before")
+        candidate = train(before_set, cfg, cache_dir=cache_dir, init=init)
         gate, diff = _gate(
             candidate.bundle, current, held, margin=margin, fraction=holdout, events=len(events)
         )
         version = None
         if gate.decision == "published":
             published = (
-                train(_dataset(events, items, work, "all"), cfg, cache_dir=cache_dir)
+                train(_dataset(events, items, work, "all"), cfg, cache_dir=cache_dir, init=init)
                 if final
                 else candidate
             )
@@ -210,10 +249,25 @@ def retrain(
     )
     passed = gate.decision == "published"
     decision = Decision(
-        passed, reason, expect, version, gate, len(events), time.perf_counter() - t0
+        passed, reason, expect, version, gate, len(events), time.perf_counter() - t0, start
     )
     _record(store, decision)
     return decision
+
+
+# what the weights' shapes depend on (training may calibrate other model fields)
+_ARCHITECTURE = ("fusion", "dim", "max_len", "n_layers", "n_heads", "cold_tower")
+
+
+def _warm_start(current: Bundle, cfg: Config, warm: bool) -> tuple[WarmStart | None, str]:
+    """CURRENT's weights to start from, or None and why training starts from scratch."""
+    if not warm:
+        return None, "scratch: --from-scratch"
+    have, want = current.manifest.config.model, cfg.checked().model
+    differ = [f for f in _ARCHITECTURE if getattr(have, f) != getattr(want, f)]
+    if differ:
+        return None, f"scratch: CURRENT's model differs in {', '.join(differ)}"
+    return WarmStart(current.model, list(current.item_ids)), "warm"
 
 
 def _logged_interactions(events_url: str) -> pd.DataFrame:

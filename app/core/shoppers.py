@@ -11,16 +11,20 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pydantic import ValidationError
 
 from app.core.lookup import Lookup, live_row
-from app.core.snapshot import SnapshotHolder
+from app.core.snapshot import Snapshot, SnapshotHolder
+from app.errors import validation_message
 from app.event_log import EventLogWriter
 from app.history import HistoryStore
 from app.keys import negative_key, user_vector_key
-from app.schemas import EventIn
+from app.schemas import EventIn, EventResult, EventsBatchOut
 from app.vector_cache import VectorCache
-from model_store.errors import DependencyError, InvalidInputError
+from model_store.errors import DependencyError, InvalidInputError, NotFoundError
 from model_store.events.log import Event
 from model_store.privacy import Erasable, Privacy
 
@@ -45,30 +49,62 @@ class Shoppers:
 
     async def add_event(self, *, request: EventIn) -> int:
         """Log the event durably, then apply it; returns the length of the user's history."""
+        snap = self.snapshots.ready()
+        event = self._event(snap, request)
+        if self.event_log is not None:  # durable first: a 503 here leaves nothing half-done
+            await self.event_log.record([event])
+        return await self._apply(snap, request, event)
+
+    async def add_events(self, *, events: Sequence[Mapping[str, Any]]) -> EventsBatchOut:
+        """A batch: each event validated on its own; the valid ones logged durably in one
+        write, then applied in order. A refused event is named in its result."""
+        snap = self.snapshots.ready()
+        results = [EventResult(index=i, accepted=False) for i in range(len(events))]
+        valid: list[tuple[int, EventIn, Event]] = []
+        for i, raw in enumerate(events):
+            try:
+                request = EventIn.model_validate(raw)
+                valid.append((i, request, self._event(snap, request)))
+            except ValidationError as exc:
+                results[i].error = validation_message([dict(e) for e in exc.errors()])
+            except (InvalidInputError, NotFoundError) as exc:
+                results[i].error = str(exc)
+        if self.event_log is not None and valid:
+            await self.event_log.record([event for _, _, event in valid])
+        for i, request, event in valid:
+            results[i].accepted = True
+            results[i].history_length = await self._apply(snap, request, event)
+        return EventsBatchOut(
+            accepted=len(valid), refused=len(events) - len(valid), results=results
+        )
+
+    def _event(self, snap: Snapshot, request: EventIn) -> Event:
+        """The log's row for a valid request (``InvalidInputError``/``NotFoundError`` for an
+        unknown type or item)."""
         weight = self.event_types.get(request.type)
         if weight is None:
             raise InvalidInputError(
                 f"event type {request.type!r} is not one of {sorted(self.event_types)} "
                 "(FUSIONREC_EVENT_TYPES)"
             )
-        snap = self.snapshots.ready()
         live_row(snap, request.item_id, name="item_id")
-        uhash = self.privacy.user_hash(request.user_id)
-        if self.event_log is not None:  # durable first: a 503 here leaves nothing half-done
-            now = time.time()
-            event = Event(
-                event_id=uuid.uuid4().hex,
-                user_key=uhash,
-                item_id=request.item_id,
-                type=request.type,
-                weight=weight,
-                timestamp=now if request.timestamp is None else request.timestamp,
-                value=request.value,
-                received=now,
-            )
-            await self.event_log.record([event])
-        history = self.lookup.history
-        if weight < 0:
+        now = time.time()
+        return Event(
+            event_id=uuid.uuid4().hex,
+            user_key=self.privacy.user_hash(request.user_id),
+            item_id=request.item_id,
+            type=request.type,
+            weight=weight,
+            timestamp=now if request.timestamp is None else request.timestamp,
+            value=request.value,
+            received=now,
+            request_id=request.request_id,
+        )
+
+    async def _apply(self, snap: Snapshot, request: EventIn, event: Event) -> int:
+        """The logged event applied to the user's history or negative feedback."""
+        history, uhash = self.lookup.history, event.user_key
+        if event.weight < 0:
             await history.append(negative_key(uhash), [request.item_id], [])
             stored = await history.get(uhash)
             if stored is None:

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from app.deps import SnapshotsDep
 from app.metrics import Metrics
 from app.redis_gateway import RedisGateway
-from app.schemas import Health, Ready
+from app.schemas import EventLogHealth, Health, Ready
 
 router = APIRouter(tags=["health"])
 
@@ -37,7 +37,13 @@ async def readyz(request: Request, snapshots: SnapshotsDep) -> Ready:
         catalog_seq=snap.catalog_seq,
         catalog_head=max(snapshots.catalog_head, snap.catalog_seq),
         catalog_lag_s=snapshots.catalog_lag_s(),
+        event_log=_event_log_health(request),
     )
+
+
+def _event_log_health(request: Request) -> EventLogHealth | None:
+    writer = request.state.shoppers.event_log
+    return None if writer is None else EventLogHealth.model_validate(writer.health())
 
 
 @router.get("/metrics", response_class=Response)
@@ -45,4 +51,11 @@ async def metrics(request: Request) -> Response:
     m: Metrics = request.state.metrics
     gateway: RedisGateway | None = request.state.redis
     m.redis_errors.set(0 if gateway is None or gateway.breaker.state == "closed" else 1)
+    writer = request.state.shoppers.event_log
+    if writer is not None:
+        h = writer.health()
+        m.events_spooled.set(h["spooled_events"])
+        m.events_spool_bytes.set(h["spooled_bytes"])
+        m.events_spool_age.set(h["oldest_spooled_age_s"])
+        m.events_quarantined.set(h["quarantined_events"])
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import orjson
@@ -37,6 +38,7 @@ def _response(answer: Answer) -> Response:
         "strategy": answer.strategy,
         "items": items,
         "unknown_items": answer.unknown_items,
+        "request_id": uuid.uuid4().hex,  # events may name it (attribution)
     }
     return Response(orjson.dumps(body), media_type="application/json")
 

@@ -43,6 +43,13 @@ def retrain(
     every: Annotated[
         str | None, typer.Option(help="run on this schedule (6h, 30m) instead of once")
     ] = None,
+    from_scratch: Annotated[
+        bool,
+        typer.Option(
+            "--from-scratch",
+            help="train from a fresh model, not warm-started from CURRENT's weights",
+        ),
+    ] = False,
     cache_dir: TextCache = None,
     redis_url: RedisUrlOption = None,
     user_key_secret: UserKeySecretOption = None,
@@ -72,9 +79,10 @@ def retrain(
                 margin=margin,
                 final=final,
                 cache_dir=cache_dir or default_cache_dir(),
+                warm=not from_scratch,
             )
             verdict = f"published {d.version}" if d.published else "refused; CURRENT kept"
-            out.print(f"retrain: {verdict}: {d.reason}", highlight=False)
+            out.print(f"retrain ({d.start}): {verdict}: {d.reason}", highlight=False)
         except FusionrecError as exc:
             if period is None:
                 raise fail(exc) from exc

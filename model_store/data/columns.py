@@ -48,40 +48,41 @@ def ids_as_str(values: pd.Series, path: Path, column: str) -> pd.Series:
 
 
 def parse_timestamps(values: pd.Series, path: Path) -> np.ndarray:
+    """Float unix seconds (float64) from integer or fractional unix seconds or ISO 8601
+    (UTC when no zone is given): one representation end to end, the service's
+    server-stamped fractional events included. NaN and infinities are refused."""
     field = "timestamp"
 
     def fail(i: int, value: object) -> DataError:
         return DataError(
             f"{path}: {row_label(i)}, field {field!r}: cannot parse timestamp {value!r} "
-            "(expected integer unix seconds or ISO-8601)"
+            "(expected finite unix seconds, fractions allowed, or ISO 8601)"
         )
 
     dtype = values.dtype
-    if pd.api.types.is_integer_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
-        return values.to_numpy(dtype=np.int64)
+    if pd.api.types.is_bool_dtype(dtype):
+        raise fail(0, values.iloc[0]) if len(values) else DataError(f"{path}: no rows")
     if pd.api.types.is_datetime64_any_dtype(dtype):
         null = values.isna().to_numpy()
         if null.any():
             i = int(np.flatnonzero(null)[0])
             raise fail(i, values.iloc[i])
         return _to_unix_seconds(values)
-    if pd.api.types.is_float_dtype(dtype):
+    if pd.api.types.is_numeric_dtype(dtype):
         floats = values.to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~np.isfinite(floats) | (floats != np.floor(floats)))
+        bad = np.flatnonzero(~np.isfinite(floats))
         if len(bad):
             raise fail(int(bad[0]), values.iloc[int(bad[0])])
-        return floats.astype(np.int64)
+        return floats
     strings = values.astype(object)
     numeric = pd.to_numeric(strings, errors="coerce").to_numpy(dtype=np.float64)
-    out = np.zeros(len(values), dtype=np.int64)
+    out = np.zeros(len(values), dtype=np.float64)
     is_num = np.isfinite(numeric)
-    bad_num = np.flatnonzero(is_num & (numeric != np.floor(numeric)))
-    if len(bad_num):
-        raise fail(int(bad_num[0]), values.iloc[int(bad_num[0])])
-    out[is_num] = numeric[is_num].astype(np.int64)
+    out[is_num] = numeric[is_num]
     rest = np.flatnonzero(~is_num)
     if len(rest):
         sub = strings.iloc[rest]
+        # "nan"/"inf" are numbers to to_numeric but not finite: refused here, not parsed
         parsed = pd.to_datetime(sub, format="ISO8601", utc=True, errors="coerce")
         null = parsed.isna().to_numpy()
         if null.any():
@@ -95,7 +96,7 @@ def _to_unix_seconds(values: pd.Series) -> np.ndarray:
     if getattr(values.dt, "tz", None) is None:
         values = values.dt.tz_localize("UTC")
     delta = values - pd.Timestamp(0, tz="UTC")
-    return (delta // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    return (delta / pd.Timedelta(seconds=1)).to_numpy(dtype=np.float64)
 
 
 def parse_weights(frame: pd.DataFrame, path: Path) -> np.ndarray:

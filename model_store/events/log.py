@@ -12,10 +12,11 @@ directory in the layout of :mod:`model_store.data.dataset`, so any tool can trai
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -49,6 +50,23 @@ events_table = sa.Table(
     sa.Column("value", sa.Float(), nullable=True),
     sa.Column("timestamp", sa.Float(), nullable=False, index=True),
     sa.Column("received", sa.Float(), nullable=False),
+    # the recommend/search answer the event follows (attribution); added to older logs by
+    # EventStore.create (ALTER TABLE ... ADD COLUMN), so no migration tool is needed
+    sa.Column("request_id", sa.String(64), nullable=True),
+)
+
+# events the database refused for good (a constraint, a value a column cannot hold): kept
+# with the reason instead of blocking the writer; ``payload`` is the event as JSON with
+# every non-ASCII character escaped, so any database can hold it
+quarantine_table = sa.Table(
+    "fusionrec_events_quarantine",
+    METADATA,
+    sa.Column("seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True),
+    sa.Column("event_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("user_key", sa.String(128), nullable=False, index=True),
+    sa.Column("payload", sa.Text(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("quarantined", sa.Float(), nullable=False),
 )
 
 
@@ -64,6 +82,7 @@ class Event:
     timestamp: float
     value: float | None = None
     received: float = 0.0
+    request_id: str | None = None
 
     def row(self) -> dict[str, object]:
         return {
@@ -75,6 +94,7 @@ class Event:
             "value": self.value,
             "timestamp": self.timestamp,
             "received": self.received or time.time(),
+            "request_id": self.request_id,
         }
 
 
@@ -99,12 +119,29 @@ class EventStore:
         self.url = self.db.url
         self.dialect = self.db.dialect
         self.engine = self.db.engine
+        self._migrated = False
 
     def __repr__(self) -> str:
         return f"EventStore({redact(self.url)!r})"
 
     def create(self) -> None:
+        if self._migrated:
+            return
         self.db.create()
+        if "request_id" not in self._columns():  # a log written before attribution existed
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {events_table.name} ADD COLUMN request_id VARCHAR(64)"
+                    )
+            except sa.exc.DBAPIError:
+                if "request_id" not in self._columns():  # not another replica's ALTER
+                    raise
+        self._migrated = True
+
+    def _columns(self) -> set[str]:
+        with self.engine.connect() as conn:
+            return {c["name"] for c in sa.inspect(conn).get_columns(events_table.name)}
 
     def insert(self, events: Sequence[Event]) -> int:
         """Write ``events`` in one transaction; rows already stored (same event_id) are
@@ -118,10 +155,34 @@ class EventStore:
             result = conn.execute(stmt, [e.row() for e in events])
         return int(result.rowcount or 0)
 
+    def quarantine(self, event: Event, reason: str) -> None:
+        """Keep an event the database refused for good, with the reason."""
+        self.create()
+        row = {
+            "event_id": event.event_id[:64],
+            "user_key": event.user_key[:128],
+            "payload": json.dumps(asdict(event), ensure_ascii=True),
+            "reason": reason[:2000],
+            "quarantined": time.time(),
+        }
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = insert(quarantine_table).on_conflict_do_nothing(index_elements=["event_id"])
+        with self.engine.begin() as conn:  # a spool replayed twice quarantines once
+            conn.execute(stmt, [row])
+
+    def quarantined(self) -> int:
+        self.create()
+        with self.engine.connect() as conn:
+            query = sa.select(sa.func.count()).select_from(quarantine_table)
+            return int(conn.execute(query).scalar_one())
+
     def erase_user(self, user_key: str) -> int:
-        """Delete every event of one user; returns how many rows went."""
+        """Delete every event of one user (quarantined ones too); returns how many rows
+        of the log went."""
         self.create()
         with self.engine.begin() as conn:
+            gone = quarantine_table.delete().where(quarantine_table.c.user_key == user_key)
+            conn.execute(gone)
             result = conn.execute(events_table.delete().where(events_table.c.user_key == user_key))
         return int(result.rowcount or 0)
 

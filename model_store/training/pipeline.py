@@ -32,6 +32,7 @@ from model_store.training import distributed as dist_mod
 from model_store.training.prepare import Prepared, prepare
 from model_store.training.report import write_training_report
 from model_store.training.trainer import OnEpoch, TrainResult, fit
+from model_store.training.warm import WarmStart
 
 log = logging.getLogger(__name__)
 HISTORY_KEEP = 200
@@ -123,6 +124,7 @@ def train(
     epochs: int | None = None,
     on_epoch: OnEpoch | None = None,
     text_progress: Callable[[int], None] | None = None,
+    init: WarmStart | None = None,
 ) -> Trained:
     """Train on ``dataset`` with ``cfg``; the result is an in-memory bundle, exactly what
     ``train_and_publish`` writes (the evaluation protocols measure it without a store)."""
@@ -141,7 +143,7 @@ def train(
     lora = None
     if cfg.text.mode == "lora":
         lora = LoraText(cfg.text, dataset.item_texts(), pick_device(cfg.train.device))
-    result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch, lora=lora)
+    result = fit(cfg, prep, epochs=epochs, on_epoch=on_epoch, lora=lora, init=init)
     histories = {
         u: [prep.item_ids[i - 1] for i in s[-HISTORY_KEEP:]]
         for u, s in zip(prep.users, prep.sequences, strict=True)

@@ -23,6 +23,7 @@ head.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ from model_store.training.epochs import BestEpoch, Candidate, EpochRow
 from model_store.training.head import fit_head
 from model_store.training.loop import Loop
 from model_store.training.prepare import Prepared, seed_everything
+from model_store.training.warm import WarmStart, warm_start
+
+log = logging.getLogger("fusionrec.train")
 
 OnEpoch = Callable[[EpochRow], None]
 
@@ -91,11 +95,15 @@ def fit(
     epochs: int | None = None,
     on_epoch: OnEpoch | None = None,
     lora: LoraText | None = None,
+    init: WarmStart | None = None,
 ) -> TrainResult:
-    """Train the retriever (and the fusion head); returns the best-epoch model."""
+    """Train the retriever (and the fusion head); returns the best-epoch model. With
+    ``init`` training starts from its weights (:mod:`model_store.training.warm`)."""
     tr = cfg.train
     seed_everything(tr.seed)
     model = build_model(cfg, prep, pick_device(tr.device))
+    if init is not None:
+        log.info("%s", warm_start(model, prep.item_ids, init).describe())
     t0 = time.perf_counter()
     valid = validation_set(cfg, prep)
     if cfg.model.fusion == "text":  # zero-shot: nothing to train

@@ -112,7 +112,9 @@ def test_items_events_and_forget(client: TestClient) -> None:
     user = "event-user-1"
     assert client.post("/v1/recommend", json={"user_id": user}).json()["strategy"] == "cold_start"
     for item_id in ("i5", "i6", "i7"):
-        r = client.post("/v1/events", json={"user_id": user, "item_id": item_id, "timestamp": 1.0})
+        r = client.post(
+            "/v1/events", json={"user_id": user, "item_id": item_id, "timestamp": 1.7e9}
+        )
         assert r.status_code == 200
     assert r.json() == {"history_length": 3}
     body = client.post("/v1/recommend", json={"user_id": user, "k": 20}).json()

@@ -46,7 +46,7 @@ def test_loads_in_canonical_order_with_stable_ties(tmp_path: Path) -> None:
     assert list(df.columns) == ["user_id", "item_id", "timestamp", "weight"]
     assert df.user_id.tolist() == ["u1", "u1", "u1", "u2", "u2"]
     assert df.item_id.tolist() == ["i1", "i3", "i2", "i1", "i2"]
-    assert df.timestamp.dtype == np.int64 and df.weight.dtype == np.float32
+    assert df.timestamp.dtype == np.float64 and df.weight.dtype == np.float32
     assert (df.weight == 1.0).all()
     assert list(df.index) == list(range(5))
     assert type(df.user_id.iloc[0]) is str and type(ds.items.item_id.iloc[0]) is str
@@ -209,3 +209,25 @@ def test_leave_one_out_and_holdout_last_with_ties() -> None:
     assert pairs(va) == [("a", "4"), ("b", "2"), ("d", "2")]
     assert ("c", "9") in pairs(tr)
     assert len(tr) + len(va) == len(df)
+
+
+def test_timestamps_are_float_seconds_from_integers_fractions_and_iso(tmp_path: Path) -> None:
+    """One representation: float unix seconds, whether the file has integers, the
+    server's fractional arrival times or ISO 8601 (issue 29: a fraction was refused)."""
+    inter = (
+        "user_id,item_id,timestamp\n"
+        "u1,i1,1796226459.993\n"
+        "u1,i2,1796226460\n"
+        "u1,i3,2026-12-31T00:00:00.5Z\n"
+    )
+    df = load_dataset(write(tmp_path, inter)).interactions
+    assert df.timestamp.dtype == np.float64
+    iso = pd.Timestamp("2026-12-31T00:00:00.5Z").timestamp()
+    assert df.timestamp.tolist() == [1796226459.993, 1796226460.0, iso]
+    assert df.item_id.tolist() == ["i1", "i2", "i3"]
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf", "soon"])
+def test_non_finite_or_unparseable_timestamps_are_refused(tmp_path: Path, bad: str) -> None:
+    msg = error(write(tmp_path, f"user_id,item_id,timestamp\nu1,i1,1\nu1,i2,{bad}\n"))
+    assert "row 2" in msg and "'timestamp'" in msg

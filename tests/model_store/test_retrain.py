@@ -11,13 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from fusionrec.retrain import DECISIONS, retrain, time_holdout
 from model_store.bundle import store as store_mod
-from model_store.bundle.io import read_items, read_manifest
+from model_store.bundle.io import load_bundle, read_items, read_manifest
 from model_store.config import Config
 from model_store.data.dataset import load_dataset
 from model_store.events.log import Event, EventStore, export_dataset, parse_since
+from model_store.training.warm import WarmStart, warm_start
 from tests.helpers.bundles import train_tiny
 
 TINY = {"model": {"fusion": "joint", "dim": 32, "max_len": 20}, "train": {"epochs": 3}}
@@ -94,6 +96,18 @@ def test_time_holdout_targets_follow_their_histories(setup: tuple[Path, str, pd.
     assert first[first["timestamp"] >= held.cut]["item_id"].iloc[0] == held.targets[0]
 
 
+def test_holdout_falls_back_to_last_events_when_recent_shoppers_are_new() -> None:
+    """Old shoppers before the cut, new ones after it: no user spans the cut, so each of
+    the newest users' last event is held out (issue 29: retrain failed outright)."""
+    rows = [("old", f"i{k}", 100.0 + k) for k in range(5)]
+    rows += [(f"new{u}", f"i{k}", 1000.0 + 10 * u + k) for u in range(4) for k in range(3)]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    before, held = time_holdout(inter, 0.5)
+    assert held.users == ["new2", "new3"]
+    assert held.targets == ["i2", "i2"] and held.histories == [["i0", "i1"], ["i0", "i1"]]
+    assert len(before) == len(inter) - 2 and held.cut == 1022.0
+
+
 def test_retrain_publishes_an_indexed_bundle_with_the_gate(
     setup: tuple[Path, str, pd.DataFrame],
 ) -> None:
@@ -109,6 +123,33 @@ def test_retrain_publishes_an_indexed_bundle_with_the_gate(
     assert manifest.gate.users > 10
     line = json.loads((store / DECISIONS).read_text().splitlines()[-1])
     assert line["published"] and line["version"] == d.version
+
+
+def test_warm_started_retrain_grows_the_item_table_and_publishes(
+    setup: tuple[Path, str, pd.DataFrame],
+) -> None:
+    """Warm start from CURRENT (trained on 80 % of the events, fewer items than the log
+    names): the candidate starts from CURRENT's weights, items in both keep their learned
+    ID rows before training, new items get rows, and the gate publishes as before."""
+    store, url, _ = setup
+    current = load_bundle(store)
+    cfg = Config.from_dict(TINY)
+    items = [*current.item_ids[:5], "brand-new"]
+    fresh = Config.from_dict(TINY).checked()
+    model = type(current.model)(
+        fresh.model,
+        torch.zeros(len(items) + 1, current.model.text_emb.shape[1]),
+        torch.ones(len(items) + 1, dtype=torch.bool),
+        torch.zeros(len(items) + 1),
+    )
+    info = warm_start(model, items, WarmStart(current.model, current.item_ids))
+    assert (info.items_kept, info.items_new) == (5, 1) and not info.skipped
+    old, new = current.model.items.id_emb.weight, model.items.id_emb.weight
+    assert torch.equal(new[1:6], old[1:6])
+    d = retrain(store, url, cfg, margin=1.0, final=False)
+    assert d.published and d.start == "warm"
+    scratch = retrain(store, url, cfg, margin=1.0, final=False, warm=False)
+    assert scratch.start.startswith("scratch")
 
 
 def test_the_gate_refuses_a_worse_candidate_and_keeps_current(
@@ -166,3 +207,22 @@ def test_cli_export_writes_a_dataset_train_can_read(
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{len(inter)} interactions" in r.stdout
     assert len(load_dataset(tmp_path / "exported").interactions) == len(inter)
+
+
+def test_server_stamped_events_export_and_retrain(
+    setup: tuple[Path, str, pd.DataFrame], tmp_path: Path
+) -> None:
+    """Events stamped by the server on arrival have fractional seconds (issue 29: export →
+    train and retrain exited 2 with 'cannot parse timestamp np.float64(…)')."""
+    store, _, inter = setup
+    stamped = inter.copy()
+    stamped["timestamp"] = stamped["timestamp"].astype(float) + 0.4321
+    url = f"sqlite:///{tmp_path}/stamped.db"
+    log = log_from(stamped, url)
+    export_dataset(log, tmp_path / "exported", items=read_items(store))
+    back = load_dataset(tmp_path / "exported").interactions
+    assert len(back) == len(inter)
+    assert sorted(back["timestamp"].tolist()) == sorted(stamped["timestamp"].tolist())
+    d = retrain(store, url, Config.from_dict(TINY), margin=1.0, final=False)
+    assert d.published, d.reason
+    log.close()
