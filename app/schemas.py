@@ -12,7 +12,16 @@ from pydantic import (
     StringConstraints,
     field_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from model_store.data.filters import (
+    MAX_CONDITIONS,
+    MAX_FILTER_BYTES,
+    MAX_IN,
+    MAX_VALUE_CHARS,
+    check_bounds,
+)
+from model_store.errors import InvalidInputError
 from model_store.ids import ID_PATTERN, MAX_ID_LENGTH, check_id
 
 # one id rule everywhere (model_store.ids): no control characters, lone surrogates or "/"
@@ -34,13 +43,28 @@ FILTER_EXAMPLE: dict[str, dict[str, Any]] = {
     "available": {"eq": True},
     "brand": {"in": ["a", "b"]},
 }
+
+
+def _bounded(value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The filter's size bounds, checked while the body is validated (before any work)."""
+    try:
+        check_bounds(value)
+    except InvalidInputError as exc:
+        raise PydanticCustomError("filter_too_large", str(exc)) from None
+    return value
+
+
+FilterDict = Annotated[dict[str, dict[str, Any]], AfterValidator(_bounded)]
 FilterField = Field(
     None,
     description=(
         "conditions on item attributes, all of which must hold: {field: {operator: value}}; "
         "operators eq, ne, in (a list), contains (one part of a list-valued or '|'-joined "
         "text field), gt, gte, lt, lte (numbers). Fields: the catalog's text columns, its "
-        "declared attributes and `available`. An unknown field or operator is a 422."
+        "declared attributes and `available`. An unknown field or operator is a 422. "
+        f"Bounds (422 naming the one exceeded): at most {MAX_CONDITIONS} conditions, `in` "
+        f"lists of 1..{MAX_IN} values, strings of at most {MAX_VALUE_CHARS} characters, "
+        f"{MAX_FILTER_BYTES} bytes of field names and values in all."
     ),
     examples=[FILTER_EXAMPLE],
 )
@@ -66,7 +90,7 @@ class RecommendRequest(_Strict):
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
     exclude_history: bool = True
     explain: bool = False
-    filter: dict[str, dict[str, Any]] | None = FilterField
+    filter: FilterDict | None = FilterField
     fields: list[FieldName] | None = FieldsField
 
 
@@ -75,7 +99,7 @@ class SearchRequest(_Strict):
     user_id: Id | None = None
     history: list[Id] | None = Field(None, max_length=MAX_LIST)
     k: int = Field(10, ge=1, le=1000)
-    filter: dict[str, dict[str, Any]] | None = FilterField
+    filter: FilterDict | None = FilterField
     fields: list[FieldName] | None = FieldsField
     mode: Literal["dense", "hybrid"] | None = Field(
         None,
@@ -148,7 +172,7 @@ class ItemOut(BaseModel):
 
 class SimilarRequest(_Strict):
     k: int = Field(10, ge=1, le=1000)
-    filter: dict[str, dict[str, Any]] | None = FilterField
+    filter: FilterDict | None = FilterField
     fields: list[FieldName] | None = FieldsField
     explain: bool = False
 
