@@ -110,7 +110,7 @@ def status_of(exc: FusionrecError) -> tuple[int, str, dict[str, str]]:
 
 
 def _loc(loc: tuple[int | str, ...] | list[int | str]) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+    parts = [str(p) for p in loc if p not in ("body", "path")]
     return ".".join(parts) or "body"
 
 

@@ -31,7 +31,12 @@ from app.deps import RateLimiter
 from app.event_log import EventLogWriter
 from app.history import HistoryStore, LocalHistory, RedisHistory
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
+from app.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    SecurityHeadersMiddleware,
+    install_log_redaction,
+)
 from app.redis_gateway import CircuitBreaker, RedisGateway
 from app.routes import admin, demo, health, items, recommend, users
 from app.settings import HistorySettings, RedisSettings, Settings, settings_error_message
@@ -208,6 +213,7 @@ def create_app(settings: Settings) -> FastAPI:
         demo.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.http.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every answer
     install_log_redaction()
     return app
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -11,6 +13,7 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -31,6 +34,70 @@ Id = Annotated[
     AfterValidator(check_id),
 ]
 MAX_LIST = 1000
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _surrogate_problem(value: object) -> str | None:
+    """Where a lone surrogate (not encodable as UTF-8) sits in ``value``, or None."""
+    if isinstance(value, str):
+        bad = _SURROGATE.search(value)
+        if bad is None:
+            return None
+        code = ord(bad.group())
+        return f"must not contain a lone surrogate (U+{code:04X} at position {bad.start()})"
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, inner in items:
+        problem = _surrogate_problem(inner)
+        if problem is not None:
+            return f"[{key!r}] {problem}"
+    return None
+
+
+def _text(value: str) -> str:
+    problem = _surrogate_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("lone_surrogate", problem)
+    return value
+
+
+# every text field of a body: UTF-8 encodable (a JSON "\ud800" escape is valid JSON, and
+# would fail later, deep in the catalog or the log)
+Text = Annotated[str, AfterValidator(_text)]
+
+
+def _extra_text(model: BaseModel) -> None:
+    """The free-form fields of a model (``extra="allow"``) checked as ``Text``."""
+    for name, value in (model.model_extra or {}).items():
+        problem = _surrogate_problem(value)
+        if problem is not None:
+            raise PydanticCustomError("lone_surrogate", f"{name}: {problem}")
+
+
+# a path parameter that is an id: the same rule, stated in the schema; the message names it
+def _path_id(name: str) -> Any:
+    return Path(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        json_schema_extra={"pattern": ID_PATTERN},
+        description=f"{name}: 1..{MAX_ID_LENGTH} characters, no control characters or '/'",
+    )
+
+
+def _checked_id(value: str) -> str:
+    try:
+        return check_id(value, "an id")
+    except ValueError as exc:
+        raise PydanticCustomError("invalid_id", str(exc)) from None
+
+
+ItemIdPath = Annotated[str, _path_id("item_id"), AfterValidator(_checked_id)]
+UserIdPath = Annotated[str, _path_id("user_id"), AfterValidator(_checked_id)]
 
 
 class _Strict(BaseModel):
@@ -68,7 +135,7 @@ FilterField = Field(
     ),
     examples=[FILTER_EXAMPLE],
 )
-FieldName = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_text)]
 FieldsField = Field(
     None,
     max_length=64,
@@ -95,7 +162,7 @@ class RecommendRequest(_Strict):
 
 
 class SearchRequest(_Strict):
-    query: str = Field(min_length=1, max_length=512)
+    query: Text = Field(min_length=1, max_length=512)
     user_id: Id | None = None
     history: list[Id] | None = Field(None, max_length=MAX_LIST)
     k: int = Field(10, ge=1, le=1000)
@@ -151,6 +218,11 @@ class ItemIn(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     item_id: Id
+
+    @model_validator(mode="after")
+    def _utf8(self) -> ItemIn:
+        _extra_text(self)
+        return self
 
 
 class ItemsUpsert(_Strict):
@@ -220,6 +292,11 @@ class ItemPatch(BaseModel):
         json_schema_extra={"examples": [{"available": False}, {"title": "New title"}]},
     )
 
+    @model_validator(mode="after")
+    def _utf8(self) -> ItemPatch:
+        _extra_text(self)
+        return self
+
 
 class DeleteResponse(BaseModel):
     model_version: str
@@ -232,7 +309,7 @@ class EventIn(_Strict):
     timestamp: float | None = Field(
         None, description="unix seconds (default: arrival); history order is arrival order"
     )
-    type: str = Field(
+    type: Text = Field(
         "view",
         min_length=1,
         max_length=32,

@@ -15,6 +15,7 @@ from app.deps import AdminGuard, CatalogDep, ClientGuard, ReadingDep
 from app.routes.recommend import item_dicts
 from app.schemas import (
     DeleteResponse,
+    ItemIdPath,
     ItemOut,
     ItemPatch,
     ItemsBatch,
@@ -83,7 +84,7 @@ async def batch_get_items(body: ItemsBatchGet, reading: ReadingDep) -> ItemsBatc
 
 
 @router.get("/{item_id}", response_model=ItemOut, dependencies=[ClientGuard])
-async def get_item(item_id: str, reading: ReadingDep) -> ItemOut:
+async def get_item(item_id: ItemIdPath, reading: ReadingDep) -> ItemOut:
     version, record = reading.item(item_id=item_id)
     return ItemOut(
         item_id=item_id, model_version=version, fields=record.fields, trained=record.trained
@@ -92,7 +93,7 @@ async def get_item(item_id: str, reading: ReadingDep) -> ItemOut:
 
 @router.get("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
 async def similar_items(
-    item_id: str,
+    item_id: ItemIdPath,
     reading: ReadingDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     fields: FieldsQuery = None,
@@ -108,7 +109,7 @@ async def similar_items(
 
 @router.post("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
 async def similar_items_filtered(
-    item_id: str, body: SimilarRequest, reading: ReadingDep
+    item_id: ItemIdPath, body: SimilarRequest, reading: ReadingDep
 ) -> Response:
     """Like the GET form, with a `filter` and `fields` in the body."""
     return _similar(item_id, await reading.similar(item_id=item_id, request=body))
@@ -124,7 +125,7 @@ async def upsert_items(body: ItemsUpsert, catalog: CatalogDep) -> UpsertResponse
 
 
 @router.patch("/{item_id}", response_model=UpsertResponse, dependencies=[AdminGuard])
-async def patch_item(item_id: str, body: ItemPatch, catalog: CatalogDep) -> UpsertResponse:
+async def patch_item(item_id: ItemIdPath, body: ItemPatch, catalog: CatalogDep) -> UpsertResponse:
     """Change some fields of an item (`available: false` hides it from every list);
     live at once and persisted as a new bundle version."""
     result = await catalog.patch(item_id=item_id, request=body)
@@ -134,7 +135,7 @@ async def patch_item(item_id: str, body: ItemPatch, catalog: CatalogDep) -> Upse
 
 
 @router.delete("/{item_id}", response_model=DeleteResponse, dependencies=[AdminGuard])
-async def delete_item(item_id: str, catalog: CatalogDep) -> DeleteResponse:
+async def delete_item(item_id: ItemIdPath, catalog: CatalogDep) -> DeleteResponse:
     """Delete an item: never returned again by any endpoint, on every replica that reloads."""
     version = await catalog.delete(item_id=item_id)
     return DeleteResponse(model_version=version, deleted=item_id)

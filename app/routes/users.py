@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.deps import ClientGuard, ShoppersDep, WriteGuard
-from app.schemas import EventIn, EventOut
+from app.schemas import EventIn, EventOut, UserIdPath
 
 router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard, WriteGuard])
 
@@ -18,7 +18,7 @@ async def add_event(body: EventIn, shoppers: ShoppersDep) -> EventOut:
 
 
 @router.delete("/users/{user_id}", status_code=204, response_class=Response)
-async def forget_user(user_id: str, shoppers: ShoppersDep) -> Response:
+async def forget_user(user_id: UserIdPath, shoppers: ShoppersDep) -> Response:
     """Forget a user: a durable tombstone first (every replica and the next training honour
     it), then the server-side history, negative feedback, cached vector and their events in
     the log, in Redis and in process."""
