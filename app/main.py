@@ -96,7 +96,12 @@ def _stores(
     redis: RedisSettings, history: HistorySettings
 ) -> tuple[RedisGateway | None, HistoryStore]:
     """Redis behind its breaker (when configured) and the history store over it."""
-    local = LocalHistory(history.max_len, ttl_s=history.ttl_s, max_bytes=history.max_bytes)
+    local = LocalHistory(
+        history.max_len,
+        ttl_s=history.ttl_s,
+        max_bytes=history.max_bytes,
+        max_user_bytes=history.max_user_bytes,
+    )
     if not redis.url:
         return None, local
     breaker = CircuitBreaker(redis.breaker_failures, redis.breaker_reset_s)

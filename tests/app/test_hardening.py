@@ -8,17 +8,22 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
+from app.keys import history_key
 from app.main import create_app
-from tests.helpers.servers import AUTH, make_settings
+from model_store.bundle import store as store_mod
+from model_store.bundle.io import HISTORIES_FILE
+from model_store.privacy.keys import user_hash, user_key
+from tests.helpers.bundles import a_trained_user, copy_store
+from tests.helpers.servers import AUTH, RedisServer, make_settings, store_user_hash
 
 
 @pytest.fixture(scope="module")
 def client(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    from tests.helpers.bundles import copy_store
-
     store = copy_store(tiny_store, tmp_path_factory.mktemp("harden") / "store")
     with TestClient(create_app(make_settings(store, demo=True))) as c:
         yield c
@@ -138,3 +143,45 @@ def test_a_lone_surrogate_in_a_text_field_is_422(client: TestClient) -> None:
     assert r.status_code == 422 and "type" in r.json()["error"]["message"], r.text
     # the item is untouched and still served
     assert client.get("/v1/items/i5").status_code == 200
+
+
+# ---- at rest ------------------------------------------------------------------------------
+
+
+def test_bundles_keep_keyed_user_hashes_not_raw_ids(
+    tiny_store: Path, tiny_dataset: Path, client: TestClient
+) -> None:
+    hist = pd.read_parquet(tiny_store / store_mod.current_version(tiny_store) / HISTORIES_FILE)
+    stored = set(hist["user_id"].astype(str))
+    raw = set(pd.read_csv(tiny_dataset / "interactions.csv")["user_id"].astype(str))
+    assert stored and not stored & raw
+    key = user_key(tiny_store)
+    assert stored == {user_hash(u, key) for u in raw}
+    # the service still finds a trained shopper's history by the raw id
+    user = a_trained_user(tiny_store)
+    r = client.post("/v1/recommend", json={"user_id": user, "k": 3})
+    assert r.status_code == 200 and r.json()["strategy"] == "personalized", r.text
+
+
+def test_redis_histories_have_a_byte_cap_per_user(store: Path, redis_server: RedisServer) -> None:
+    cap = 1024
+    settings = make_settings(
+        store,
+        redis_url=redis_server.url,
+        history_max_len=1000,
+        history_max_user_bytes=cap,
+        events_url="off",
+    )
+    items = [f"i{n}" for n in range(400)]  # ~1,500 bytes in all, under the count cap
+    with TestClient(create_app(settings)) as c:
+        for item in items:
+            r = c.post("/v1/events", json={"user_id": "byte-capped", "item_id": item})
+            assert r.status_code == 200, r.text
+        kept = c.post("/v1/recommend", json={"user_id": "byte-capped", "k": 1})
+        assert kept.status_code == 200
+    r = redis.Redis.from_url(redis_server.url)
+    stored = [
+        x.decode() for x in r.lrange(history_key(store_user_hash(store, "byte-capped")), 0, -1)
+    ]
+    assert sum(len(x) for x in stored) <= cap
+    assert stored == items[-len(stored) :] and len(stored) > 200  # the newest, in order
