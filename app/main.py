@@ -20,7 +20,7 @@ import torch
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app import errors
+from app import errors, openapi
 from app.core.catalog import Catalog
 from app.core.follow import start_following
 from app.core.lookup import Lookup
@@ -42,6 +42,7 @@ from app.routes import admin, demo, health, items, recommend, users
 from app.settings import HistorySettings, RedisSettings, Settings, settings_error_message
 from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
+from model_store.data.attributes import AttrType
 from model_store.errors import ConfigError
 from model_store.events.log import EventStore
 from model_store.privacy import FileTombstones, Privacy, RedisTombstones, Tombstones, user_key
@@ -176,6 +177,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the service for ``settings``; the bundle is loaded when the lifespan starts."""
     metrics = Metrics()
     security = settings.security
+    served: list[SnapshotHolder] = []  # the running core's snapshots (for /openapi.json)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -184,6 +186,7 @@ def create_app(settings: Settings) -> FastAPI:
             torch.set_num_threads(settings.runtime.torch_threads)
         set_faiss_threads(settings.runtime.faiss_threads)
         core = build_core(settings, metrics)
+        served.append(core.snapshots)
         await core.start()
         follower = start_following(core.snapshots, settings.follow, settings.redis.url)
         try:
@@ -202,6 +205,7 @@ def create_app(settings: Settings) -> FastAPI:
             if follower is not None:
                 await follower.stop()
             await core.stop(drain_s=settings.history.drain_s)
+            served.clear()
             torch.set_num_threads(threads_before)
 
     app = FastAPI(
@@ -209,9 +213,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Search and recommendations from a fused LM + sequential model.",
-        responses={422: {"model": None}},
     )
     errors.install(app)
+    openapi.install(app, lambda: _catalog_types(served), list(settings.events.types))
     for module in (recommend, items, users, admin, health):
         app.include_router(module.router)
     if settings.demo:
@@ -221,6 +225,16 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every answer
     install_log_redaction()
     return app
+
+
+def _catalog_types(
+    served: list[SnapshotHolder],
+) -> tuple[dict[str, AttrType], list[str]] | None:
+    """The served catalog's attribute types and text columns, or None before a bundle."""
+    snap = served[0].snapshot if served else None
+    if snap is None:
+        return None
+    return dict(snap.attrs.types), list(snap.bundle.text_columns)
 
 
 def app_from_env() -> FastAPI:

@@ -9,6 +9,7 @@ from fastapi import Path
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -100,8 +101,19 @@ ItemIdPath = Annotated[str, _path_id("item_id"), AfterValidator(_checked_id)]
 UserIdPath = Annotated[str, _path_id("user_id"), AfterValidator(_checked_id)]
 
 
+def _integral(value: object) -> object:
+    """JSON Schema counts 5.0 as an integer; strict pydantic would not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_integral)]
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "true" is not a boolean and 5.0 not an integer, as the schema says
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 FILTER_EXAMPLE: dict[str, dict[str, Any]] = {
@@ -153,7 +165,7 @@ class RecommendRequest(_Strict):
         max_length=MAX_LIST,
         description="item ids, oldest first; wins over the stored history",
     )
-    k: int = Field(10, ge=1, le=1000)
+    k: Int = Field(10, ge=1, le=1000)
     exclude: list[Id] = Field(default_factory=list, max_length=MAX_LIST)
     exclude_history: bool = True
     explain: bool = False
@@ -165,7 +177,7 @@ class SearchRequest(_Strict):
     query: Text = Field(min_length=1, max_length=512)
     user_id: Id | None = None
     history: list[Id] | None = Field(None, max_length=MAX_LIST)
-    k: int = Field(10, ge=1, le=1000)
+    k: Int = Field(10, ge=1, le=1000)
     filter: FilterDict | None = FilterField
     fields: list[FieldName] | None = FieldsField
     mode: Literal["dense", "hybrid"] | None = Field(
@@ -175,7 +187,7 @@ class SearchRequest(_Strict):
         "FUSIONREC_SEARCH_MODE",
         examples=["hybrid"],
     )
-    offset: int = Field(0, ge=0, le=1000, description="results to skip (pagination)")
+    offset: Int = Field(0, ge=0, le=1000, description="results to skip (pagination)")
 
     @field_validator("query")
     @classmethod
@@ -226,7 +238,22 @@ class ItemIn(BaseModel):
 
 
 class ItemsUpsert(_Strict):
-    items: list[ItemIn] = Field(min_length=1, max_length=1000)
+    items: list[ItemIn] = Field(
+        min_length=1,
+        max_length=1000,
+        description="applied in order: entries for the same item_id merge, later fields win",
+    )
+
+    @field_validator("items")
+    @classmethod
+    def _merged(cls, items: list[ItemIn]) -> list[ItemIn]:
+        """One entry per item id (a JSON schema cannot state uniqueness by a property)."""
+        merged: dict[str, dict[str, Any]] = {}
+        for item in items:
+            merged.setdefault(item.item_id, {}).update(item.model_dump())
+        if len(merged) == len(items):
+            return items
+        return [ItemIn.model_validate(fields) for fields in merged.values()]
 
 
 class UpsertResponse(BaseModel):
@@ -243,7 +270,7 @@ class ItemOut(BaseModel):
 
 
 class SimilarRequest(_Strict):
-    k: int = Field(10, ge=1, le=1000)
+    k: Int = Field(10, ge=1, le=1000)
     filter: FilterDict | None = FilterField
     fields: list[FieldName] | None = FieldsField
     explain: bool = False

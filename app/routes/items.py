@@ -12,6 +12,7 @@ from fastapi.responses import Response
 
 from app.core.reading import Answer, ItemsFound
 from app.deps import AdminGuard, CatalogDep, ClientGuard, ReadingDep
+from app.openapi import error_responses
 from app.routes.recommend import item_dicts
 from app.schemas import (
     DeleteResponse,
@@ -26,7 +27,11 @@ from app.schemas import (
     UpsertResponse,
 )
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+router = APIRouter(
+    prefix="/v1/items",
+    tags=["items"],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+)
 
 FieldsQuery = Annotated[
     list[str] | None,

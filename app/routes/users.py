@@ -5,9 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.deps import ClientGuard, ShoppersDep, WriteGuard
+from app.openapi import error_responses
 from app.schemas import EventIn, EventOut, UserIdPath
 
-router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard, WriteGuard])
+router = APIRouter(
+    prefix="/v1",
+    tags=["users"],
+    dependencies=[ClientGuard, WriteGuard],
+    responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503),
+)
 
 
 @router.post("/events", response_model=EventOut)
