@@ -6,7 +6,8 @@ so an event that was answered 200 is lost only if this process exits before Redi
 back. Forgetting a user is the exception: if Redis cannot be reached the erasure raises
 ``DependencyError``, because silently keeping a user's data is worse than a retry.
 
-Everything is bounded: a history keeps its last ``max_len`` events and expires ``ttl_s``
+Everything is bounded: a history keeps its last ``max_len`` events, at most ``max_user_bytes``
+bytes of item ids (the oldest dropped first, the newest always kept), and expires ``ttl_s``
 after its last write (Redis ``EXPIRE``; in process on read and by LRU order); the in-process
 store has a byte budget (least recently written users evicted first); the queue of events
 waiting for Redis holds at most ``max_pending`` users, and an event of one more user is
@@ -48,8 +49,16 @@ class LocalHistory:
     ``max_bytes`` (estimated) and ``MAX_LOCAL_USERS`` users, each expiring ``ttl_s`` after
     its last write (0 = never)."""
 
-    def __init__(self, max_len: int, *, ttl_s: float = 0, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_len: int,
+        *,
+        ttl_s: float = 0,
+        max_bytes: int | None = None,
+        max_user_bytes: int = 0,
+    ) -> None:
         self.max_len = max_len
+        self.max_user_bytes = max_user_bytes  # 0 = by count only
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
         self.bytes = 0
@@ -77,6 +86,10 @@ class LocalHistory:
         stored = deque(seed, maxlen=self.max_len) if entry is None else entry[0]
         self._pop(uhash)
         stored.extend(items)
+        if self.max_user_bytes:
+            size = sum(len(i.encode()) for i in stored)
+            while size > self.max_user_bytes and len(stored) > 1:
+                size -= len(stored.popleft().encode())
         cost = self._cost(uhash, stored)
         self._data[uhash] = (stored, time.monotonic(), cost)
         self.bytes += cost
@@ -99,14 +112,28 @@ class LocalHistory:
         return len(self._data)
 
 
-# KEYS[1] = history list; ARGV = max_len, ttl_s (0 = none), n_seed, seed..., new items...
+# KEYS[1] = history list; ARGV = max_len, ttl_s (0 = none), max_user_bytes (0 = none),
+# n_seed, seed..., new items...; trimmed by count, then by bytes (oldest first, the newest
+# item always kept)
 _APPEND_LUA = """
-local n_seed = tonumber(ARGV[3])
+local n_seed = tonumber(ARGV[4])
 if redis.call('EXISTS', KEYS[1]) == 0 and n_seed > 0 then
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, 4, 3 + n_seed))
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, 5, 4 + n_seed))
 end
-redis.call('RPUSH', KEYS[1], unpack(ARGV, 4 + n_seed, #ARGV))
+redis.call('RPUSH', KEYS[1], unpack(ARGV, 5 + n_seed, #ARGV))
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+local cap = tonumber(ARGV[3])
+if cap > 0 then
+  local items = redis.call('LRANGE', KEYS[1], 0, -1)
+  local total = 0
+  for i = 1, #items do total = total + #items[i] end
+  local drop = 0
+  while total > cap and drop < #items - 1 do
+    drop = drop + 1
+    total = total - #items[drop]
+  end
+  if drop > 0 then redis.call('LTRIM', KEYS[1], drop, -1) end
+end
 if tonumber(ARGV[2]) > 0 then
   redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 end
@@ -176,7 +203,7 @@ class RedisHistory:
     ) -> tuple[bool, int]:
         key = history_key(uhash)
         seed = list(seed)[-self.max_len :]
-        args = [self.max_len, self.ttl_s, len(seed), *seed, *items]
+        args = [self.max_len, self.ttl_s, self.fallback.max_user_bytes, len(seed), *seed, *items]
         ok, n = await self.redis.run(lambda r: self._append(keys=[key], args=args, client=r))
         return ok, int(n or 0)
 

@@ -21,7 +21,7 @@ import torch
 from fastapi import FastAPI
 from pydantic import ValidationError
 
-from app import errors
+from app import errors, openapi
 from app.core.catalog import Catalog
 from app.core.follow import start_following
 from app.core.lookup import Lookup
@@ -32,7 +32,12 @@ from app.deps import RateLimiter
 from app.event_log import EventLogWriter
 from app.history import HistoryStore, LocalHistory, RedisHistory
 from app.metrics import Metrics
-from app.middleware import BodyLimitMiddleware, MetricsMiddleware, install_log_redaction
+from app.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    SecurityHeadersMiddleware,
+    install_log_redaction,
+)
 from app.redis_gateway import CircuitBreaker, RedisGateway
 from app.routes import admin, demo, health, items, recommend, users
 from app.settings import HistorySettings, RedisSettings, Settings, settings_error_message
@@ -40,6 +45,7 @@ from app.vector_cache import LocalLRU, VectorCache
 from indexer.build import set_faiss_threads
 from model_store.catalog.table import CatalogStore
 from model_store.catalog.writes import default_url
+from model_store.data.attributes import AttrType
 from model_store.events.log import EventStore
 from model_store.privacy import FileTombstones, Privacy, RedisTombstones, Tombstones, user_key
 
@@ -95,7 +101,12 @@ def _stores(
     redis: RedisSettings, history: HistorySettings
 ) -> tuple[RedisGateway | None, HistoryStore]:
     """Redis behind its breaker (when configured) and the history store over it."""
-    local = LocalHistory(history.max_len, ttl_s=history.ttl_s, max_bytes=history.max_bytes)
+    local = LocalHistory(
+        history.max_len,
+        ttl_s=history.ttl_s,
+        max_bytes=history.max_bytes,
+        max_user_bytes=history.max_user_bytes,
+    )
     if not redis.url:
         return None, local
     breaker = CircuitBreaker(redis.breaker_failures, redis.breaker_reset_s)
@@ -179,6 +190,7 @@ def create_app(settings: Settings) -> FastAPI:
     """Build the service for ``settings``; the bundle is loaded when the lifespan starts."""
     metrics = Metrics()
     security = settings.security
+    served: list[SnapshotHolder] = []  # the running core's snapshots (for /openapi.json)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
@@ -187,6 +199,7 @@ def create_app(settings: Settings) -> FastAPI:
             torch.set_num_threads(settings.runtime.torch_threads)
         set_faiss_threads(settings.runtime.faiss_threads)
         core = build_core(settings, metrics)
+        served.append(core.snapshots)
         await core.start()
         follower = start_following(core.snapshots, settings.follow, settings.redis.url)
         try:
@@ -205,6 +218,7 @@ def create_app(settings: Settings) -> FastAPI:
             if follower is not None:
                 await follower.stop()
             await core.stop(drain_s=settings.history.drain_s)
+            served.clear()
             torch.set_num_threads(threads_before)
 
     app = FastAPI(
@@ -212,17 +226,28 @@ def create_app(settings: Settings) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
         description="Search and recommendations from a fused LM + sequential model.",
-        responses={422: {"model": None}},
     )
     errors.install(app)
+    openapi.install(app, lambda: _catalog_types(served), list(settings.events.types))
     for module in (recommend, items, users, admin, health):
         app.include_router(module.router)
     if settings.demo:
         demo.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.http.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every answer
     install_log_redaction()
     return app
+
+
+def _catalog_types(
+    served: list[SnapshotHolder],
+) -> tuple[dict[str, AttrType], list[str]] | None:
+    """The served catalog's attribute types and text columns, or None before a bundle."""
+    snap = served[0].snapshot if served else None
+    if snap is None:
+        return None
+    return dict(snap.attrs.types), list(snap.bundle.text_columns)
 
 
 def app_from_env() -> FastAPI:

@@ -1,5 +1,5 @@
 """ASGI middleware and log filters of the service edge: body-size limit, request metrics,
-user ids redacted from access logs."""
+security headers, user ids redacted from access logs."""
 
 from __future__ import annotations
 
@@ -31,6 +31,54 @@ def install_log_redaction() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactUserIds) for f in access.filters):
         access.addFilter(RedactUserIds())
+
+
+# every answer: no MIME sniffing (JSON too), never framed, no Referer to other sites
+BASE_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+# the demo page: its own script and style files only (no inline script or style), calls to
+# its own origin; the icon is a data: URL
+DEMO_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+# other HTML (FastAPI's /docs and /redoc load their UI from a CDN with an inline script):
+# no framing, no plugins, no <base> hijack
+OTHER_HTML_CSP = "frame-ancestors 'none'; object-src 'none'; base-uri 'none'"
+
+
+class SecurityHeadersMiddleware:
+    """The security headers of every answer (``BASE_HEADERS``) and a Content-Security-Policy
+    on every HTML one: strict on /demo (``DEMO_CSP``), anti-framing elsewhere."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        demo = str(scope.get("path", "")).startswith("/demo")
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in _OURS]
+                headers.extend(BASE_HEADERS)
+                kind = dict(headers).get(b"content-type", b"")
+                if demo or kind.startswith(b"text/html"):
+                    csp = DEMO_CSP if demo else OTHER_HTML_CSP
+                    headers.append((b"content-security-policy", csp.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+_OURS = {k for k, _ in BASE_HEADERS} | {b"content-security-policy"}
 
 
 class BodyLimitMiddleware:

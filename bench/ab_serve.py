@@ -58,6 +58,9 @@ def main() -> None:
         required=True,
         help="the store to serve; repeat it to give each tree its own (bundle formats differ)",
     )
+    p.add_argument(
+        "--data", type=Path, default=Path("/tmp/ml"), help="the dataset the store was trained on"
+    )
     p.add_argument("--case", choices=("hit", "miss", "search"), default="miss")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--duration", type=float, default=5.0)
@@ -72,7 +75,7 @@ def main() -> None:
     try:
         for srv in servers:
             srv.wait()
-        body = serve.bodies(stores[0])
+        body = serve.bodies(stores[0], a.data)
         path = "/v1/search" if a.case == "search" else "/v1/recommend"
         rps: list[list[float]] = [[] for _ in servers]
 

@@ -213,7 +213,7 @@ def summarise(lat: list[float], elapsed: float, errors: int) -> dict[str, float]
     }
 
 
-def bodies(store: Path, seed: int = 0) -> dict[str, Body]:
+def bodies(store: Path, data: Path, seed: int = 0) -> dict[str, Body]:
     import pandas as pd
 
     from model_store.bundle.store import current_version
@@ -221,7 +221,10 @@ def bodies(store: Path, seed: int = 0) -> dict[str, Body]:
     version = store / current_version(store)
     items = pd.read_parquet(version / "items.parquet")
     ids = items["item_id"].astype(str).tolist()
-    users = pd.read_parquet(version / "histories.parquet")["user_id"].astype(str).tolist()
+    # raw ids of trained shoppers: the bundle's histories are keyed by their hashes
+    csv = data / "interactions.csv"
+    frame = pd.read_csv(csv) if csv.exists() else pd.read_parquet(data / "interactions.parquet")
+    users = frame["user_id"].astype(str).drop_duplicates().tolist()
     titles = items["title"].astype(str).tolist() if "title" in items else ids
     rng = random.Random(seed)
     warm = users[:200]
@@ -283,7 +286,7 @@ def main() -> None:
     try:
         for srv in servers.values():
             srv.wait()
-        body = bodies(args.store)
+        body = bodies(args.store, args.data)
         bare_body: Body = lambda i: b'{"k": 10}'  # noqa: E731
         # (name, server, path, body) of every case; the fixed-rate ones run once
         cases = [

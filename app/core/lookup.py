@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -61,16 +62,25 @@ class Selection(NamedTuple):
     names: list[str]
 
 
-def select(
+async def select(
     snap: Snapshot,
     *,
     filter: Mapping[str, Any] | None,
     fields: Sequence[str] | None,
 ) -> Selection:
     """Validate ``filter`` and ``fields`` against the snapshot's attributes (422 naming the
-    valid ones); the mask is cached per filter by the attribute table."""
-    types = snap.attrs.types
-    return Selection(snap.attrs.mask(parse_filter(filter, types)), check_fields(fields, types))
+    valid ones; the filter's size is bounded before anything else); the mask is cached per
+    filter by the attribute table, and a miss — a pass over the whole catalog — is computed
+    in a worker thread, off the event loop."""
+    attrs = snap.attrs
+    conditions = parse_filter(filter, attrs.types)
+    names = check_fields(fields, attrs.types)
+    if not conditions:
+        return Selection(attrs.mask(conditions), names)
+    mask = attrs.cached(conditions)
+    if mask is None:
+        mask = await asyncio.to_thread(attrs.mask, conditions)
+    return Selection(mask, names)
 
 
 def with_fields(snap: Snapshot, items: list[Scored], names: list[str]) -> list[Scored]:

@@ -123,7 +123,7 @@ class Reading:
         """Next items for a user (stored history) or an explicit history; cold start when
         neither gives a usable history."""
         snap = self.snapshots.ready()
-        chosen = select(snap, filter=request.filter, fields=request.fields)
+        chosen = await select(snap, filter=request.filter, fields=request.fields)
         unknown: list[str] = []
         user = self.lookup.shopper(request.user_id)
         rows, key = await self.lookup.history_rows(
@@ -157,7 +157,7 @@ class Reading:
         snap = self.snapshots.ready()
         if snap.text is None:
             raise NotReadyError(f"search is unavailable: {snap.text_error}")
-        chosen = select(snap, filter=request.filter, fields=request.fields)
+        chosen = await select(snap, filter=request.filter, fields=request.fields)
         unknown: list[str] = []
         user = self.lookup.shopper(request.user_id)
         rows, key = await self.lookup.history_rows(
@@ -181,7 +181,7 @@ class Reading:
         added by text only has a vector too (its text path)."""
         snap = self.snapshots.ready()
         row = live_row(snap, item_id)
-        chosen = select(snap, filter=request.filter, fields=request.fields)
+        chosen = await select(snap, filter=request.filter, fields=request.fields)
         mask = snap.attrs.visible if chosen.allowed is None else chosen.allowed
         items = await asyncio.to_thread(
             self.work.similar, snap, row, request.k, mask, request.explain

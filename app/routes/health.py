@@ -7,6 +7,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.deps import SnapshotsDep
 from app.metrics import Metrics
+from app.openapi import error_responses
 from app.redis_gateway import RedisGateway
 from app.schemas import EventLogHealth, Health, Ready
 
@@ -18,7 +19,7 @@ async def healthz() -> Health:
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Ready)
+@router.get("/readyz", response_model=Ready, responses=error_responses(503))
 async def readyz(request: Request, snapshots: SnapshotsDep) -> Ready:
     snap = snapshots.ready()  # 503 not_ready while no bundle is loaded
     gateway: RedisGateway | None = request.state.redis

@@ -13,9 +13,11 @@ from fastapi.responses import Response
 from app.core.catalog import UpsertResult
 from app.core.reading import Answer, ItemsFound
 from app.deps import AdminGuard, CatalogDep, ClientGuard, ReadingDep, SnapshotsDep
+from app.openapi import error_responses
 from app.routes.recommend import item_dicts
 from app.schemas import (
     DeleteResponse,
+    ItemIdPath,
     ItemOut,
     ItemPatch,
     ItemsBatch,
@@ -27,7 +29,11 @@ from app.schemas import (
 )
 from model_store.errors import PreconditionFailedError
 
-router = APIRouter(prefix="/v1/items", tags=["items"])
+router = APIRouter(
+    prefix="/v1/items",
+    tags=["items"],
+    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+)
 
 FieldsQuery = Annotated[
     list[str] | None,
@@ -86,7 +92,7 @@ async def batch_get_items(body: ItemsBatchGet, reading: ReadingDep) -> ItemsBatc
 
 @router.get("/{item_id}", response_model=ItemOut, dependencies=[ClientGuard])
 async def get_item(
-    item_id: str, reading: ReadingDep, snapshots: SnapshotsDep, response: Response
+    item_id: ItemIdPath, reading: ReadingDep, snapshots: SnapshotsDep, response: Response
 ) -> ItemOut:
     """An item with every catalog field; its `ETag` is the item's version (for `If-Match`)."""
     version, record = reading.item(item_id=item_id)
@@ -100,7 +106,7 @@ async def get_item(
 
 @router.get("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
 async def similar_items(
-    item_id: str,
+    item_id: ItemIdPath,
     reading: ReadingDep,
     k: Annotated[int, Query(ge=1, le=1000)] = 10,
     fields: FieldsQuery = None,
@@ -116,7 +122,7 @@ async def similar_items(
 
 @router.post("/{item_id}/similar", response_model=SimilarResponse, dependencies=[ClientGuard])
 async def similar_items_filtered(
-    item_id: str, body: SimilarRequest, reading: ReadingDep
+    item_id: ItemIdPath, body: SimilarRequest, reading: ReadingDep
 ) -> Response:
     """Like the GET form, with a `filter` and `fields` in the body."""
     return _similar(item_id, await reading.similar(item_id=item_id, request=body))
@@ -163,7 +169,7 @@ async def upsert_items(
 
 @router.patch("/{item_id}", response_model=UpsertResponse, dependencies=[AdminGuard])
 async def patch_item(
-    item_id: str,
+    item_id: ItemIdPath,
     body: ItemPatch,
     catalog: CatalogDep,
     response: Response,
@@ -177,7 +183,7 @@ async def patch_item(
 
 @router.delete("/{item_id}", response_model=DeleteResponse, dependencies=[AdminGuard])
 async def delete_item(
-    item_id: str, catalog: CatalogDep, response: Response, if_match: IfMatch = None
+    item_id: ItemIdPath, catalog: CatalogDep, response: Response, if_match: IfMatch = None
 ) -> DeleteResponse:
     """Delete an item: never returned again by any endpoint, on every replica.
     `If-Match`: only if unchanged."""

@@ -11,9 +11,15 @@ from fastapi.responses import Response
 
 from app.core.reading import Answer
 from app.deps import ClientGuard, ReadingDep
+from app.openapi import error_responses
 from app.schemas import RecommendRequest, RecommendResponse, SearchRequest
 
-router = APIRouter(prefix="/v1", tags=["recommend"], dependencies=[ClientGuard])
+router = APIRouter(
+    prefix="/v1",
+    tags=["recommend"],
+    dependencies=[ClientGuard],
+    responses=error_responses(400, 401, 403, 413, 422, 429, 503),
+)
 
 
 def item_dicts(answer: Answer) -> list[dict[str, Any]]:

@@ -5,9 +5,15 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.deps import ClientGuard, ShoppersDep, WriteGuard
-from app.schemas import EventIn, EventOut, EventsBatchIn, EventsBatchOut
+from app.openapi import error_responses
+from app.schemas import EventIn, EventOut, EventsBatchIn, EventsBatchOut, UserIdPath
 
-router = APIRouter(prefix="/v1", tags=["users"], dependencies=[ClientGuard, WriteGuard])
+router = APIRouter(
+    prefix="/v1",
+    tags=["users"],
+    dependencies=[ClientGuard, WriteGuard],
+    responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503),
+)
 
 
 @router.post("/events", response_model=EventOut)
@@ -35,7 +41,7 @@ async def add_events(body: EventsBatchIn, shoppers: ShoppersDep) -> EventsBatchO
 
 
 @router.delete("/users/{user_id}", status_code=204, response_class=Response)
-async def forget_user(user_id: str, shoppers: ShoppersDep) -> Response:
+async def forget_user(user_id: UserIdPath, shoppers: ShoppersDep) -> Response:
     """Forget a user: a durable tombstone first (every replica and the next training honour
     it), then the server-side history, negative feedback, cached vector and their events in
     the log, in Redis and in process."""

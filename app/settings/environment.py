@@ -40,6 +40,7 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "cache_size": ("cache", "size"),
     "cache_max_bytes": ("cache", "max_bytes"),
     "history_max_len": ("history", "max_len"),
+    "history_max_user_bytes": ("history", "max_user_bytes"),
     "history_ttl_s": ("history", "ttl_s"),
     "history_max_bytes": ("history", "max_bytes"),
     "history_max_pending_users": ("history", "max_pending_users"),

@@ -101,6 +101,12 @@ class HistorySettings(SettingsGroup):
     """Server-side histories of shoppers."""
 
     max_len: int = Field(200, ge=1, description="events kept per user")
+    max_user_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        description="bytes of item ids kept per user besides max_len (oldest dropped first; "
+        "a history of long ids is bounded in Redis too)",
+    )
     ttl_s: int = Field(
         30 * DAY, ge=0, description="a history expires this long after its last event; 0 = never"
     )

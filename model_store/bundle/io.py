@@ -6,7 +6,7 @@ A version directory (see ``store.py`` for the store around it)::
     model.safetensors          FusedModel weights
     catalog.safetensors        text_emb (N, T), has_id (N,), log_pop (N,)
     items.parquet              item_id + text columns (the catalog, row k ↔ index k+1)
-    histories.parquet          user_id, items: the last interactions of training users
+    histories.parquet          user_id (keyed hash), items: training users' last interactions
     text_adapter.*             text.mode = lora only: the tuned LM's adapter
     index.*, text_index.*      after `fusionrec index` (see indexer/)
 

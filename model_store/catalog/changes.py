@@ -62,9 +62,10 @@ def validate_items(bundle: Bundle, items: Sequence[Mapping[str, object]]) -> pd.
         for c in columns:
             if c in raw:
                 value = raw[c]
-                if value is not None and not isinstance(value, str):
+                if not isinstance(value, str) or not value.strip():
                     raise InvalidInputError(
-                        f"items[{n}].{c}: must be a string or null, got {type(value).__name__}"
+                        f"items[{n}].{c}: a text field, when given, must be a non-blank "
+                        f"string, got {value!r:.40}"
                     )
                 record[c] = value
             elif old is not None:  # an edit keeps the fields it does not name

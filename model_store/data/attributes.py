@@ -1,5 +1,6 @@
-"""Item attributes and the filters over them: typed columns of the catalog, a validated
-filter, and the boolean mask of catalog rows that satisfy it.
+"""Item attributes: typed columns of the catalog, and the table of one snapshot's columns
+with the cached masks of filters over them (the filters themselves:
+``model_store.data.filters``).
 
 **Attributes.** Every column of the item table is filterable. Its type is declared:
 
@@ -10,48 +11,65 @@ filter, and the boolean mask of catalog rows that satisfy it.
 * ``available`` is always a ``bool`` attribute, true where it was never set. An item with
   ``available = false`` is *hidden*: no list endpoint returns it (``AttributeTable.visible``).
 
-**Filters.** ``{"field": {"op": value, …}, …}``; every condition must hold. Operators:
-``eq``, ``ne``, ``in`` (a list) on every type; ``contains`` on text (the value is one of
-the field's ``|``-separated parts, so ``"Comedy"`` matches ``"Action|Comedy"``; on a plain
-field it is equality); ``gt``, ``gte``, ``lt``, ``lte`` on numbers. Text comparisons are
-exact (case-sensitive). A missing value matches no condition (as SQL's NULL). An unknown
-field or operator, or a value of the wrong type, is an ``InvalidInputError`` naming it.
-
 Masks are computed with vectorised pandas/numpy over the whole catalog and cached per
-filter (a small LRU per snapshot), so a storefront's repeated filters cost a lookup.
+filter in an LRU per snapshot bounded by bytes (``MASK_CACHE_BYTES``: each mask plus the
+memory of its filter, the key), so a storefront's repeated filters cost a lookup and
+hostile distinct ones cannot grow the process.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from model_store.data.filters import (
+    MAX_CONDITIONS,
+    MAX_FILTER_BYTES,
+    MAX_IN,
+    MAX_NAME_CHARS,
+    MAX_VALUE_CHARS,
+    OPS,
+    AttrType,
+    Condition,
+    Filter,
+    check_bounds,
+    check_value,
+    condition_mask,
+    filter_bytes,
+    ops_of,
+    parse_filter,
+)
 from model_store.errors import InvalidInputError
 
-AttrType = Literal["text", "number", "bool"]
-Op = Literal["eq", "ne", "in", "contains", "gt", "gte", "lt", "lte"]
-OPS: tuple[str, ...] = get_args(Op)
-ORDER_OPS = ("gt", "gte", "lt", "lte")
+__all__ = [
+    "MAX_CONDITIONS",
+    "MAX_FILTER_BYTES",
+    "MAX_IN",
+    "MAX_NAME_CHARS",
+    "MAX_VALUE_CHARS",
+    "OPS",
+    "AttrType",
+    "AttributeTable",
+    "Condition",
+    "Filter",
+    "attribute_types",
+    "check_bounds",
+    "check_fields",
+    "check_value",
+    "coerce_column",
+    "declared_types",
+    "ops_of",
+    "parse_filter",
+]
+
 AVAILABLE = "available"
-MAX_IN = 1000  # values in one `in` list
-MAX_CONDITIONS = 64
-MASK_CACHE = 256  # filters whose masks one snapshot keeps
-
-
-def ops_of(kind: AttrType) -> tuple[str, ...]:
-    if kind == "text":
-        return ("eq", "ne", "in", "contains")
-    if kind == "number":
-        return ("eq", "ne", "in", *ORDER_OPS)
-    return ("eq", "ne", "in")
+MASK_CACHE_BYTES = 64 * 1024 * 1024  # masks and their keys one snapshot keeps
 
 
 def declared_types(items: pd.DataFrame, text_columns: Sequence[str]) -> dict[str, AttrType]:
@@ -104,133 +122,6 @@ def _as_bool(value: object) -> bool | None:
     return bool(value)
 
 
-# ---- values -------------------------------------------------------------------------------
-
-
-def check_value(where: str, kind: AttrType, value: object) -> object:
-    """``value`` as the attribute type holds it, or InvalidInputError naming ``where``."""
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise InvalidInputError(f"{where}: a boolean is required, got {_shown(value)}")
-        return value
-    if kind == "number":
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(float(value))
-        ):
-            raise InvalidInputError(f"{where}: a finite number is required, got {_shown(value)}")
-        return float(value)
-    if not isinstance(value, str):
-        raise InvalidInputError(f"{where}: a string is required, got {_shown(value)}")
-    return value
-
-
-def _shown(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}"
-
-
-# ---- filters ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Condition:
-    field: str
-    op: Op
-    value: Any  # a float, bool, str, or a tuple of them for `in`
-
-
-Filter = tuple[Condition, ...]
-
-
-def parse_filter(raw: object, types: Mapping[str, AttrType]) -> Filter:
-    """A validated, canonically ordered filter (hashable: the mask cache's key).
-
-    Raises InvalidInputError naming the field, the operator or the value that is wrong and
-    the valid ones."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, Mapping):
-        raise InvalidInputError(
-            f"filter: an object {{field: {{operator: value}}}} is required, got {_shown(raw)}"
-        )
-    out: list[Condition] = []
-    for field, ops in raw.items():
-        kind = types.get(str(field))
-        if kind is None:
-            raise InvalidInputError(
-                f"filter.{field}: unknown field; filterable fields: {sorted(types)}"
-            )
-        if not isinstance(ops, Mapping) or not ops:
-            raise InvalidInputError(
-                f"filter.{field}: an object {{operator: value}} is required, "
-                f"operators: {list(ops_of(kind))}"
-            )
-        for op, value in ops.items():
-            where = f"filter.{field}.{op}"
-            if op not in OPS:
-                raise InvalidInputError(f"{where}: unknown operator; operators: {list(OPS)}")
-            if op not in ops_of(kind):
-                raise InvalidInputError(
-                    f"{where}: operator {op!r} does not apply to the {kind} field {field!r}; "
-                    f"its operators: {list(ops_of(kind))}"
-                )
-            if op == "in":
-                if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN:
-                    raise InvalidInputError(
-                        f"{where}: a list of 1..{MAX_IN} values is required, got {_shown(value)}"
-                    )
-                values = tuple(check_value(f"{where}[{n}]", kind, v) for n, v in enumerate(value))
-                out.append(Condition(str(field), "in", tuple(sorted(set(values), key=repr))))
-            else:
-                out.append(Condition(str(field), cast(Op, op), check_value(where, kind, value)))
-    if len(out) > MAX_CONDITIONS:
-        raise InvalidInputError(f"filter: at most {MAX_CONDITIONS} conditions, got {len(out)}")
-    return tuple(sorted(out, key=lambda c: (c.field, c.op, repr(c.value))))
-
-
-def _parts_pattern(value: str) -> str:
-    return rf"(?:^|\|)\s*{re.escape(value)}\s*(?:\||$)"
-
-
-def condition_mask(column: pd.Series, kind: AttrType, cond: Condition) -> np.ndarray:
-    """Rows of ``column`` (stored as ``coerce_column`` makes it) where ``cond`` holds."""
-    present = column.notna().to_numpy()
-    op, v = cond.op, cond.value
-    if kind == "number":
-        x = column.to_numpy(dtype=np.float64)
-        with np.errstate(invalid="ignore"):
-            if op == "eq":
-                m = x == v
-            elif op == "ne":
-                m = x != v
-            elif op == "in":
-                m = np.isin(x, np.asarray(v, dtype=np.float64))
-            elif op == "gt":
-                m = x > v
-            elif op == "gte":
-                m = x >= v
-            elif op == "lt":
-                m = x < v
-            else:
-                m = x <= v
-        return np.asarray(m & present, dtype=bool)
-    if op == "contains":
-        if not present.any():
-            return present
-        text = column.where(column.notna(), "").astype(str)
-        hit = text.str.contains(_parts_pattern(str(v)), regex=True)
-        return np.asarray(hit.to_numpy(dtype=bool) & present, dtype=bool)
-    if op == "in":
-        m = column.isin(list(v)).to_numpy(dtype=bool)
-    elif op == "eq":
-        m = (column == v).to_numpy(dtype=bool)
-    else:
-        m = (column != v).to_numpy(dtype=bool)
-    return np.asarray(m & present, dtype=bool)
-
-
 # ---- the table ----------------------------------------------------------------------------
 
 
@@ -242,7 +133,12 @@ class AttributeTable:
     """
 
     def __init__(
-        self, items: pd.DataFrame, types: Mapping[str, AttrType], removed: Iterable[int]
+        self,
+        items: pd.DataFrame,
+        types: Mapping[str, AttrType],
+        removed: Iterable[int],
+        *,
+        cache_bytes: int = MASK_CACHE_BYTES,
     ) -> None:
         self.types: dict[str, AttrType] = dict(types)
         self.n_rows = len(items)
@@ -256,7 +152,9 @@ class AttributeTable:
         self.visible: np.ndarray = alive & ~hidden
         self.visible.setflags(write=False)
         self.all_visible = bool(self.visible.all())
-        self._cache: OrderedDict[Filter, np.ndarray] = OrderedDict()
+        self.cache_budget = cache_bytes
+        self.cache_bytes = 0  # masks and keys held (filter_bytes + mask.nbytes)
+        self._cache: OrderedDict[Filter, tuple[np.ndarray, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def column(self, name: str) -> pd.Series:
@@ -272,24 +170,40 @@ class AttributeTable:
             self._columns[name] = col
         return col
 
-    def mask(self, conditions: Filter) -> np.ndarray | None:
-        """Rows that are visible and satisfy every condition (read-only), or None when no
-        row needs masking (no condition and nothing hidden): the unfiltered fast path."""
-        if not conditions:
-            return None if self.all_visible else self.visible
+    def cached(self, conditions: Filter) -> np.ndarray | None:
+        """The cached mask of ``conditions`` (marked recently used), or None."""
         with self._lock:
             hit = self._cache.get(conditions)
-            if hit is not None:
-                self._cache.move_to_end(conditions)
-                return hit
+            if hit is None:
+                return None
+            self._cache.move_to_end(conditions)
+            return hit[0]
+
+    def mask(self, conditions: Filter) -> np.ndarray | None:
+        """Rows that are visible and satisfy every condition (read-only), or None when no
+        row needs masking (no condition and nothing hidden): the unfiltered fast path.
+        A miss is CPU work over the whole catalog: async callers run it in a thread."""
+        if not conditions:
+            return None if self.all_visible else self.visible
+        hit = self.cached(conditions)
+        if hit is not None:
+            return hit
         m = self.visible.copy()
         for cond in conditions:
             m &= condition_mask(self.column(cond.field), self.types[cond.field], cond)
         m.setflags(write=False)
+        cost = filter_bytes(conditions) + m.nbytes
+        if cost > self.cache_budget:
+            return m
         with self._lock:
-            self._cache[conditions] = m
-            while len(self._cache) > MASK_CACHE:
-                self._cache.popitem(last=False)
+            old = self._cache.pop(conditions, None)
+            if old is not None:
+                self.cache_bytes -= old[1]
+            self._cache[conditions] = (m, cost)
+            self.cache_bytes += cost
+            while self.cache_bytes > self.cache_budget:
+                _, (_, freed) = self._cache.popitem(last=False)
+                self.cache_bytes -= freed
         return m
 
     def fields(self, rows: Sequence[int], names: Sequence[str]) -> list[dict[str, Any]]:

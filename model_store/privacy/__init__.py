@@ -13,7 +13,7 @@
 
 from model_store.privacy.erasure import Erasable, Privacy
 from model_store.privacy.forgotten import Forgotten
-from model_store.privacy.keys import user_hash, user_key
+from model_store.privacy.keys import keyed_users, user_hash, user_key
 from model_store.privacy.tombstones import FileTombstones, RedisTombstones, Tombstones
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "Privacy",
     "RedisTombstones",
     "Tombstones",
+    "keyed_users",
     "user_hash",
     "user_key",
 ]

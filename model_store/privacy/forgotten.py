@@ -20,7 +20,8 @@ from model_store.privacy.tombstones import SetReader, read_forgotten
 @dataclass(frozen=True)
 class Forgotten:
     """The user hashes of forgotten users and the key that hashes a dataset's raw user ids
-    into the same space (an event-log dataset already holds hashes)."""
+    into the same space (an event-log dataset already holds hashes); the bundle's
+    histories are keyed by the same hashes."""
 
     hashes: frozenset[str]
     key: bytes
@@ -31,8 +32,7 @@ class Forgotten:
     ) -> Forgotten:
         """The users forgotten on ``store`` (its file, and the shared set when given)."""
         found = read_forgotten(store, shared)
-        key = user_key(store, secret) if found else b""
-        return cls(frozenset(found), key)
+        return cls(frozenset(found), user_key(store, secret))
 
     def drop(self, interactions: pd.DataFrame) -> tuple[pd.DataFrame, int]:
         """``interactions`` without the rows of forgotten users (by raw id or by hash) and

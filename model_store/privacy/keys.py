@@ -18,8 +18,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TypeVar
 
 from model_store.errors import ConfigError
 
@@ -62,3 +65,16 @@ def user_hash(user_id: str, key: bytes) -> str:
     """The only form in which a user id is stored, logged or published (not reversible
     without ``key``)."""
     return hmac.new(key, b"user\0" + user_id.encode(), hashlib.sha256).hexdigest()
+
+
+_HASHED = re.compile(r"[0-9a-f]{64}")
+V = TypeVar("V")
+
+
+def keyed_users(rows: Mapping[str, V], key: bytes) -> dict[str, V]:
+    """``rows`` keyed by user hash instead of raw user id: what a bundle stores (its
+    ``histories.parquet``). A dataset exported from the event log already holds the hashes
+    (every id 64 hex digits): those are kept as they are, not hashed twice."""
+    if rows and all(_HASHED.fullmatch(u) for u in rows):
+        return dict(rows)
+    return {user_hash(u, key): v for u, v in rows.items()}

@@ -25,6 +25,7 @@ from model_store.config import Config
 from model_store.data.dataset import Dataset
 from model_store.errors import ConfigError
 from model_store.privacy.forgotten import Forgotten
+from model_store.privacy.keys import keyed_users, user_key
 from model_store.text.encoder import TextSpec, text_embeddings
 from model_store.text.lm import pick_device, resolve_precision
 from model_store.text.lora import LoraText
@@ -175,7 +176,8 @@ def train_and_publish(
 
     The users in ``forgotten`` (forgotten through the service; read by the caller through
     ``model_store.privacy``) are dropped from the training data first. None: a dataset no
-    service has seen, nobody to drop."""
+    service has seen, nobody to drop. The published histories are keyed by user hash with
+    ``forgotten``'s key (the configured secret), else the store's key file."""
     if forgotten is not None:
         kept, dropped = forgotten.drop(dataset.interactions)
         if dropped:
@@ -192,8 +194,11 @@ def train_and_publish(
     if not dist_mod.current().main:
         return UNPUBLISHED, trained.result
     b = trained.bundle
+    # at rest the histories are keyed by user hash, as the service stores users
+    key = forgotten.key if forgotten is not None else user_key(store)
+    histories = keyed_users(b.histories, key)
     with store_mod.staging(store, b.version) as staged:
-        bundle_mod.write_bundle_files(staged, b.model.cpu(), b.items, b.histories)
+        bundle_mod.write_bundle_files(staged, b.model.cpu(), b.items, histories)
         if trained.lora is not None:
             trained.lora.save(staged)
         write_training_report(b.manifest, staged)  # report.html + training.png, hashed too

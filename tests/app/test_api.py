@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from model_store.bundle import store as store_mod
 from model_store.data.dataset import format_item_text
-from tests.helpers.bundles import copy_store
+from tests.helpers.bundles import a_trained_user, copy_store, trained_users
 from tests.helpers.servers import AUTH, make_settings
 
 
@@ -33,8 +33,7 @@ def _items(store: Path) -> pd.DataFrame:
 
 
 def _a_user(store: Path) -> str:
-    hist = pd.read_parquet(store / store_mod.current_version(store) / "histories.parquet")
-    return str(hist["user_id"].iloc[0])
+    return a_trained_user(store)
 
 
 def test_health_ready_and_docs(client: TestClient) -> None:
@@ -57,8 +56,7 @@ def test_recommend_user_history_and_explain(client: TestClient, api_store: Path)
     ex = body["items"][0]["explanation"]
     assert ex["history_items"] and -1.0 <= ex["text_similarity"] <= 1.0
     # seen items are excluded by default
-    hist = pd.read_parquet(api_store / body["model_version"] / "histories.parquet")
-    seen = set(hist.set_index("user_id").loc[user, "items"])
+    seen = set(trained_users(api_store)[user])
     assert not seen & {i["item_id"] for i in body["items"]}
     # a second call is a cache hit and answers the same
     again = client.post("/v1/recommend", json={"user_id": user, "k": 5, "explain": True}).json()
@@ -187,7 +185,7 @@ def test_upsert_validation(client: TestClient) -> None:
     r = client.post("/v1/items", headers=AUTH, json={"items": [{"item_id": "a", "colour": "x"}]})
     assert r.status_code == 422 and "valid text fields" in r.json()["error"]["message"]
     r = client.post("/v1/items", headers=AUTH, json={"items": [{"item_id": "a", "title": 3}]})
-    assert r.status_code == 422 and "must be a string" in r.json()["error"]["message"]
+    assert r.status_code == 422 and "must be a non-blank string" in r.json()["error"]["message"]
     r = client.post("/v1/items", headers=AUTH, json={"items": []})
     assert r.status_code == 422 and "items" in r.json()["error"]["message"]
     r = client.post(

@@ -40,11 +40,9 @@ from model_store.errors import (
     PreconditionFailedError,
     ReloadRefusedError,
 )
-from model_store.privacy import FileTombstones, Privacy
+from model_store.privacy import FileTombstones, Privacy, user_key
 from model_store.privacy.tombstones import read_tombstones
-from tests.helpers.bundles import clone_version
-
-KEY = b"component-test-user-key-0123456789"
+from tests.helpers.bundles import clone_version, trained_users
 
 
 @dataclass
@@ -65,7 +63,7 @@ def build(store: Path) -> Parts:
     history = LocalHistory(50)
     cache = VectorCache(LocalLRU(1000, 3600), None, 3600)
     privacy = Privacy(
-        key=KEY,
+        key=user_key(store),  # the key the bundle's histories are hashed with
         tombstones=FileTombstones(store),
         stores=erasable_stores(cache=cache, history=history, event_log=None),
     )
@@ -105,10 +103,9 @@ def _counter(metrics: Metrics, name: str, **labels: str) -> float:
     return 0.0 if value is None else value
 
 
-def _bundle_user(parts: Parts) -> tuple[str, list[str]]:
-    histories = parts.holder.ready().bundle.histories
-    user = next(u for u, h in histories.items() if len(h) >= 3)
-    return user, histories[user]
+def _bundle_user(store: Path) -> tuple[str, list[str]]:
+    """A raw user id with at least 3 trained items (the bundle holds their hashes)."""
+    return next((u, h) for u, h in trained_users(store).items() if len(h) >= 3)
 
 
 def test_reading_answers_a_history_without_http(parts: Parts) -> None:
@@ -170,7 +167,7 @@ def test_catalog_upsert_is_found_by_reading(parts: Parts, store: Path) -> None:
 
 
 def test_shoppers_event_then_forget_removes_the_history(parts: Parts, store: Path) -> None:
-    user, trained = _bundle_user(parts)
+    user, trained = _bundle_user(store)
     item = parts.holder.ready().bundle.item_ids[7]
     shoppers, privacy = parts.shoppers, parts.shoppers.privacy
     uhash = privacy.user_hash(user)

@@ -30,13 +30,12 @@ from model_store.privacy.tombstones import (
     append_tombstone,
     tombstone_path,
 )
-from tests.helpers.bundles import clone_version
+from tests.helpers.bundles import a_trained_user, clone_version
 from tests.helpers.servers import AUTH, LiveServer, RedisServer, make_settings, store_user_hash
 
 
 def _a_user(store: Path) -> str:
-    hist = pd.read_parquet(store / store_mod.current_version(store) / "histories.parquet")
-    return str(hist["user_id"].iloc[0])
+    return a_trained_user(store)
 
 
 def _strategy(url: str, user: str) -> str:
@@ -428,4 +427,6 @@ def test_train_command_drops_the_users_forgotten_in_either_record(
     assert res.exit_code == 0, res.output
     hist = pd.read_parquet(store / store_mod.current_version(store) / "histories.parquet")
     trained = set(hist["user_id"].astype(str))
-    assert kept in trained and in_file not in trained and in_redis not in trained
+    assert store_user_hash(store, kept) in trained
+    assert store_user_hash(store, in_file) not in trained
+    assert store_user_hash(store, in_redis) not in trained

@@ -44,3 +44,23 @@ def clone_version(store: Path) -> str:
         store_mod.copy_into(src, staged, list(manifest.files))
         bundle_mod.publish(store, staged, bundle_mod.child_manifest(manifest, version))
     return version
+
+
+def trained_users(store: Path, *, secret: str | None = None) -> dict[str, list[str]]:
+    """The CURRENT bundle's training histories by raw user id. The bundle keeps only keyed
+    hashes, so the synthetic datasets' ids (u0, u1, …) are hashed with the store's key (or
+    ``secret``) to find them."""
+    import pandas as pd
+
+    from model_store.privacy.keys import user_hash, user_key
+
+    hist = pd.read_parquet(store / store_mod.current_version(store) / bundle_mod.HISTORIES_FILE)
+    by_hash = {str(u): list(items) for u, items in zip(hist["user_id"], hist["items"], strict=True)}
+    key = user_key(store, secret)
+    found = {f"u{n}": by_hash.get(user_hash(f"u{n}", key)) for n in range(20_000)}
+    return {u: h for u, h in found.items() if h is not None}
+
+
+def a_trained_user(store: Path) -> str:
+    """A raw user id with a training history in the CURRENT bundle."""
+    return next(iter(trained_users(store)))

@@ -3,6 +3,9 @@ filtered index search (exact and over-fetch paths) on real FAISS indexes."""
 
 from __future__ import annotations
 
+import time
+import tracemalloc
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -95,12 +98,48 @@ def test_masks_by_hand(table: AttributeTable) -> None:
         ({"genres": {}}, "filter.genres: an object"),
         ({"genres": "Comedy"}, "filter.genres: an object"),
         (["genres"], "filter: an object"),
+        ({"genres": {"contains": "x" * 2000}}, "filter.genres.contains: at most 1024 characters"),
+        ({"genres": {"in": ["x"] * 1001}}, "filter.genres.in: a list of 1..1000"),
+        ({"genres": {"in": ["y" * 1025]}}, "filter.genres.in[0]: at most 1024 characters"),
+        ({"genres": {"in": [f"{n:0>1000}" for n in range(80)]}}, "filter: at most 65536 bytes"),
+        ({"x" * 300: {"eq": "a"}}, "filter: field names are at most 256 characters"),
     ],
 )
 def test_bad_filters_name_what_is_wrong(table: AttributeTable, raw: object, needle: str) -> None:
     with pytest.raises(InvalidInputError, match=None) as err:
         parse_filter(raw, table.types)
     assert needle in str(err.value)
+
+
+def test_bounds_are_checked_before_the_fields(table: AttributeTable) -> None:
+    # an unknown field with a huge value is refused for its size, in well under 10 ms
+    raw = {"nope": {"contains": "z" * 900_000}}
+    start = time.perf_counter()
+    with pytest.raises(InvalidInputError) as err:
+        parse_filter(raw, table.types)
+    assert time.perf_counter() - start < 0.01
+    assert "filter.nope.contains: at most 1024 characters" in str(err.value)
+
+
+def test_mask_cache_stays_inside_its_byte_budget() -> None:
+    """150 distinct large `in` filters: the cache's own count of its bytes stays under the
+    budget, and so does the memory the process really keeps (tracemalloc)."""
+    n = 5000
+    items = pd.DataFrame({"item_id": [str(i) for i in range(n)], "title": ["t"] * n})
+    budget = 2 * 1024 * 1024
+    table = AttributeTable(items, attribute_types(["title"], {}), removed=(), cache_bytes=budget)
+    table.mask(parse_filter({"title": {"eq": "t"}}, table.types))  # columns built once
+    tracemalloc.start()
+    before, _ = tracemalloc.get_traced_memory()
+    for k in range(150):
+        values = [f"{k:04d}-{v:04d}-" + "v" * 50 for v in range(1000)]  # ~60 KB each
+        mask = table.mask(parse_filter({"title": {"in": values}}, table.types))
+        assert mask is not None and not mask.any()
+        assert table.cache_bytes <= budget
+    after, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert table.cache_bytes > budget // 2  # it does cache
+    assert after - before < budget * 1.5, (after - before, budget)
 
 
 def test_fields(table: AttributeTable) -> None:
