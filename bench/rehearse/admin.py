@@ -102,8 +102,15 @@ class Admin:
 
     async def _do(self, op: str, method: str, item_id: str, body: Any, expect: Any) -> None:
         w = await self._write(self.lb, op, method, item_id, body, expect)
+        self._forget_refused_add(w)
         if w.outcome == "ok":
             await self._watch(w)
+
+    def _forget_refused_add(self, w: CatalogWrite) -> None:
+        """An add a replica refused (a 503 during an outage) did not happen: the admin, like
+        any client, does not edit that item afterwards (a 404 would be the right answer)."""
+        if w.op == "add" and w.outcome == "refused":
+            self.live.pop(w.item_id, None)
 
     # -- the schedule -------------------------------------------------------------------
     async def tick(self) -> None:
@@ -162,6 +169,7 @@ class Admin:
             )
         )  # fmt: skip
         for w in writes:
+            self._forget_refused_add(w)
             if w.outcome == "ok":
                 await self._watch(w)
 

@@ -94,7 +94,9 @@ def state_ctx(
     root0 = store_mod.root(initial, found)
     lineages = {v: "initial" if store_mod.root(v, found) == root0 else "retrained" for v in found}
     became_current = {v for _, v in monitor_current} | {final.current}
-    retrained = {v for v in became_current if lineages.get(v) == "retrained"}
+    corrupt = {w.detail.get("corrupt") for w in ledger.windows if w.name == "corrupt_bundle"}
+    # the fault's corrupt bundle is CURRENT for a moment but is nobody's model
+    retrained = {v for v in became_current if lineages.get(v) == "retrained" and v not in corrupt}
     times = {v: (store_mod.bundle_created(stack.store, v) or 0) - ledger.wall0 for v in found}
     return StateCtx(
         ctx, final, key, items_on_replicas(stack, items, stack.secrets.shopper_key),
