@@ -157,7 +157,12 @@ def attribution(s: StateCtx) -> Result:
     log) beside the shoppers' own count, the stale model vs the retrained one."""
     table = _ctr_table(s)
     steps = [x for x in s.ctx.ledger.shown if x.endpoint == "step"]
-    sent = sum(1 for e in s.ctx.ledger.events if e.request_id and e.outcome == "ok")
+    gone = set(s.ctx.ledger.forgotten)  # a forgotten shopper's events are erased, rightly
+    sent = sum(
+        1
+        for e in s.ctx.ledger.events
+        if e.request_id and e.outcome == "ok" and e.user_id not in gone
+    )
     logged = sum(s.final.log_request_ids.values())
     problems = []
     if steps and not any(x.request_id for x in steps):
