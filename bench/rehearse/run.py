@@ -130,7 +130,7 @@ def rehearse(plan: Plan, work: Path, ledger: Ledger) -> list[Result]:
     try:
         stack.start_databases()
         ok, message, seconds = store_mod.import_history(
-            stack.events_url, stack.store, replay.history_dir, log
+            stack.events_url, stack.store, replay.history_dir, log, stack.secrets.user_key
         )
         ledger.setup["import"] = {
             "ok": ok,

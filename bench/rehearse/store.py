@@ -23,13 +23,15 @@ BOX = str.maketrans("", "", "│╭╮╰╯─┃━┏┓┗┛")
 WIDE = {**os.environ, "COLUMNS": "200"}  # one message a line in the CLI's (rich) output
 
 
-def _run(cmd: list[str], log: Path, timeout_s: float) -> subprocess.CompletedProcess[str]:
+def _run(
+    cmd: list[str], log: Path, timeout_s: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
         return subprocess.run(
             cmd, stdout=f, stderr=subprocess.STDOUT, text=True, timeout=timeout_s, cwd=ROOT,
-            env=WIDE,
+            env=env or WIDE,
         )  # fmt: skip
 
 
@@ -111,15 +113,18 @@ def retrain_config(work: Path, epochs: int) -> Path:
 
 
 def import_history(
-    events_url: str, store: Path, history: Path, log: Path
+    events_url: str, store: Path, history: Path, log: Path, user_key: str | None = None
 ) -> tuple[bool, str, float]:
-    """``fusionrec events import`` of the history into the log: (ok, message, seconds)."""
+    """``fusionrec events import`` of the history into the log: (ok, message, seconds).
+    ``user_key``: the replicas' FUSIONREC_USER_KEY_SECRET, which the operator hands the
+    import too, so imported shoppers and live ones are the same users in the log."""
     cmd = [fusionrec_bin(), "events", "import", "--events", events_url, "--data", str(history)]
+    env = {**WIDE, "FUSIONREC_USER_KEY_SECRET": user_key} if user_key else WIDE
     t0 = time.monotonic()
     start = len(log.read_text()) if log.exists() else 0
-    r = _run([*cmd, "--store", str(store)], log, 1800)
+    r = _run([*cmd, "--store", str(store)], log, 1800, env)
     if r.returncode == 2 and "--store" in log.read_text()[start:]:
-        r = _run(cmd, log, 1800)  # a CLI without --store (user ids hashed otherwise)
+        r = _run(cmd, log, 1800, env)  # a CLI without --store (user ids hashed otherwise)
     seconds = time.monotonic() - t0
     return (
         r.returncode == 0,
