@@ -153,7 +153,12 @@ class CatalogStore:
         """The tables and the state row (seq 0), idempotent and safe between replicas."""
         if self._ready:
             return
-        self.db.create()
+        try:
+            self.db.create()
+        except sa_exc.OperationalError as exc:  # SQLite: another process created it first
+            if "already exists" not in str(exc):
+                raise
+            self.db.create()
         with self.engine.begin() as conn:
             if conn.execute(sa.select(state_table.c.seq)).first() is None:
                 try:
