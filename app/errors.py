@@ -30,7 +30,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
 
 from model_store.errors import (
     BundleError,
@@ -149,20 +148,24 @@ def validation_message(errors: list[dict[str, Any]]) -> str:
     return "; ".join(msgs)
 
 
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route answers at this path (one route per method: Starlette's own
-    405 names only the first matching route's)."""
-    methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "GET"})
-        route_methods = getattr(route, "methods", None)
-        if match != Match.NONE and route_methods:
-            methods.update(route_methods)
-    return sorted(methods)
+def method_table(paths: dict[str, Any]) -> list[tuple[re.Pattern[str], list[str]]]:
+    """(path pattern, documented methods) of every path of an OpenAPI document."""
+    table = []
+    for path, item in paths.items():
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(path))
+        table.append((re.compile(f"^{pattern}$"), sorted(m.upper() for m in item)))
+    return table
+
+
+def allowed_methods(table: list[tuple[re.Pattern[str], list[str]]], path: str) -> list[str]:
+    """Every documented method at ``path`` (one route per method: Starlette's own 405 names
+    only the first matching route's)."""
+    return sorted({m for pattern, methods in table if pattern.match(path) for m in methods})
 
 
 def install(app: FastAPI) -> None:
     """Register the handlers that give every error the same JSON shape."""
+    table: list[tuple[re.Pattern[str], list[str]]] = []  # built on the first 405
 
     @app.exception_handler(FusionrecError)
     async def _core(request: Request, exc: FusionrecError) -> JSONResponse:
@@ -189,7 +192,9 @@ def install(app: FastAPI) -> None:
             message = f"no route {request.method} {request.url.path}; see /docs"
         headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 405:
-            headers["Allow"] = ", ".join(allowed_methods(request))
+            if not table:
+                table.extend(method_table(request.app.openapi()["paths"]))
+            headers["Allow"] = ", ".join(allowed_methods(table, request.url.path))
             message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
         return JSONResponse(error_body(code, message), status_code=exc.status_code, headers=headers)
 

@@ -5,7 +5,7 @@ items unseen in training (``model_store.evaluation.protocols``) all add items th
 item is measured exactly as it is served:
 
 1. ``validate_items`` — pure: each item needs a non-empty ``item_id`` (unique in the update)
-   and only the catalog's text columns, as strings or null; fields an edit leaves out keep
+   and only the catalog's text columns, as non-blank strings; fields an edit leaves out keep
    their old value; a new item needs some text. ``InvalidInputError`` names item and field.
 2. ``encode_items`` — the bundle's own LM on the merged texts (slow; no lock needed).
 3. ``apply_to_bundle`` — cheap, in place: the model's catalog buffers (a new item has no

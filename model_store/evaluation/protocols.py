@@ -95,7 +95,7 @@ def add_cold_items(bundle: Bundle, dataset: Dataset, cold: frozenset[str]) -> No
     """Add the held-out items to a trained bundle by their text, as ``POST /v1/items`` does."""
     items = dataset.items[dataset.items["item_id"].isin(cold)]
     records = [
-        {str(k): (None if pd.isna(v) else str(v)) for k, v in row.items()}
+        {str(k): str(v) for k, v in row.items() if not pd.isna(v) and str(v).strip()}
         for row in items.to_dict("records")
     ]
     apply_to_bundle(bundle, prepare_change(bundle, records, device=str(_device(bundle))))

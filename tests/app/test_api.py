@@ -186,6 +186,10 @@ def test_upsert_validation(client: TestClient) -> None:
     assert r.status_code == 422 and "valid text fields" in r.json()["error"]["message"]
     r = client.post("/v1/items", headers=AUTH, json={"items": [{"item_id": "a", "title": 3}]})
     assert r.status_code == 422 and "must be a non-blank string" in r.json()["error"]["message"]
+    for blank in (None, "  "):  # a text field, when given, has text (the schema says so)
+        body = {"items": [{"item_id": "i1", "title": blank}]}
+        r = client.post("/v1/items", headers=AUTH, json=body)
+        assert r.status_code == 422 and "items[0].title" in r.json()["error"]["message"]
     r = client.post("/v1/items", headers=AUTH, json={"items": []})
     assert r.status_code == 422 and "items" in r.json()["error"]["message"]
     r = client.post(

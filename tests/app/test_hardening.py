@@ -185,3 +185,36 @@ def test_redis_histories_have_a_byte_cap_per_user(store: Path, redis_server: Red
     ]
     assert sum(len(x) for x in stored) <= cap
     assert stored == items[-len(stored) :] and len(stored) > 200  # the newest, in order
+
+
+# ---- the contract -------------------------------------------------------------------------
+
+
+def test_405_allow_lists_every_method_of_the_path(client: TestClient) -> None:
+    for path, methods in (
+        ("/v1/items", {"GET", "POST"}),
+        ("/v1/items/i1", {"GET", "PATCH", "DELETE"}),
+        ("/v1/items/i1/similar", {"GET", "POST"}),
+    ):
+        r = client.options(path)
+        assert r.status_code == 405
+        assert set(r.headers["allow"].split(", ")) == methods, (path, r.headers["allow"])
+        assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_the_schema_states_statuses_fields_and_event_types(client: TestClient) -> None:
+    doc = client.get("/openapi.json").json()
+    similar = doc["paths"]["/v1/items/{item_id}/similar"]["post"]["responses"]
+    assert {"200", "400", "401", "403", "404", "413", "422", "429", "503"} <= set(similar)
+    assert similar["404"]["content"]["application/json"]["schema"]["$ref"].endswith("ErrorBody")
+    schemas = doc["components"]["schemas"]
+    fields = schemas["RecommendRequest"]["properties"]["fields"]["anyOf"][0]["items"]
+    assert set(fields["enum"]) == {"title", "description", "category", "available"}
+    flt = schemas["RecommendRequest"]["properties"]["filter"]["anyOf"][0]
+    assert flt["additionalProperties"] is False and "contains" in str(flt["properties"]["title"])
+    assert schemas["EventIn"]["properties"]["type"]["enum"] == sorted(
+        ["view", "click", "cart", "purchase", "dislike"]
+    )
+    # what the schema says is what is accepted: a string is not a boolean, 5.0 is an integer
+    assert client.post("/v1/recommend", json={"k": 3, "explain": "true"}).status_code == 422
+    assert client.post("/v1/recommend", json={"k": 3.0}).status_code == 200
