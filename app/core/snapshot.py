@@ -154,9 +154,17 @@ class SnapshotHolder:
     ``model_lock`` is held by the model work while it computes and by catalog writes while
     they mutate the live model; ``admin_lock`` serialises reloads and catalog writes."""
 
-    def __init__(self, *, store: Path, device: Device, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        store: Path,
+        device: Device,
+        metrics: Metrics,
+        rerank: Literal["bundle", "on", "off"] = "bundle",
+    ) -> None:
         self.store = store
         self.device = resolve_device(device)
+        self.rerank = rerank
         self.metrics = metrics
         self.snapshot: Snapshot | None = None
         self.load_error: str | None = None
@@ -176,6 +184,8 @@ class SnapshotHolder:
 
     def load(self, version: str | None) -> Snapshot:
         bundle = load_bundle(self.store, version, device=self.device)
+        if self.rerank != "bundle":  # FUSIONREC_RERANK: the head forced on or off
+            bundle.model.use_head = self.rerank == "on"
         return build_snapshot(bundle, device=self.device)
 
     def install(self, snap: Snapshot, *, full_gc: bool = True) -> None:
