@@ -179,7 +179,7 @@ class SearchSettings(SettingsGroup):
 
     user_weight: float = Field(0.3, ge=0, le=1, description="β of the search blend")
     mode: Literal["dense", "hybrid"] = Field(
-        "dense", description="search when a request names no `mode`: dense, or dense + BM25"
+        "hybrid", description="search when a request names no `mode`: dense, or dense + BM25"
     )
     min_similarity: float = Field(
         0.3,
