@@ -45,11 +45,19 @@ class InferenceCache:
         """The parameters of the towers and the head, listed once per set of modules
         (``Module.parameters()`` walks the tree: ~15 µs on every request otherwise)."""
         items = model.items
-        modules = (items.text_proj, items.id_emb, items.cold, model.head)
+        modules: tuple[nn.Module | None, ...] = (
+            items.text_proj,
+            items.id_emb,
+            items.cold,
+            model.head,
+        )
         cached = self._modules
         if cached is None or any(a is not b for a, b in zip(cached[0], modules, strict=True)):
-            params = [p for m in modules if m is not None for p in m.parameters()]
-            cached = self._modules = (modules, params)
+            params: list[torch.Tensor] = [
+                p for m in modules if m is not None for p in m.parameters()
+            ]
+            cached = (modules, params)
+            self._modules = cached
         return cached[1]
 
     def text_part_table(self, model: FusedModel) -> torch.Tensor | None:
@@ -117,7 +125,7 @@ class InferenceCache:
         cached = self._reranker
         if cached is not None and _same(cached[0], key):
             return cached[1]
-        reranker = model.rerank
+        reranker: Reranker = model.rerank
         if table is not None and model.use_head:
             reranker = trace_reranker(model, table)
         self._reranker = (key, reranker)
