@@ -141,4 +141,5 @@ def uvicorn_options(http: HttpSettings) -> dict[str, Any]:
         "timeout_keep_alive": http.keep_alive_s,
         "limit_concurrency": http.limit_concurrency,
         "h11_max_incomplete_event_size": http.max_header_bytes,
+        "access_log": False,  # FUSIONREC_ACCESS_LOG (app.middleware.AccessLog) instead
     }

@@ -144,7 +144,8 @@ class ModelWork:
             cand_t = torch.from_numpy(np.where(valid, cand + 1, 0)).to(dev)
             retr_t = torch.from_numpy(retr).to(dev)
             user_t = torch.from_numpy(vecs[ranked]).to(dev)
-            final = model.rerank(hist[ranked], user_t, cand_t, retr_t).float().cpu().numpy()
+            rerank = model.serving_reranker()
+            final = rerank(hist[ranked], user_t, cand_t, retr_t).float().cpu().numpy()
         tops = ranking.top_k(final, cand, valid, [jobs[i].k for i in ranked])
         item_ids = snap.bundle.item_ids
         for b, (i, top) in enumerate(zip(ranked, tops, strict=True)):

@@ -33,10 +33,12 @@ from app.event_log import EventLogWriter
 from app.history import HistoryStore, LocalHistory, RedisHistory
 from app.metrics import Metrics
 from app.middleware import (
+    AccessLog,
     BodyLimitMiddleware,
     MetricsMiddleware,
     SecurityHeadersMiddleware,
     install_log_redaction,
+    silence_uvicorn_access,
 )
 from app.redis_gateway import CircuitBreaker, RedisGateway
 from app.routes import admin, demo, health, items, recommend, users
@@ -162,7 +164,10 @@ def build_core(settings: Settings, metrics: Metrics) -> Core:
         stores=erasable_stores(cache=cache, history=history, event_log=event_log),
     )
     snapshots = SnapshotHolder(
-        store=settings.store, device=settings.runtime.device, metrics=metrics
+        store=settings.store,
+        device=settings.runtime.device,
+        metrics=metrics,
+        rerank=settings.runtime.rerank,
     )
     lookup = Lookup(history=history, cache=cache, privacy=privacy, metrics=metrics)
     reading = Reading(
@@ -234,9 +239,12 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.demo:
         demo.install(app)
     app.add_middleware(BodyLimitMiddleware, limit=settings.http.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    http = settings.http
+    access = AccessLog(http.access_log_sample) if http.access_log == "json" else None
+    app.add_middleware(MetricsMiddleware, metrics=metrics, access=access)
     app.add_middleware(SecurityHeadersMiddleware)  # outermost: on every answer
     install_log_redaction()
+    silence_uvicorn_access()
     return app
 
 

@@ -1,18 +1,18 @@
 """Load test of the service against a real uvicorn: latency and throughput per endpoint.
 
-    python bench/serve.py --store /tmp/mlstore [--duration 8] [--rate 100] [--concurrency 32]
+    python bench/serve.py --store /tmp/mlstore [--duration 8] [--rate 100] [--connections 4,32]
 
-Starts ``uvicorn --factory app.main:app_from_env`` in a subprocess (rate limit off), and a
-bare FastAPI JSON endpoint under the same uvicorn settings as the framework's ceiling. The
-load generator is a small asyncio HTTP/1.1 keep-alive client in this process (lighter than
-httpx, so more of the 2 cores go to the server). Each case runs at a fixed rate (open loop,
-latency measured from the scheduled send time, so queueing counts) and at saturation
-(``--concurrency`` closed-loop clients). Cases: bare endpoint; /v1/recommend cache hits
-(warmed user ids); cache misses (a fresh random history per request); /v1/search; and the
-saturated miss case again with micro-batching off (FUSIONREC_BATCH_MAX_SIZE=1). The three
-servers run side by side and the saturated cases alternate for ``--rounds`` rounds; each
-reports its median round, so the ratios compare figures measured under the same load.
-If the store has no bundle, one is trained on MovieLens-100k first.
+Starts ``uvicorn --factory app.main:app_from_env`` twice on the same bundle, with the
+fusion head forced on and off (``FUSIONREC_RERANK``), and a bare FastAPI JSON endpoint
+under the same uvicorn settings as the framework's ceiling, in the same run. The load
+generator is a small asyncio HTTP/1.1 keep-alive client in this process (lighter than httpx,
+so more of the 2 cores go to the server). Saturated cases (``--connections`` closed-loop
+clients each): bare; /v1/recommend cache hits (warmed user ids) and misses (a fresh random
+history per request), head on and off; they alternate for ``--rounds`` rounds and each
+reports its median round. Fixed-rate cases (open loop at ``--rate``, latency from the
+scheduled send time, so queueing counts): /v1/search dense vs hybrid, /v1/recommend
+unfiltered vs filtered (release year ≥ 1995). If the store has no bundle, one is trained on
+MovieLens-100k first.
 """
 
 from __future__ import annotations
@@ -228,19 +228,34 @@ def bodies(store: Path, data: Path, seed: int = 0) -> dict[str, Body]:
     titles = items["title"].astype(str).tolist() if "title" in items else ids
     rng = random.Random(seed)
     warm = users[:200]
+    # a filter that keeps about half of MovieLens (release year), else none
+    flt = {"year": {"gte": 1995}} if "year" in items else None
 
     def hit(i: int) -> bytes:
         return json.dumps({"user_id": warm[i % len(warm)], "k": 10}).encode()
 
+    def filtered(i: int) -> bytes:
+        return json.dumps({"user_id": warm[i % len(warm)], "k": 10, "filter": flt}).encode()
+
     def miss(i: int) -> bytes:
         return json.dumps({"history": rng.sample(ids, 20), "k": 10}).encode()
 
-    def search(i: int) -> bytes:
-        return json.dumps(
-            {"query": titles[rng.randrange(len(titles))], "k": 10, "user_id": warm[i % len(warm)]}
-        ).encode()
+    def search(mode: str) -> Body:
+        def body(i: int) -> bytes:
+            query = titles[rng.randrange(len(titles))]
+            return json.dumps(
+                {"query": query, "k": 10, "user_id": warm[i % len(warm)], "mode": mode}
+            ).encode()
 
-    return {"hit": hit, "miss": miss, "search": search}
+        return body
+
+    return {
+        "hit": hit,
+        "miss": miss,
+        "filtered": filtered,
+        "search_dense": search("dense"),
+        "search_hybrid": search("hybrid"),
+    }
 
 
 def median_round(runs: list[dict[str, float]]) -> dict[str, Any]:
@@ -249,13 +264,31 @@ def median_round(runs: list[dict[str, float]]) -> dict[str, Any]:
     return {**ordered[len(ordered) // 2], "rounds_rps": [round(r["rps"], 1) for r in runs]}
 
 
+def ratios(c: dict[str, dict[str, Any]], connections: list[int], fixed: str) -> dict[str, float]:
+    """Throughput against the bare route at each concurrency; p99 ratios at the fixed rate."""
+    out: dict[str, float] = {}
+    for conc in connections:
+        bare = c["bare"][f"c{conc}"]["rps"]
+        for name in ("hit_head_on", "miss_head_on", "hit_head_off", "miss_head_off"):
+            out[f"{name}_vs_bare_c{conc}"] = c[name][f"c{conc}"]["rps"] / bare
+    p99 = {name: c[name][fixed]["p99_ms"] for name in c if fixed in c[name]}
+    out["hybrid_vs_dense_p99"] = p99["search_hybrid"] / p99["search_dense"]
+    out["filtered_vs_unfiltered_p99"] = p99["recommend_filtered"] / p99["recommend_unfiltered"]
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--store", type=Path, default=Path("/tmp/mlstore"))
     p.add_argument("--data", type=Path, default=Path("/tmp/ml"))
     p.add_argument("--duration", type=float, default=8.0)
     p.add_argument("--rate", type=float, default=100.0)
-    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument(
+        "--connections",
+        type=lambda v: [int(x) for x in v.split(",")],
+        default=[4, 32],
+        help="closed-loop client counts of the saturated cases (comma-separated)",
+    )
     p.add_argument(
         "--rounds",
         type=int,
@@ -276,62 +309,62 @@ def main() -> None:
         "command": " ".join(sys.argv),
         "cases": {},
     }
-    # All three servers up at once (an idle one costs nothing), so the saturated cases can
-    # alternate round by round and machine drift hits each of them alike.
+    # All servers up at once (an idle one costs nothing), so the saturated cases can
+    # alternate round by round and machine drift hits each of them alike. The same bundle
+    # with the fusion head forced on and off (FUSIONREC_RERANK).
     servers = {
         "bare": Server("serve:bare_app", {}, ROOT / "bench"),
-        "batch64": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "64"}, ROOT),
-        "batch1": Server("app.main:app_from_env", {**env, "FUSIONREC_BATCH_MAX_SIZE": "1"}, ROOT),
+        "head_on": Server("app.main:app_from_env", {**env, "FUSIONREC_RERANK": "on"}, ROOT),
+        "head_off": Server("app.main:app_from_env", {**env, "FUSIONREC_RERANK": "off"}, ROOT),
     }
     try:
         for srv in servers.values():
             srv.wait()
         body = bodies(args.store, args.data)
         bare_body: Body = lambda i: b'{"k": 10}'  # noqa: E731
-        # (name, server, path, body) of every case; the fixed-rate ones run once
-        cases = [
+        # (name, server, path, body) of the saturated cases, at each concurrency
+        sat_cases = [
             ("bare", "bare", "/v1/recommend", bare_body),
-            ("hit", "batch64", "/v1/recommend", body["hit"]),
-            ("miss", "batch64", "/v1/recommend", body["miss"]),
-            ("search", "batch64", "/v1/search", body["search"]),
-            ("miss_batch1", "batch1", "/v1/recommend", body["miss"]),
+            ("hit_head_on", "head_on", "/v1/recommend", body["hit"]),
+            ("miss_head_on", "head_on", "/v1/recommend", body["miss"]),
+            ("hit_head_off", "head_off", "/v1/recommend", body["hit"]),
+            ("miss_head_off", "head_off", "/v1/recommend", body["miss"]),
+        ]
+        fixed_cases = [
+            ("search_dense", "head_on", "/v1/search", body["search_dense"]),
+            ("search_hybrid", "head_on", "/v1/search", body["search_hybrid"]),
+            ("recommend_unfiltered", "head_on", "/v1/recommend", body["hit"]),
+            ("recommend_filtered", "head_on", "/v1/recommend", body["filtered"]),
         ]
 
         async def run_all() -> dict[str, dict[str, Any]]:
-            for name in ("batch64", "batch1"):  # warm the hit users' cached vectors
+            for name in ("head_on", "head_off"):  # warm the hit users' cached vectors
                 warm = Conn(servers[name].port)
                 for i in range(200):
                     await warm.post("/v1/recommend", body["hit"](i))
-            out: dict[str, dict[str, Any]] = {name: {} for name, *_ in cases}
-            for name, srv, path, make in cases[:4]:
-                out[name]["fixed"] = await fixed_rate(
-                    servers[srv].port, path, make, args.rate, args.duration
-                )
-            sat: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in cases}
-            for _ in range(args.rounds):
-                for name, srv, path, make in cases:
-                    sat[name].append(
-                        await saturate(
-                            servers[srv].port, path, make, args.concurrency, args.duration
-                        )
+            out: dict[str, dict[str, Any]] = {}
+            for name, srv, path, make in fixed_cases:
+                out[name] = {
+                    f"fixed_{args.rate:g}": await fixed_rate(
+                        servers[srv].port, path, make, args.rate, args.duration
                     )
-            for name in sat:
-                out[name]["saturated"] = median_round(sat[name])
+                }
+            for conc in args.connections:
+                sat: dict[str, list[dict[str, float]]] = {name: [] for name, *_ in sat_cases}
+                for _ in range(args.rounds):
+                    for name, srv, path, make in sat_cases:
+                        sat[name].append(
+                            await saturate(servers[srv].port, path, make, conc, args.duration)
+                        )
+                for name in sat:
+                    out.setdefault(name, {})[f"c{conc}"] = median_round(sat[name])
             return out
 
         results["cases"] = asyncio.run(run_all())
     finally:
         for srv in servers.values():
             srv.stop()
-    c = results["cases"]
-    bare_rps = c["bare"]["saturated"]["rps"]
-    results["ratios"] = {
-        "hit_vs_bare": c["hit"]["saturated"]["rps"] / bare_rps,
-        "miss_vs_bare": c["miss"]["saturated"]["rps"] / bare_rps,
-        "batching_miss_speedup": (
-            c["miss"]["saturated"]["rps"] / c["miss_batch1"]["saturated"]["rps"]
-        ),
-    }
+    results["ratios"] = ratios(results["cases"], args.connections, f"fixed_{args.rate:g}")
     text = json.dumps(results, indent=1)
     print(text)
     if args.out:

@@ -143,8 +143,8 @@ class TrainConfig(_Section):
     crop_max: int = Field(5, ge=1)
     holdout: bool = True
     device: Device = "auto"
-    # train the fusion head after the retriever, on the validation items; kept only if its
-    # cross-fitted (out-of-fold) validation NDCG@10 beats retrieval alone
+    # train the fusion head after the retriever, on the validation items; kept only if the
+    # paired bootstrap interval of its cross-fitted validation NDCG@10 gain is above zero
     rerank: bool = True
     rerank_epochs: int = Field(10, ge=1)
     rerank_lr: float = Field(3e-3, gt=0)

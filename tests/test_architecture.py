@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("fusionrec", "app", "indexer", "model_store")  # high → low
 # model_store's rooms, low → high; the shared modules at its top level are lowest
 MODEL_STORE_LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "config", "database", "digest", "pages", "progress", "threads", "ids"),
+    ("errors", "config", "database", "digest", "pages", "progress", "threads", "ids", "stats"),
     ("data",),
     ("text",),
     ("model",),

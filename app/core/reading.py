@@ -39,7 +39,7 @@ from app.settings import BatchingSettings, RuntimeSettings, SearchSettings
 from model_store.data.attributes import check_fields
 from model_store.errors import NotReadyError
 
-Strategy = Literal["personalized", "cold_start"]
+Strategy = Literal["personalized", "cold_start", "search", "search_personalized"]
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Reading:
         self._cold_starts = metrics.strategy.labels("recommend", "cold_start")
         self._personalized = metrics.strategy.labels("recommend", "personalized")
         self._searches = {
-            s: metrics.strategy.labels("search", s) for s in ("personalized", "cold_start")
+            s: metrics.strategy.labels("search", s) for s in ("search_personalized", "search")
         }
         user_batches = metrics.batch_size.labels("user")
         query_batches = metrics.batch_size.labels("query")
@@ -172,7 +172,7 @@ class Reading:
         mode = request.mode or self.default_mode
         job = SearchJob(snap, request.query, vec, request.k, chosen.allowed, mode, request.offset)
         items = await self._text.submit(job)
-        strategy: Strategy = "personalized" if vec is not None else "cold_start"
+        strategy: Strategy = "search_personalized" if vec is not None else "search"
         self._searches[strategy].inc()
         return Answer(snap.version, strategy, with_fields(snap, items, chosen.names), unknown)
 

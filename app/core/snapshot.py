@@ -159,9 +159,17 @@ class SnapshotHolder:
     ``model_lock`` is held by the model work while it computes and by catalog writes while
     they mutate the live model; ``admin_lock`` serialises reloads and catalog writes."""
 
-    def __init__(self, *, store: Path, device: Device, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        *,
+        store: Path,
+        device: Device,
+        metrics: Metrics,
+        rerank: Literal["bundle", "on", "off"] = "bundle",
+    ) -> None:
         self.store = store
         self.device = resolve_device(device)
+        self.rerank = rerank
         self.metrics = metrics
         self.snapshot: Snapshot | None = None
         self.load_error: str | None = None
@@ -185,6 +193,8 @@ class SnapshotHolder:
 
     def load(self, version: str | None) -> Snapshot:
         bundle = load_bundle(self.store, version, device=self.device)
+        if self.rerank != "bundle":  # FUSIONREC_RERANK: the head forced on or off
+            bundle.model.use_head = self.rerank == "on"
         snap = build_snapshot(bundle, device=self.device)
         if self.catch_up is not None:
             try:  # served with the catalog's changes from the start

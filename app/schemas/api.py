@@ -90,7 +90,7 @@ class ScoredItem(BaseModel):
 
 class RecommendResponse(BaseModel):
     model_version: str
-    strategy: Literal["personalized", "cold_start"]
+    strategy: Literal["personalized", "cold_start", "search", "search_personalized"]
     items: list[ScoredItem]
     unknown_items: list[str]
     request_id: str = Field(

@@ -31,6 +31,10 @@ class RuntimeSettings(SettingsGroup):
     # one thread per worker: small requests lose more to intra-op sync than they gain
     torch_threads: int | None = Field(1, ge=1, description="None = torch's default")
     faiss_threads: int | None = Field(1, ge=1, description="None = all cores")
+    rerank: Literal["bundle", "on", "off"] = Field(
+        "bundle",
+        description="the fusion head: as the bundle chose (bundle), forced on or off",
+    )
 
 
 class BatchingSettings(SettingsGroup):
@@ -63,6 +67,12 @@ class HttpSettings(SettingsGroup):
         None,
         description="proxies trusted for X-Forwarded-For (comma-separated IPs/networks, or *): "
         "then the client address of rate limits is the one the proxy saw; unset = none",
+    )
+    access_log: Literal["off", "json"] = Field(
+        "off", description="per-request log: off, or one JSON line per request on stdout"
+    )
+    access_log_sample: float = Field(
+        1.0, gt=0, le=1, description="the fraction of requests the access log writes"
     )
 
 
@@ -191,7 +201,7 @@ class SearchSettings(SettingsGroup):
 
     user_weight: float = Field(0.3, ge=0, le=1, description="β of the search blend")
     mode: Literal["dense", "hybrid"] = Field(
-        "dense", description="search when a request names no `mode`: dense, or dense + BM25"
+        "hybrid", description="search when a request names no `mode`: dense, or dense + BM25"
     )
     min_similarity: float = Field(
         0.3,

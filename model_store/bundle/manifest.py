@@ -74,6 +74,15 @@ class RerankInfo(_Section):
     valid_ndcg10_retrieval: float | None = Field(None, alias="valid_ndcg@10_retrieval")
     valid_ndcg10_with_head: float | None = Field(None, alias="valid_ndcg@10_with_head")
     examples: int | None = None
+    # the paired gain (with head − retrieval) of per-user NDCG@10 and its 95 % bootstrap
+    # interval; the head is kept only when the interval lies above zero
+    valid_ndcg10_gain: float | None = Field(None, alias="valid_ndcg@10_gain")
+    valid_ndcg10_gain_lo: float | None = Field(None, alias="valid_ndcg@10_gain_lo")
+    valid_ndcg10_gain_hi: float | None = Field(None, alias="valid_ndcg@10_gain_hi")
+    # the head's serving cost: µs per request of the served rerank (features + head) over
+    # ``model.rerank_candidates`` candidates, on the training device, at batch 1 and 32
+    cost_us_batch1: float | None = None
+    cost_us_batch32: float | None = None
 
 
 class ColdInfo(_Section):

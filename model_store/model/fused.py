@@ -23,6 +23,7 @@ from model_store.config import ModelConfig
 from model_store.model.fusion_head import FusionHead
 from model_store.model.item_tower import ItemTower, grown_embedding
 from model_store.model.layers import UserEncoder
+from model_store.model.rerank import Reranker, table_rerank
 from model_store.model.serving import InferenceCache
 
 
@@ -251,6 +252,11 @@ class FusedModel(nn.Module):
         (``InferenceCache.serving_encoder``), eager otherwise."""
         return self._inference.serving_encoder(self)
 
+    def serving_reranker(self) -> Reranker:
+        """``rerank`` as the service calls it: traced with the per-item table where it can
+        be (``InferenceCache.serving_reranker``), eager otherwise."""
+        return self._inference.serving_reranker(self)
+
     def text_part_table(self) -> torch.Tensor | None:
         """The text side of every catalog item (N+1, D), computed once per catalog and
         weights for inference (``InferenceCache.text_part_table``); None in training."""
@@ -260,7 +266,17 @@ class FusedModel(nn.Module):
     def rerank_features(
         self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
     ) -> torch.Tensor:
-        """hist (B, L), user (B, out_dim), cand (B, N) indices, retrieval (B, N) → (B, N, F)."""
+        """hist (B, L), user (B, out_dim), cand (B, N) indices, retrieval (B, N) → (B, N, F).
+
+        At inference (``joint``) from the per-item table (``InferenceCache.rerank_table``)."""
+        table = self._inference.rerank_table(self)
+        if table is not None:
+            return table.features(hist, user, cand, retrieval, self.cfg.text_history)
+        return self._features_generic(hist, user, cand, retrieval)
+
+    def _features_generic(
+        self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
+    ) -> torch.Tensor:
         n = cand.shape[1]
         text_c = self.text_emb[cand]  # (B, N, T)
         last = hist[:, -self.cfg.text_history :]
@@ -313,7 +329,10 @@ class FusedModel(nn.Module):
         """
         if not self.use_head:
             return retrieval
-        fused: torch.Tensor = self.head(self.rerank_features(hist, user, cand, retrieval))
+        table = self._inference.rerank_table(self)
+        if table is not None:
+            return table_rerank(self, table, hist, user, cand, retrieval)
+        fused: torch.Tensor = self.head(self._features_generic(hist, user, cand, retrieval))
         cold = ~self.has_id[cand]
         if not bool(cold.any()):
             return fused

@@ -9,6 +9,7 @@ candidates while the retriever stays frozen.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from model_store.config import Config
 from model_store.model.fused import FusedModel
 from model_store.model.fusion_head import FusionHead
 from model_store.model.scoring import EvalSet, metrics_from_ranks, rank_targets, scored_catalog
+from model_store.stats import Paired, paired_bootstrap, per_user
 
 
 @dataclass
@@ -39,18 +41,62 @@ def fit_head(model: FusedModel, cfg: Config, valid: EvalSet) -> HeadResult:
     is among the top-N retrieved candidates is one example (softmax over its candidates).
     First the head is cross-fitted: trained on one half of the validation users and
     scored on the other, both ways, so no user is scored by a head that learnt from it. It
-    is kept only if this out-of-fold NDCG@10 beats retrieval alone, and then trained on
-    every validation user for the same fixed number of epochs (nothing is chosen on the
-    scored users). The reported validation figures with the head are the out-of-fold ones.
+    is kept only if the paired bootstrap interval of its out-of-fold per-user NDCG@10 gain
+    over retrieval alone lies above zero (``keep_head``), and then trained on every
+    validation user for the same fixed number of epochs (nothing is chosen on the scored
+    users). The reported validation figures with the head are the out-of-fold ones; the
+    manifest also records the gain, its interval and the head's serving cost.
     """
-    tr = cfg.train
     n_cand = min(cfg.model.rerank_candidates, model.n_items)
     if len(valid) < 20:
         reason = "fewer than 20 validation users to train it on"
         return HeadResult(RerankInfo(enabled=False, reason=reason))
-    base = metrics_from_ranks(*rank_targets(model, valid, use_head=False), model.n_items)
+    base_ranks, base_top10 = rank_targets(model, valid, use_head=False)
+    base = metrics_from_ranks(base_ranks, base_top10, model.n_items)
     examples = head_examples(model, valid, n_cand)
-    fold = np.random.default_rng(tr.seed).permutation(len(valid)) % 2
+    ranks, top10 = cross_fitted_ranks(model, examples, valid, cfg)
+    cross = metrics_from_ranks(ranks, top10, model.n_items)
+    cost = serving_cost(model, n_cand)
+    enabled, gain = keep_head(per_user(ranks, "ndcg@10"), per_user(base_ranks, "ndcg@10"))
+    if enabled:
+        train_head(model, examples, np.ones(len(valid), dtype=bool), cfg)
+    else:
+        model.head = fresh_head(cfg, model.text_emb.device)  # a no-op, as before training
+    model.use_head = enabled
+    reason = (
+        f"cross-fitted validation NDCG@10 gain {gain} is above zero"
+        if enabled
+        else f"cross-fitted validation NDCG@10 gain {gain} is not above zero; "
+        "retrieval order is served"
+    )
+    info = RerankInfo(
+        enabled=enabled,
+        reason=reason,
+        valid_ndcg10_retrieval=base["ndcg@10"],
+        valid_ndcg10_with_head=cross["ndcg@10"],
+        examples=int((examples.label >= 0).sum()),
+        valid_ndcg10_gain=gain.mean,
+        valid_ndcg10_gain_lo=gain.lo,
+        valid_ndcg10_gain_hi=gain.hi,
+        cost_us_batch1=cost[1],
+        cost_us_batch32=cost[32],
+    )
+    return HeadResult(info, cross)
+
+
+def keep_head(with_head: np.ndarray, retrieval: np.ndarray, seed: int = 0) -> tuple[bool, Paired]:
+    """The keep rule: per-user NDCG@10 with the head (out of fold) against retrieval alone
+    on the same users; kept only when the 95 % paired bootstrap interval of the mean gain
+    lies above zero (a gain within the noise does not pay for the head's serving cost)."""
+    gain = paired_bootstrap(with_head, retrieval, seed=seed)
+    return gain.beats, gain
+
+
+def cross_fitted_ranks(
+    model: FusedModel, examples: HeadExamples, valid: EvalSet, cfg: Config
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each validation user's rank (and top 10) under a head trained on the other half."""
+    fold = np.random.default_rng(cfg.train.seed).permutation(len(valid)) % 2
     ranks = np.empty(len(valid))
     top10 = np.zeros((len(valid), 10), dtype=np.int64)
     model.use_head = True
@@ -59,26 +105,37 @@ def fit_head(model: FusedModel, cfg: Config, valid: EvalSet) -> HeadResult:
         held = np.flatnonzero(fold == k)
         sub = EvalSet([valid.histories[i] for i in held], [valid.targets[i] for i in held])
         ranks[held], top10[held] = rank_targets(model, sub, use_head=True)
-    cross = metrics_from_ranks(ranks, top10, model.n_items)
-    enabled = cross["ndcg@10"] > base["ndcg@10"]
-    if enabled:
-        train_head(model, examples, np.ones(len(valid), dtype=bool), cfg)
-    else:
-        model.head = fresh_head(cfg, model.text_emb.device)  # a no-op, as before training
-    model.use_head = enabled
-    reason = (
-        "improves cross-fitted validation NDCG@10"
-        if enabled
-        else "does not improve cross-fitted validation NDCG@10; retrieval order is served"
-    )
-    info = RerankInfo(
-        enabled=enabled,
-        reason=reason,
-        valid_ndcg10_retrieval=base["ndcg@10"],
-        valid_ndcg10_with_head=cross["ndcg@10"],
-        examples=int((examples.label >= 0).sum()),
-    )
-    return HeadResult(info, cross)
+    return ranks, top10
+
+
+@torch.inference_mode()
+def serving_cost(model: FusedModel, n_cand: int, reps: int = 30) -> dict[int, float]:
+    """µs per request of the served rerank (``FusedModel.serving_reranker``: features +
+    head) over ``n_cand`` candidates, at batch 1 and 32 (median of ``reps`` calls)."""
+    was_training, used = model.training, model.use_head
+    model.eval()
+    model.use_head = True
+    dev = model.text_emb.device
+    gen = torch.Generator().manual_seed(0)
+    out: dict[int, float] = {}
+    try:
+        for b in (1, 32):
+            hist = torch.randint(1, model.n_items + 1, (b, model.cfg.max_len), generator=gen)
+            cand = torch.randint(1, model.n_items + 1, (b, n_cand), generator=gen).to(dev)
+            retrieval = torch.randn(b, n_cand, generator=gen).sort(1, descending=True).values
+            hist, retrieval = hist.to(dev), retrieval.to(dev)
+            user = model.user_vectors(hist)
+            rerank = model.serving_reranker()
+            times = []
+            for _ in range(reps + 3):
+                t = time.perf_counter()
+                rerank(hist, user, cand, retrieval).cpu()
+                times.append(time.perf_counter() - t)
+            out[b] = float(np.median(times[3:]) / b * 1e6)
+    finally:
+        model.train(was_training)
+        model.use_head = used
+    return out
 
 
 @dataclass

@@ -139,8 +139,11 @@ def test_reading_filters_once_and_reports_unknown_items(parts: Parts) -> None:
     found = parts.reading.items(request=ItemsBatchGet(ids=["missing", snap.bundle.item_ids[1]]))
     assert [r.item_id for r in found.items] == [snap.bundle.item_ids[1]]
     assert found.missing == ["missing"]
-    search = asyncio.run(parts.reading.search(request=SearchRequest(query="drama", k=3)))
-    assert search.strategy == "cold_start" and len(search.items) == 3
+    # dense: every query gets its nearest items (hybrid, the default, may answer nothing
+    # when no word matches and no cosine reaches the relevance floor)
+    request = SearchRequest(query="drama", k=3, mode="dense")
+    search = asyncio.run(parts.reading.search(request=request))
+    assert search.strategy == "search" and len(search.items) == 3
 
 
 def test_catalog_upsert_is_found_by_reading(parts: Parts, store: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -74,3 +75,37 @@ def test_serve_command_is_registered() -> None:
 
     result = CliRunner().invoke(build(), ["serve", "--help"])
     assert result.exit_code == 0 and "--store" in result.output and "--workers" in result.output
+
+
+def test_access_log_is_json_by_route_template_and_sampled() -> None:
+    import json as json_mod
+
+    from app.middleware import AccessLog
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    keep = Keep()
+    log = AccessLog(1.0)
+    log.log.addHandler(keep)
+    try:
+        log.record("GET", "/v1/users/{user_id}", 200, 0.0012)
+        assert len(records) == 1
+        line = json_mod.loads(records[0])
+        assert line["route"] == "/v1/users/{user_id}" and line["status"] == 200
+        assert line["method"] == "GET" and line["ms"] == 1.2
+        rare = AccessLog(1e-12)
+        for _ in range(100):
+            rare.record("POST", "/v1/recommend", 200, 0.001)
+        assert len(records) == 1  # sampled out
+    finally:
+        log.log.removeHandler(keep)
+
+
+def test_access_log_is_off_by_default(tmp_path: Path) -> None:
+    from app.settings import Settings
+
+    assert Settings(store=tmp_path).http.access_log == "off"

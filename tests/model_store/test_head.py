@@ -8,7 +8,7 @@ import torch
 from model_store.config import Config, ModelConfig
 from model_store.model.fused import FusedModel
 from model_store.model.scoring import EvalSet, rank_targets
-from model_store.training.head import fit_head, head_examples
+from model_store.training.head import fit_head, head_examples, keep_head
 
 N_ITEMS = 12
 
@@ -56,6 +56,10 @@ def test_cross_fitted_head_learns_a_signal_the_retriever_lacks_and_is_kept() -> 
     # out of fold: each half is scored by the head trained on the other half
     assert report.info.valid_ndcg10_with_head > report.info.valid_ndcg10_retrieval + 0.2
     assert report.info.enabled and model.use_head
+    assert report.info.valid_ndcg10_gain_lo is not None and report.info.valid_ndcg10_gain_lo > 0
+    # the serving cost is measured and recorded (not asserted: speed lives in the bench)
+    assert report.info.cost_us_batch1 is not None and report.info.cost_us_batch1 > 0
+    assert report.info.cost_us_batch32 is not None and report.info.cost_us_batch32 > 0
     assert report.valid_with_head["coverage@10"] > 0
     after = rank_targets(model, data)[0]
     assert (after == 0).mean() > 0.6 > 0.3 > (before == 0).mean()
@@ -69,9 +73,10 @@ def test_a_head_without_signal_is_not_kept_and_left_a_no_op() -> None:
     data = EvalSet(hists, targets)
     before = rank_targets(model, data, use_head=False)[0]
     report = fit_head(model, config(model, epochs=3), data)
-    assert report.info.enabled == (
-        report.info.valid_ndcg10_with_head > report.info.valid_ndcg10_retrieval
-    )
+    info = report.info
+    assert info.valid_ndcg10_gain_lo is not None and info.valid_ndcg10_gain_hi is not None
+    assert info.valid_ndcg10_gain_lo <= info.valid_ndcg10_gain <= info.valid_ndcg10_gain_hi
+    assert info.enabled == (info.valid_ndcg10_gain_lo > 0)
     assert model.use_head == report.info.enabled
     if not report.info.enabled:
         last = model.head.mlp[-1]
@@ -84,3 +89,19 @@ def test_too_few_validation_users_train_no_head() -> None:
     report = fit_head(model, config(model, epochs=3), EvalSet([[1]] * 5, [2] * 5))
     assert not report.info.enabled and not model.use_head
     assert "fewer than 20" in report.info.reason
+
+
+def test_keep_rule_refuses_a_gain_whose_interval_includes_zero() -> None:
+    """Synthetic per-user NDCG@10: a positive mean gain inside the noise is refused (the
+    manifest's case: +0.0006 over 943 users), a clear one is kept, a loss is refused."""
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 943) * (rng.uniform(size=943) < 0.25)
+    noise = rng.normal(0.0, 0.05, 943)
+    noisy = base + (noise - noise.mean()) + 0.0006  # mean gain exactly +0.0006
+    kept, gain = keep_head(noisy, base)
+    assert gain.mean > 0 and gain.lo < 0 < gain.hi
+    assert not kept
+    kept, gain = keep_head(base + (noise - noise.mean()) + 0.02, base)
+    assert kept and gain.lo > 0
+    kept, gain = keep_head(base - 0.01, base)
+    assert not kept and gain.hi < 0
