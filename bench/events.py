@@ -2,6 +2,10 @@
 SQLite, in PostgreSQL and off, side by side (not a test).
 
     python bench/events.py --store /tmp/mlstore [--duration 8] [--concurrency 32] [--rounds 3]
+        [--batch 100]
+
+With ``--batch N`` every request is ``POST /v1/events:batch`` with N events, and the
+figures are events/s (requests/s × N) and the latency of a batch.
 
 Three servers (``uvicorn --factory app.main:app_from_env``, rate limit off, in-process
 history) differ only in ``FUSIONREC_EVENTS_URL``: ``off``, a SQLite file (WAL, synchronous
@@ -30,13 +34,16 @@ sys.path.insert(0, str(ROOT))
 from tests.helpers.postgres import PostgresServer
 
 
-def body_for(items: list[str]) -> object:
+def body_for(items: list[str], batch: int = 0) -> object:
     rng = random.Random(0)
 
+    def event(i: int) -> dict[str, str]:
+        return {"user_id": f"bench-{i % 5000}", "item_id": rng.choice(items), "type": "click"}
+
     def body(i: int) -> bytes:
-        return json.dumps(
-            {"user_id": f"bench-{i % 5000}", "item_id": rng.choice(items), "type": "click"}
-        ).encode()
+        if batch:
+            return json.dumps({"events": [event(i * batch + k) for k in range(batch)]}).encode()
+        return json.dumps(event(i)).encode()
 
     return body
 
@@ -49,12 +56,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rate", type=float, default=100.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=0, help="events per POST /v1/events:batch")
     args = ap.parse_args()
+    path = "/v1/events:batch" if args.batch else "/v1/events"
+    per = max(1, args.batch)
     ensure_bundle(args.store, args.data)
     from model_store.bundle.io import read_items
 
     items = read_items(args.store)["item_id"].astype(str).tolist()
-    body = body_for(items)
+    body = body_for(items, args.batch)
     pg = PostgresServer()
     pg.start()
     work = Path(os.environ.get("TMPDIR", "/tmp")) / f"fusionrec-bench-events-{os.getpid()}"
@@ -84,12 +94,10 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, s in servers.items():
                 results[name]["saturated"].append(
-                    asyncio.run(
-                        saturate(s.port, "/v1/events", body, args.concurrency, args.duration)
-                    )
+                    asyncio.run(saturate(s.port, path, body, args.concurrency, args.duration))
                 )
                 results[name]["fixed"].append(
-                    asyncio.run(fixed_rate(s.port, "/v1/events", body, args.rate, args.duration))
+                    asyncio.run(fixed_rate(s.port, path, body, args.rate, args.duration))
                 )
     finally:
         for s in servers.values():
@@ -101,17 +109,18 @@ def main() -> None:
 
     print(
         f"# bench/events.py — {dt.date.today()} — {platform.machine()}, {os.cpu_count()} cores, "
-        f"{args.rounds} rounds × {args.duration:.0f} s, concurrency {args.concurrency}"
+        f"{args.rounds} rounds × {args.duration:.0f} s, concurrency {args.concurrency}, "
+        f"{f'batches of {args.batch} events' if args.batch else 'single events'}"
     )
     print()
     print(
         "| event log | saturated events/s | × off | p50 ms | p99 ms | errors "
-        f"| p99 ms at {args.rate:.0f}/s |"
+        f"| p99 ms at {args.rate:.0f} requests/s |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
-    off = med("off", "saturated", "rps")
+    off = med("off", "saturated", "rps") * per
     for name in servers:
-        rps = med(name, "saturated", "rps")
+        rps = med(name, "saturated", "rps") * per
         errors = sum(r["errors"] for r in results[name]["saturated"] + results[name]["fixed"])
         print(
             f"| {name} | {rps:.0f} | {rps / off:.2f} | {med(name, 'saturated', 'p50_ms'):.1f} "

@@ -215,11 +215,8 @@ def retrain(
             f"{store} has no CURRENT bundle: train one first (`fusionrec train`); retrain "
             "adds the event log to its catalog"
         )
-    logged = _logged_interactions(events_url)
-    if forgotten is not None:
-        logged, _ = forgotten.drop(logged)
     items = read_items(store)
-    events = _usable_events(logged, items, events_url)
+    events = _usable_events(_logged_interactions(events_url, forgotten), items, events_url)
     before, held = time_holdout(events, holdout)
     if not held.users:
         raise DataError(
@@ -270,13 +267,14 @@ def _warm_start(current: Bundle, cfg: Config, warm: bool) -> tuple[WarmStart | N
     return WarmStart(current.model, list(current.item_ids)), "warm"
 
 
-def _logged_interactions(events_url: str) -> pd.DataFrame:
-    """The log's positive events as weighted interactions."""
+def _logged_interactions(events_url: str, forgotten: Forgotten | None) -> pd.DataFrame:
+    """The log's positive events as weighted interactions, forgotten users left out."""
     log_store = EventStore(events_url)
     try:
-        return training_interactions(log_store.frame())
+        logged = training_interactions(log_store.frame())
     finally:
         log_store.close()
+    return logged if forgotten is None else forgotten.drop(logged)[0]
 
 
 def _usable_events(events: pd.DataFrame, items: pd.DataFrame, events_url: str) -> pd.DataFrame:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -87,8 +86,9 @@ def test_import_leaves_forgotten_users_out(tmp_path: Path) -> None:
     log.close()
 
 
-def test_import_into_sqlite_takes_at_least_50k_events_per_second(tmp_path: Path) -> None:
-    n = 200_000
+def test_a_large_import_lands_every_row_once(tmp_path: Path) -> None:
+    """20,000 rows in one import: every one in the log once (speed: bench/events_import.py)."""
+    n = 20_000
     rng = np.random.default_rng(0)
     data = tmp_path / "data"
     data.mkdir()
@@ -103,9 +103,6 @@ def test_import_into_sqlite_takes_at_least_50k_events_per_second(tmp_path: Path)
         }
     ).to_csv(data / "interactions.csv", index=False)
     log = EventStore(f"sqlite:///{tmp_path}/events.db")
-    t0 = time.perf_counter()
     done = import_dataset(log, data, lambda u: user_hash(u, b"k" * 32))
-    seconds = time.perf_counter() - t0
     assert done.new == n == log.count()
-    assert n / seconds >= 50_000, f"{n / seconds:,.0f} events/s"
     log.close()
