@@ -97,7 +97,8 @@ class ModelConfig(_Section):
     id_shrinkage: float = Field(0.0, ge=0)
     # joint: a learnt gate on each item's ID part from log(1 + its training count), and on
     # each history position's from the history length there (model_store.model.item_tower.
-    # IdGate), trained with the model
+    # IdGate), trained with the model (off: on MovieLens-100k's rolling validation, 3 seeds,
+    # no group moved, docs/experiments.md, twelfth session)
     id_gate: bool = False
     # fusion head (reranker)
     rerank_candidates: int = Field(200, ge=1)
