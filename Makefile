@@ -17,7 +17,7 @@ export PIP_CACHE_DIR ?= $(CURDIR)/.cache/pip
 export MPLCONFIGDIR ?= $(CURDIR)/.cache/matplotlib
 export HF_HOME ?= $(CURDIR)/.cache/huggingface
 
-.PHONY: install install-system run retrain data train index serve report test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak rehearsal clean
+.PHONY: install install-system run retrain data mpnet train index serve report test lint typecheck bench bench-quality bench-index bench-serve loadtest reliability soak rehearsal clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -59,6 +59,10 @@ data: install
 	@if [ ! -e "$(DATA)/interactions.csv" ] && [ ! -e "$(DATA)/interactions.parquet" ]; then \
 		$(FUSIONREC) data movielens-100k --out $(DATA); \
 	else echo "data: using $(DATA)"; fi
+
+# all-mpnet-base-v2 for text.model (a stronger, 4× slower encoder than the default MiniLM)
+mpnet: install
+	$(FUSIONREC) data mpnet
 
 train: data
 	$(FUSIONREC) train --data $(DATA) --store $(STORE) $(TRAIN_ARGS)

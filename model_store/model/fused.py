@@ -124,11 +124,18 @@ class FusedModel(nn.Module):
     def _fused_items(self, idx: torch.Tensor) -> torch.Tensor:
         table = self.text_part_table()  # inference: projected once per catalog, not per call
         if table is not None:
-            return self.items.id_part(idx, self.has_id) + table[idx]
-        if self.cfg.fusion == "joint" and not self.training:
-            return self.items.id_part(idx, self.has_id) + self.content(idx)
+            return self.id_part(idx) + table[idx]
+        if self.cfg.fusion == "joint":
+            text = self.items.text_part(self.text_emb[idx]) if self.training else self.content(idx)
+            return self.id_part(idx) + text
         out: torch.Tensor = self.items(idx, self.text_emb[idx], self.has_id)
         return out
+
+    def id_part(self, idx: torch.Tensor) -> torch.Tensor:
+        """The ID side of items ``idx`` (...,) → (..., D), scaled by the item gate if any."""
+        out = self.items.id_part(idx, self.has_id)
+        gate = self.items.gate
+        return out if gate is None else out * gate.item(self.log_pop[idx])
 
     def content(self, idx: torch.Tensor) -> torch.Tensor:
         """The text side of items ``idx`` (...,) → (..., D): the text projection for items
@@ -158,9 +165,7 @@ class FusedModel(nn.Module):
             return mlp
         bank = torch.nonzero(self.has_id).squeeze(-1)
         with torch.no_grad():
-            bank_vecs = self.items.id_part(bank, self.has_id) + self.items.text_part(
-                self.text_emb[bank]
-            )
+            bank_vecs = self.id_part(bank) + self.items.text_part(self.text_emb[bank])
         self_pos = None
         if leave_out_self:
             pos = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=idx.device)
@@ -210,11 +215,29 @@ class FusedModel(nn.Module):
             idx = torch.arange(self.n_items + 1, device=self.text_emb.device)
         return self._fused_items(idx)
 
-    def sequence_states(self, hist: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+    def sequence_states(
+        self,
+        hist: torch.Tensor,
+        table: torch.Tensor | None = None,
+        *,
+        last_only: bool = False,
+        dropped: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """hist (B, L) left-padded indices → (B, L, D) user state after each position
-        (``last_only``: only the last one, (B, 1, D), computed without the others)."""
-        pad = hist == 0
-        out: torch.Tensor = self.users(self._fused_items(hist), pad, last_only=last_only)
+        (``last_only``: only the last one, (B, 1, D), computed without the others).
+
+        ``table``: the item vectors already fused (``item_table()``, the full softmax's);
+        with the ID gate each position's ID part is scaled once more by the user gate,
+        except for the items ``dropped`` (N+1,) whose rows of ``table`` carry no ID part.
+        """
+        x = self._fused_items(hist) if table is None else table[hist]  # (B, L, D)
+        gate = self.items.gate
+        if gate is not None:
+            idp = self.id_part(hist)
+            if dropped is not None:
+                idp = idp * (~dropped[hist]).unsqueeze(-1).to(idp.dtype)
+            x = x + (gate.user(hist) - 1.0) * idp
+        out: torch.Tensor = self.users(x, hist == 0, last_only=last_only)
         return out
 
     def text_user(self, hist: torch.Tensor) -> torch.Tensor:
@@ -291,7 +314,7 @@ class FusedModel(nn.Module):
             u = user[:, :d]
             if self.cfg.fusion == "late":
                 u = u / max(1.0 - self.cfg.late_weight, 1e-6)
-            id_dot = torch.einsum("bd,bnd->bn", u, self.items.id_part(cand, self.has_id))
+            id_dot = torch.einsum("bd,bnd->bn", u, self.id_part(cand))
             if self.cfg.fusion == "joint":
                 table = self.text_part_table()
                 part = table[cand] if table is not None else self.content(cand)

@@ -35,6 +35,7 @@ class ItemTower(nn.Module):
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
         self.text_proj = text_mlp(text_dim, cfg.dim)
+        self.gate = IdGate() if cfg.fusion == "joint" and cfg.id_gate else None
         self.cold: nn.Sequential | NeighbourTower | None = None
         if cfg.fusion == "joint":
             with torch.random.fork_rng(devices=[]):  # the other layers' init is unchanged
@@ -62,6 +63,34 @@ class ItemTower(nn.Module):
         if fusion in ("id", "late"):
             return self.id_part(idx, has_id)
         raise ValueError(f"ItemTower is not used for fusion={fusion!r}")
+
+
+class IdGate(nn.Module):
+    """How far an ID part is trusted, learnt with the model (``model.id_gate``).
+
+    An item's ID part is scaled by ``2σ(a·log(1 + n) + b)`` of its ``n`` training
+    interactions, and each history position's ID part also by ``2σ(c·log(1 + m) + d)`` of
+    the ``m`` non-padding items up to and including it (the history length as the user
+    encoder sees it there; causal, so training and serving agree). All four start at 0: the
+    gates start at 1, the model as without them. A rarely bought item or a short history
+    whose ID part is noise can learn to lean on its text part.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.item_ab = nn.Parameter(torch.zeros(2))
+        self.user_ab = nn.Parameter(torch.zeros(2))
+
+    def item(self, log_count: torch.Tensor) -> torch.Tensor:
+        """log_count (...,) = log(1 + training interactions) → gate (..., 1) in (0, 2)."""
+        a, b = self.item_ab[0], self.item_ab[1]
+        return (2.0 * torch.sigmoid(a * log_count + b)).unsqueeze(-1)
+
+    def user(self, hist: torch.Tensor) -> torch.Tensor:
+        """hist (B, L) left-padded indices → gate (B, L, 1) in (0, 2) per position."""
+        seen = torch.log1p((hist != 0).cumsum(1).to(self.user_ab.dtype))
+        c, d = self.user_ab[0], self.user_ab[1]
+        return (2.0 * torch.sigmoid(c * seen + d)).unsqueeze(-1)
 
 
 def text_mlp(text_dim: int, dim: int) -> nn.Sequential:

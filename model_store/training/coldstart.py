@@ -199,7 +199,7 @@ def dropped_id_loss(
     mask = batch.targets > 0
     y = batch.targets[mask]
     with torch.no_grad():
-        h = model.users(table.detach()[batch.inputs], batch.inputs == 0)[mask]  # (M, D)
+        h = model.sequence_states(batch.inputs, table.detach(), dropped=drop)[mask]  # (M, D)
     logits = h @ table[1:].T  # (M, N)
     hist = seen_items(batch, mask, y)
     logits = logits.index_put(pairs(hist), logits.new_tensor(MASKED))

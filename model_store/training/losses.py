@@ -37,7 +37,7 @@ def rs_loss(
     if sampler_logq is None:
         # every item vector is needed for the softmax: fuse them once, index the windows
         table = model.item_table()  # (N + 1, D)
-        h = model.users(table[batch.inputs], batch.inputs == 0)[mask]  # (M, D)
+        h = model.sequence_states(batch.inputs, table)[mask]  # (M, D)
         logits = h @ table[1:].T  # (M, N)
         hist = seen_items(batch, mask, y)
         # in place: the product's backward does not need its output
