@@ -185,6 +185,24 @@ def _publish(store: Path, trained: Trained, gate: GateInfo, expect: str | None) 
     return indexed.name
 
 
+def retrain_config(store: Path, overrides: dict[str, object] | None = None) -> Config:
+    """The config a retrain uses: CURRENT's own (the same recipe and architecture, so the
+    candidate can start from its weights), with ``overrides`` (a config file's sections,
+    key by key) on top; the defaults when the store has no CURRENT yet."""
+    version = _current(store)
+    base = (
+        bundle_mod.read_manifest(store / version).config.to_dict()
+        if version is not None
+        else Config().to_dict()
+    )
+    for section, values in (overrides or {}).items():
+        if isinstance(values, dict) and isinstance(base.get(section), dict):
+            base[section] = {**base[section], **values}
+        else:
+            base[section] = values
+    return Config.from_dict(base, source="CURRENT's config with the config file on top")
+
+
 def _current(store: Path) -> str | None:
     try:
         return store_mod.current_version(store)

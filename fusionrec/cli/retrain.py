@@ -3,6 +3,7 @@ schedule (the work is ``fusionrec.retrain``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -60,11 +61,15 @@ def retrain(
     import time
 
     from fusionrec.retrain import retrain as run_retrain
+    from fusionrec.retrain import retrain_config
     from model_store.data.movielens import default_cache_dir
 
     try:
         period = parse_every(every) if every is not None else None
-        cfg = load_config(config)
+        load_config(config)  # the file alone is valid: its errors name it
+        # CURRENT's recipe, the file's keys on top: the candidate can start from its weights
+        overrides = json.loads(config.read_text()) if config is not None else None
+        cfg = retrain_config(store, overrides)
     except FusionrecError as exc:
         raise fail(exc) from exc
     while True:

@@ -144,7 +144,7 @@ def test_in_memory_updates_validate(store: Path) -> None:
         catalog.upsert_items(bundle, index, [{"item_id": "x"}], device="cpu")
     with pytest.raises(InvalidInputError, match="appears twice"):
         catalog.upsert_items(bundle, index, [{"item_id": "x", "title": "a"}] * 2, device="cpu")
-    with pytest.raises(InvalidInputError, match=r"items\[0\]\.title: must be a string"):
+    with pytest.raises(InvalidInputError, match=r"items\[0\]\.title: .*must be a non-blank string"):
         catalog.upsert_items(bundle, index, [{"item_id": "x", "title": 3}], device="cpu")
     assert len(bundle.item_ids) == n and index.ntotal == n
 

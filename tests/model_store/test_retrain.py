@@ -226,3 +226,22 @@ def test_server_stamped_events_export_and_retrain(
     d = retrain(store, url, Config.from_dict(TINY), margin=1.0, final=False)
     assert d.published, d.reason
     log.close()
+
+
+def test_retrain_keeps_currents_recipe_unless_the_file_changes_it(
+    setup: tuple[Path, str, pd.DataFrame],
+) -> None:
+    """A retrain config is CURRENT's (so the warm start applies) with the file's keys on
+    top; a default Config would differ from the tiny bundle in its architecture."""
+    from fusionrec.retrain import _warm_start, retrain_config
+
+    store = setup[0]
+    current = load_bundle(store)
+    have = current.manifest.config
+    assert Config().model.dim != have.model.dim  # the defaults would train from scratch
+    cfg = retrain_config(store, {"train": {"epochs": 1}})
+    assert cfg.model == have.model and cfg.text == have.text and cfg.train.epochs == 1
+    assert _warm_start(current, cfg, True)[1] == "warm"
+    assert retrain_config(store, {"model": {"dim": have.model.dim * 2}}).model.dim == (
+        have.model.dim * 2
+    )
