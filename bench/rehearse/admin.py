@@ -107,9 +107,10 @@ class Admin:
             await self._watch(w)
 
     def _forget_refused_add(self, w: CatalogWrite) -> None:
-        """An add a replica refused (a 503 during an outage) did not happen: the admin, like
-        any client, does not edit that item afterwards (a 404 would be the right answer)."""
-        if w.op == "add" and w.outcome == "refused":
+        """An add a replica refused (a 503 during an outage) did not happen, and one that got
+        no answer may not have: the admin, like any client, does not edit that item
+        afterwards (a 404 would be the right answer)."""
+        if w.op == "add" and w.outcome in ("refused", "unknown"):
             self.live.pop(w.item_id, None)
 
     # -- the schedule -------------------------------------------------------------------

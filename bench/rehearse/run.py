@@ -86,7 +86,7 @@ def state_ctx(
     items = {w.item_id for w in ledger.writes}
     key = stack.secrets.user_key
     state.settle(stack)
-    final = state.read_all(stack, users, items, key)
+    final = state.read_all(stack, users, items, key, since=ledger.wall0 - 1.0)
     redis_users = {u: state.user_hash(u, key) for u in ledger.forgotten}
     state.read_redis(stack.redis.url, redis_users, final)
     found = store_mod.manifests(stack.store)

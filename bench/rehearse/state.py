@@ -57,7 +57,9 @@ class Final:
     decisions: list[dict[str, Any]] = field(default_factory=list)
 
 
-def read_log(engine: sa.Engine, keys: set[str], final: Final) -> None:
+def read_log(engine: sa.Engine, keys: set[str], final: Final, since: float = 0.0) -> None:
+    """The rows that arrived from ``since`` (unix seconds) on: the imported history (the
+    same shoppers, arrived at setup) is not the traffic the checks account for."""
     with engine.connect() as conn:
         insp = sa.inspect(conn)
         if not insp.has_table(EVENTS):
@@ -66,7 +68,14 @@ def read_log(engine: sa.Engine, keys: set[str], final: Final) -> None:
         cols = [c["name"] for c in insp.get_columns(EVENTS)]
         final.log_columns = cols
         rid = ", request_id" if "request_id" in cols else ""
-        rows = conn.execute(sa.text(f"SELECT user_key, item_id, type{rid} FROM {EVENTS}")).all()
+        rows = conn.execute(
+            sa.text(f"SELECT user_key, item_id, type{rid} FROM {EVENTS} WHERE received >= :t"),
+            {"t": since},
+        ).all()
+        # every row counts for who still has events (a forgotten shopper's imported history
+        # must be gone too)
+        users = conn.execute(sa.text(f"SELECT DISTINCT user_key FROM {EVENTS}")).scalars()
+        final.log_users = {u for u in users if u in keys}
         if insp.has_table(QUARANTINE):
             final.quarantined = int(
                 conn.execute(sa.text(f"SELECT count(*) FROM {QUARANTINE}")).scalar_one()
@@ -74,7 +83,6 @@ def read_log(engine: sa.Engine, keys: set[str], final: Final) -> None:
     for row in rows:
         if row[0] not in keys:
             continue
-        final.log_users.add(row[0])
         final.log_counts[(row[0], row[1], row[2])] += 1
         if rid and row[3]:
             final.log_request_ids[row[3]] = final.log_request_ids.get(row[3], 0) + 1
@@ -129,12 +137,12 @@ def read_decisions(stack: Stack, final: Final) -> None:
                 continue
 
 
-def read_all(stack: Stack, users: set[str], items: set[str], key: str) -> Final:
+def read_all(stack: Stack, users: set[str], items: set[str], key: str, since: float = 0.0) -> Final:
     final = Final()
     hashes = {u: user_hash(u, key) for u in users}
     engine = sa.create_engine(stack.events_url, connect_args={"connect_timeout": 5})
     try:
-        read_log(engine, set(hashes.values()), final)
+        read_log(engine, set(hashes.values()), final, since)
         read_catalog(engine, items, final)
     except sa.exc.SQLAlchemyError as exc:
         final.log_error = f"cannot read the database: {str(exc).splitlines()[0][:200]}"
