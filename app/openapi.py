@@ -15,6 +15,7 @@ routers, so every status a route can answer is documented.
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
+from app.schemas.events import FUTURE_SLACK_S
 from model_store.data.filters import MAX_CONDITIONS, MAX_IN, MAX_VALUE_CHARS, AttrType, ops_of
 
 _WHY = {
@@ -30,6 +32,7 @@ _WHY = {
     403: "the credentials do not allow this (a write without a key, a read-only key)",
     404: "the item is not in the catalog (or was deleted)",
     409: "a catalog change or reload that conflicts with the served state",
+    412: "If-Match names a version the item no longer has (read it again)",
     413: "the body is larger than FUSIONREC_MAX_BODY_BYTES",
     422: "the request is invalid; the message names the field and the valid values",
     429: "rate limited (Retry-After says when to retry)",
@@ -141,7 +144,31 @@ def exact_document(
     event.pop("maxLength", None)
     event.pop("minLength", None)
     event["enum"] = sorted(event_types)
+    _timestamp_bound(doc["components"]["schemas"]["EventIn"]["properties"]["timestamp"])
     return doc
+
+
+def _timestamp_bound(prop: dict[str, Any]) -> None:
+    """An event's timestamp may be at most a day after the server's clock: the bound is
+    stated as of this document (it only grows, so a request made from it stays valid)."""
+    bound = time.time() + FUTURE_SLACK_S
+    for branch in prop.get("anyOf", [prop]):
+        if branch.get("type") == "number":
+            branch["maximum"] = bound
+
+
+def _headers_not_null(doc: dict[str, Any]) -> None:
+    """An optional header is absent or a string: FastAPI writes ``anyOf [string, null]``
+    for it, which a client can only send as the text "null"."""
+    for item in doc.get("paths", {}).values():
+        for op in item.values():
+            params = op.get("parameters", []) if isinstance(op, dict) else []
+            for param in params:
+                schema = param.get("schema", {})
+                kept = [b for b in schema.get("anyOf", []) if b.get("type") != "null"]
+                if param.get("in") == "header" and len(kept) == 1:
+                    rest = {k: v for k, v in schema.items() if k != "anyOf"}
+                    param["schema"] = {**kept[0], **rest}
 
 
 def install(
@@ -163,6 +190,7 @@ def install(
                     routes=app.routes,
                 )
             )
+            _headers_not_null(base)
         catalog = served()
         if catalog is None:
             return base

@@ -32,7 +32,7 @@ from model_store.errors import PreconditionFailedError
 router = APIRouter(
     prefix="/v1/items",
     tags=["items"],
-    responses=error_responses(400, 401, 403, 404, 409, 413, 422, 429, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 412, 413, 422, 429, 503),
 )
 
 FieldsQuery = Annotated[
@@ -132,6 +132,8 @@ def _if_match(value: str | None) -> int | None:
     """An ``If-Match`` header's item version (``"3"`` or ``W/"3"``); 412 when unreadable."""
     if value is None:
         return None
+    if value.strip() == "*":  # any version: the item must exist, as without If-Match
+        return None
     text = value.strip().removeprefix("W/").strip('"')
     if not text.isdigit():
         raise PreconditionFailedError(f'If-Match {value[:40]!r}: an item ETag such as "3"')
@@ -140,7 +142,11 @@ def _if_match(value: str | None) -> int | None:
 
 IfMatch = Annotated[
     str | None,
-    Header(description="the item's ETag as last read: the write is refused (412) if it changed"),
+    Header(
+        description='the item\'s ETag as last read ("3", W/"3" or *): the write is '
+        "refused (412) if it changed",
+        pattern=r'^\s*(\*|(W/)?"?[0-9]{1,18}"?)\s*$',
+    ),
 ]
 
 

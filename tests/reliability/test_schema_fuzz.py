@@ -56,6 +56,8 @@ def test_live_openapi_fuzzing_with_every_check(store: Path, tmp_path: Path) -> N
         run = subprocess.run(
             [
                 schemathesis_cli(),
+                "--config-file",
+                str(Path(__file__).with_name("schemathesis.toml")),
                 "run",
                 f"{srv.url}/openapi.json",
                 "--checks",
@@ -80,7 +82,8 @@ def test_live_openapi_fuzzing_with_every_check(store: Path, tmp_path: Path) -> N
         )
     out = run.stdout + run.stderr
     summary = out[out.find("SUMMARY") :] if "SUMMARY" in out else out[-3000:]
-    assert run.returncode == 0, summary[-6000:]
+    failures = out[out.find("FAILURES") :] if "FAILURES" in out else ""
+    assert run.returncode == 0, (failures[:8000] + "\n" + summary[-3000:]).strip()
     assert "No issues found" in out, summary
     cases = re.search(r"(\d+) generated, (\d+) passed", out)
     assert cases is not None, summary
