@@ -96,7 +96,38 @@ def split_by_user(
     return [str(users[s]) for s in starts], seqs, weights
 
 
-def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
+def guard_weights(
+    weights: list[np.ndarray], *, cap_events: float = 0.0, new_events: int = 0
+) -> list[np.ndarray]:
+    """Each shopper's event weights with the guard against shilling applied.
+
+    A shopper whose events weigh more than ``cap_events`` times the median event weight
+    has them scaled down together to that total; a shopper with n < ``new_events``
+    interactions has them scaled by n / ``new_events``, so a burst of brand-new ids with a
+    few heavy events each (fake shoppers pushing an item) moves the model little. 0 = off.
+    """
+    if not weights or (cap_events <= 0 and new_events <= 0):
+        return weights
+    positive = np.concatenate(weights)
+    positive = positive[positive > 0]
+    unit = float(np.median(positive)) if len(positive) else 1.0
+    out = []
+    for w in weights:
+        scale = 1.0
+        total = float(w.sum())
+        if cap_events > 0 and total > cap_events * unit:
+            scale = cap_events * unit / total
+        if new_events > 0 and len(w) < new_events:
+            scale *= len(w) / new_events
+        out.append(w if scale == 1.0 else (w * np.float32(scale)).astype(np.float32))
+    return out
+
+
+def prepare(
+    dataset: Dataset, *, holdout: bool, cap_events: float = 0.0, new_events: int = 0
+) -> Prepared:
+    """Hold out each shopper's last item (``holdout``) and index the rest; ``cap_events``
+    and ``new_events`` are the shilling guard of :func:`guard_weights`."""
     items = pd.Index(dataset.items["item_id"])
     inter = dataset.interactions
     if holdout:
@@ -104,6 +135,7 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
     else:
         train, valid = inter, inter.iloc[0:0]
     users, seqs, weights = split_by_user(train, items)
+    weights = guard_weights(weights, cap_events=cap_events, new_events=new_events)
     counts = np.bincount(
         np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64), minlength=len(items) + 1
     ).astype(np.float32)
