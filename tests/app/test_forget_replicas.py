@@ -57,7 +57,7 @@ def _log_rows(pg: PostgresServer, uhash: str) -> int:
 
 def _user_keys(r: redis.Redis, uhash: str) -> dict[str, int]:
     """Which of the user's keys exist in the shared Redis (0 = gone)."""
-    keys = (history_key(uhash), negative_key(uhash), user_vector_key(uhash))
+    keys = (history_key(uhash), history_key(negative_key(uhash)), user_vector_key(uhash))
     return {k: int(r.exists(k)) for k in keys}
 
 
