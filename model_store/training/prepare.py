@@ -101,25 +101,26 @@ def guard_weights(
 ) -> list[np.ndarray]:
     """Each shopper's event weights with the guard against shilling applied.
 
-    A shopper whose events weigh more than ``cap_events`` times the median event weight
-    has them scaled down together to that total; a shopper with n < ``new_events``
-    interactions has them scaled by n / ``new_events``, so a burst of brand-new ids with a
-    few heavy events each (fake shoppers pushing an item) moves the model little. 0 = off.
+    The unit is the median event weight. A shopper whose events weigh more than
+    ``cap_events`` units has them scaled down together to that total. A shopper with
+    n < ``new_events`` interactions (a brand-new id) has each event weigh at most one unit,
+    times (n / ``new_events``)²: a burst of fresh ids with a few heavy events each (fake
+    shoppers pushing an item) then moves the model little, and a shopper weighs fully once
+    their history looks like a shopper's. 0 = off.
     """
     if not weights or (cap_events <= 0 and new_events <= 0):
         return weights
     positive = np.concatenate(weights)
     positive = positive[positive > 0]
-    unit = float(np.median(positive)) if len(positive) else 1.0
+    unit = np.float32(np.median(positive)) if len(positive) else np.float32(1.0)
     out = []
     for w in weights:
-        scale = 1.0
         total = float(w.sum())
-        if cap_events > 0 and total > cap_events * unit:
-            scale = cap_events * unit / total
         if new_events > 0 and len(w) < new_events:
-            scale *= len(w) / new_events
-        out.append(w if scale == 1.0 else (w * np.float32(scale)).astype(np.float32))
+            w = np.minimum(w, unit) * np.float32((len(w) / new_events) ** 2)
+        elif cap_events > 0 and total > cap_events * unit:
+            w = w * np.float32(cap_events * unit / total)
+        out.append(w.astype(np.float32, copy=False))
     return out
 
 

@@ -35,15 +35,18 @@ def test_a_heavy_shopper_weighs_at_most_the_cap() -> None:
 
 
 def test_new_shoppers_are_down_weighted_until_they_look_like_shoppers() -> None:
+    # median 1: a brand-new id's purchases weigh like views, times (2/10)²
     short, long_ = _w(5, 5), _w(*[1.0] * 12)
     out = guard_weights([short, long_], new_events=10)
-    np.testing.assert_allclose(out[0], [1.0, 1.0])  # 2 of 10 events: a fifth
+    np.testing.assert_allclose(out[0], [0.04, 0.04], rtol=1e-6)
     assert out[1] is long_  # 12 >= 10: untouched
+    out = guard_weights([_w(0.5, 5, 1), long_], new_events=3)  # 3 events: a shopper now
+    np.testing.assert_allclose(out[0], [0.5, 5, 1])
 
 
 def test_defaults_and_the_config_switch() -> None:
     cfg = Config()
-    assert cfg.train.shopper_cap_events == 1000 and cfg.train.new_shopper_events == 10
+    assert cfg.train.shopper_cap_events == 1000 and cfg.train.new_shopper_events == 15
     off = Config.from_dict({"train": {"shopper_cap_events": 0, "new_shopper_events": 0}})
     assert off.train.shopper_cap_events == 0
     with pytest.raises(Exception, match="new_shopper_events"):
@@ -62,7 +65,7 @@ def test_prepare_applies_the_guard() -> None:
     plain = prepare(ds, holdout=False)
     guarded = prepare(ds, holdout=False, cap_events=1000, new_events=10)
     by_user = dict(zip(guarded.users, guarded.weights, strict=True))
-    np.testing.assert_allclose(by_user["f0"], [1.5, 1.5, 1.5])  # 3 of 10 events
+    np.testing.assert_allclose(by_user["f0"], [0.09] * 3, rtol=1e-6)  # (3/10)², one unit
     np.testing.assert_allclose(
         by_user["r"], dict(zip(plain.users, plain.weights, strict=True))["r"]
     )
