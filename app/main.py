@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from app import errors, openapi
 from app.core.catalog import Catalog
+from app.core.event_limit import UserEventLimit
 from app.core.follow import start_following
 from app.core.lookup import Lookup
 from app.core.reading import Reading
@@ -184,6 +185,7 @@ def build_core(settings: Settings, metrics: Metrics) -> Core:
         privacy=privacy,
         event_log=event_log,
         event_types=settings.events.types,
+        user_limit=UserEventLimit(settings.security.user_events_per_minute),
     )
     catalog = Catalog(
         snapshots=snapshots, store=_catalog_store(settings), redis_url=settings.redis.url

@@ -169,6 +169,14 @@ class TrainConfig(_Section):
     cold_exposure: float = Field(1.8, gt=0)
     # cap on validation users (0 = all); large synthetic sets are evaluated on a sample
     max_eval_users: int = Field(20_000, ge=0)
+    # the guard against shilling (fake shoppers pushing an item; README, Security), in
+    # units of the median event weight: a shopper's events weigh together at most
+    # shopper_cap_events units (0 = no cap); a shopper with n < new_shopper_events
+    # interactions has each event weigh at most one unit, times (n / new_shopper_events)²
+    # (0 = off). The defaults leave every MovieLens-100k shopper (18+ training ratings in
+    # every protocol) untouched.
+    shopper_cap_events: float = Field(1000.0, ge=0)
+    new_shopper_events: int = Field(15, ge=0)
 
     @model_validator(mode="after")
     def _odd_window(self) -> TrainConfig:

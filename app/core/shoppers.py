@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from app.core.event_limit import UserEventLimit
 from app.core.lookup import Lookup, live_row
 from app.core.snapshot import Snapshot, SnapshotHolder
 from app.errors import validation_message
@@ -40,8 +41,10 @@ class Shoppers:
         privacy: Privacy,
         event_log: EventLogWriter | None,
         event_types: Mapping[str, float],
+        user_limit: UserEventLimit | None = None,
     ) -> None:
         self.snapshots = snapshots
+        self.user_limit = user_limit or UserEventLimit(0)
         self.lookup = lookup
         self.privacy = privacy
         self.event_log = event_log
@@ -51,6 +54,7 @@ class Shoppers:
         """Log the event durably, then apply it; returns the length of the user's history."""
         snap = self.snapshots.ready()
         event = self._event(snap, request)
+        self.user_limit.check(event.user_key)
         if self.event_log is not None:  # durable first: a 503 here leaves nothing half-done
             await self.event_log.record([event])
         return await self._apply(snap, request, event)
@@ -64,7 +68,12 @@ class Shoppers:
         for i, raw in enumerate(events):
             try:
                 request = EventIn.model_validate(raw)
-                valid.append((i, request, self._event(snap, request)))
+                event = self._event(snap, request)
+                wait = self.user_limit.take(event.user_key)
+                if wait is not None:
+                    results[i].error = self.user_limit.message(wait)
+                    continue
+                valid.append((i, request, event))
             except ValidationError as exc:
                 results[i].error = validation_message([dict(e) for e in exc.errors()])
             except (InvalidInputError, NotFoundError) as exc:

@@ -62,6 +62,7 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "rate_limit_burst": ("security", "rate_limit_burst"),
     "auth_fail_rps": ("security", "auth_fail_rps"),
     "auth_fail_burst": ("security", "auth_fail_burst"),
+    "user_events_per_minute": ("security", "user_events_per_minute"),
     "allow_anonymous_writes": ("security", "allow_anonymous_writes"),
     "user_key_secret": ("security", "user_key_secret"),
 }

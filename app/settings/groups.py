@@ -235,6 +235,12 @@ class SecuritySettings(SettingsGroup):
         0.2, ge=0, description="failed credential attempts refilled per second per client; 0 = off"
     )
     auth_fail_burst: int = Field(10, ge=1, description="failed attempts before 429")
+    user_events_per_minute: int = Field(
+        600,
+        ge=0,
+        description="events accepted per user id a minute, per replica, whatever key or "
+        "address posts them (a guard against fake shoppers); more: 429; 0 = off",
+    )
     allow_anonymous_writes: bool = Field(
         False,
         description="accept POST /v1/events and DELETE /v1/users/* without an API key "

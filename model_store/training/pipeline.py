@@ -135,7 +135,12 @@ def train(
     ranks = dist_mod.current()
     if ranks.distributed and cfg.text.mode == "lora":
         raise ConfigError("text.mode=lora is not supported with more than one process")
-    prep = prepare(dataset, holdout=cfg.train.holdout)
+    prep = prepare(
+        dataset,
+        holdout=cfg.train.holdout,
+        cap_events=cfg.train.shopper_cap_events,
+        new_events=cfg.train.new_shopper_events,
+    )
     if not ranks.main:  # rank 0 encodes (and caches) the texts, then the others read them
         dist_mod.barrier()
     prep.text_emb = catalog_embeddings(dataset, cfg, cache_dir=cache_dir, progress=text_progress)

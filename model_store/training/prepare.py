@@ -96,7 +96,39 @@ def split_by_user(
     return [str(users[s]) for s in starts], seqs, weights
 
 
-def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
+def guard_weights(
+    weights: list[np.ndarray], *, cap_events: float = 0.0, new_events: int = 0
+) -> list[np.ndarray]:
+    """Each shopper's event weights with the guard against shilling applied.
+
+    The unit is the median event weight. A shopper whose events weigh more than
+    ``cap_events`` units has them scaled down together to that total. A shopper with
+    n < ``new_events`` interactions (a brand-new id) has each event weigh at most one unit,
+    times (n / ``new_events``)²: a burst of fresh ids with a few heavy events each (fake
+    shoppers pushing an item) then moves the model little, and a shopper weighs fully once
+    their history looks like a shopper's. 0 = off.
+    """
+    if not weights or (cap_events <= 0 and new_events <= 0):
+        return weights
+    positive = np.concatenate(weights)
+    positive = positive[positive > 0]
+    unit = np.float32(np.median(positive)) if len(positive) else np.float32(1.0)
+    out = []
+    for w in weights:
+        total = float(w.sum())
+        if new_events > 0 and len(w) < new_events:
+            w = np.minimum(w, unit) * np.float32((len(w) / new_events) ** 2)
+        elif cap_events > 0 and total > cap_events * unit:
+            w = w * np.float32(cap_events * unit / total)
+        out.append(w.astype(np.float32, copy=False))
+    return out
+
+
+def prepare(
+    dataset: Dataset, *, holdout: bool, cap_events: float = 0.0, new_events: int = 0
+) -> Prepared:
+    """Hold out each shopper's last item (``holdout``) and index the rest; ``cap_events``
+    and ``new_events`` are the shilling guard of :func:`guard_weights`."""
     items = pd.Index(dataset.items["item_id"])
     inter = dataset.interactions
     if holdout:
@@ -104,6 +136,7 @@ def prepare(dataset: Dataset, *, holdout: bool) -> Prepared:
     else:
         train, valid = inter, inter.iloc[0:0]
     users, seqs, weights = split_by_user(train, items)
+    weights = guard_weights(weights, cap_events=cap_events, new_events=new_events)
     counts = np.bincount(
         np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64), minlength=len(items) + 1
     ).astype(np.float32)

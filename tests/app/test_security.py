@@ -67,29 +67,6 @@ def test_forget_survives_a_restart_embedded(store: Path) -> None:
         assert r.status_code == 200 and r.json() == {"history_length": 1}
 
 
-def test_forget_is_fleet_wide_with_redis(store: Path, redis_server: RedisServer) -> None:
-    """Two servers sharing one Redis: a forget on one holds on the other and after either
-    restarts; the tombstone is in Redis."""
-    user = _a_user(store)
-    settings = make_settings(store, redis_url=redis_server.url, redis_timeout_s=0.5)
-    with LiveServer(settings) as a, LiveServer(settings) as b:
-        assert _strategy(a.url, user) == _strategy(b.url, user) == "personalized"
-        assert httpx.delete(f"{a.url}/v1/users/{user}", timeout=30).status_code == 204
-        assert _strategy(b.url, user) == "cold_start"
-        r = httpx.post(f"{b.url}/v1/events", json={"user_id": user, "item_id": "i3"})
-        assert r.status_code == 200 and r.json() == {"history_length": 1}
-    r = _redis(redis_server)
-    try:
-        uhash = store_user_hash(store, user)
-        assert r.sismember(TOMBSTONES_KEY, uhash)
-        assert r.lrange(history_key(uhash), 0, -1) == [b"i3"]
-        r.delete(history_key(uhash))  # even with no stored history left...
-    finally:
-        r.close()
-    with LiveServer(settings) as a:  # ...a restarted replica does not use the bundle's
-        assert _strategy(a.url, user) == "cold_start"
-
-
 def test_delete_is_a_fixed_set_of_commands(store: Path, redis_server: RedisServer) -> None:
     """No SCAN/KEYS on a request path: DELETE costs the same few commands and stays fast
     whatever the number of unrelated keys (200,000 here)."""
