@@ -131,8 +131,10 @@ def from_args(argv: list[str] | None = None) -> Plan:
         retrain_epochs=a.retrain_epochs,
         train_epochs=a.train_epochs,
         budgets_ms=budgets,
-        data=a.data,
-        store=a.store,
-        out=a.out,
+        # absolute: nginx and the replicas run from other directories (`make rehearsal`
+        # passes `--out reports`)
+        data=a.data.resolve(),
+        store=a.store.resolve() if a.store is not None else None,
+        out=a.out.resolve(),
         seed=a.seed,
     )

@@ -94,3 +94,14 @@ def test_batch_answers_are_read_per_event() -> None:
     assert batch_outcomes(rows, 2) == ["ok", "refused"]
     assert batch_outcomes({"accepted": 2, "rejected": [{"index": 1}]}, 3) == ["ok", "refused", "ok"]
     assert batch_outcomes({"accepted": 3}, 3) is None
+
+
+def test_relative_paths_are_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`make rehearsal` passes `--out reports`: nginx (run with its own prefix) was handed
+    that relative path and refused to start."""
+    from bench.rehearse.plan import from_args
+
+    monkeypatch.chdir(tmp_path)
+    plan = from_args(["--out", "reports", "--data", "data", "--store", "store"])
+    assert plan.out == tmp_path / "reports" and plan.data == tmp_path / "data"
+    assert plan.store == tmp_path / "store"
