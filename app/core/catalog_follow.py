@@ -18,7 +18,7 @@ import time
 import redis.asyncio as aioredis
 
 from app.core.catalog_apply import catch_up, retrace
-from app.core.follow import listen, pubsub_client
+from app.core.follow import cancel_tasks, listen, pubsub_client
 from app.core.snapshot import Snapshot, SnapshotHolder
 from model_store.bundle.retention import REFRESH_S, clear_serving, report_serving
 from model_store.catalog.table import CatalogStore
@@ -65,12 +65,7 @@ class CatalogFollower:
             self._tasks.append(asyncio.create_task(self._listen(), name="catalog-pubsub"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await cancel_tasks(self._tasks)
         if self.redis is not None:
             with contextlib.suppress(Exception):
                 await self.redis.aclose()

@@ -54,12 +54,7 @@ class CurrentFollower:
 
     async def stop(self) -> None:
         """Cancel the poll and the subscription and close the subscriber's client."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self._tasks.clear()
+        await cancel_tasks(self._tasks)
         if self.redis is not None:
             await self.redis.aclose()
 
@@ -96,6 +91,16 @@ class CurrentFollower:
     async def _listen(self) -> None:
         assert self.redis is not None
         await listen(self.redis, CHANNEL, self._wake, retry_s=self.poll_s)
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel a follower's background tasks and wait for them (their errors are theirs)."""
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    tasks.clear()
 
 
 async def listen(
