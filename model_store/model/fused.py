@@ -47,7 +47,7 @@ class FusedModel(nn.Module):
         self.users = UserEncoder(cfg)
         self.head = FusionHead(cfg.rerank_hidden)
         self.use_head = False
-        # bumped by every catalog change: the traced serving encoder is rebuilt after one
+        # bumped by every catalog change (the service's follower reads it)
         self.catalog_version = 0
         self._inference = InferenceCache()
 
@@ -84,40 +84,47 @@ class FusedModel(nn.Module):
         return self.cfg.fusion == "joint" and self.cfg.cold_offset != 0
 
     # ---- catalog growth (new items take the text path) ---------------------------------
+    # The serving caches follow each change row by row (``InferenceCache.following``): an
+    # upsert costs its own rows, not a re-trace nor a new projection of the whole catalog.
     def extend_catalog(self, text_emb: torch.Tensor) -> None:
         """Append items with text embeddings (M, T) and no trained ID (text path only)."""
         dev = self.text_emb.device
-        self.text_emb = torch.cat([self.text_emb, text_emb.to(dev, torch.float32)])
-        self.has_id = torch.cat(
-            [self.has_id, torch.zeros(len(text_emb), dtype=torch.bool, device=dev)]
-        )
-        self.log_pop = torch.cat([self.log_pop, torch.zeros(len(text_emb), device=dev)])
-        old = self.items.id_emb
-        self.items.id_emb = grown_embedding(old, old.num_embeddings + len(text_emb)).to(dev)
-        self.mark_catalog_changed()
+        with self._inference.following(self):
+            self.text_emb = torch.cat([self.text_emb, text_emb.to(dev, torch.float32)])
+            self.has_id = torch.cat(
+                [self.has_id, torch.zeros(len(text_emb), dtype=torch.bool, device=dev)]
+            )
+            self.log_pop = torch.cat([self.log_pop, torch.zeros(len(text_emb), device=dev)])
+            old = self.items.id_emb
+            self.items.id_emb = grown_embedding(old, old.num_embeddings + len(text_emb)).to(dev)
+        self.catalog_version += 1
 
     def truncate_catalog(self, n_items: int) -> None:
         """Drop the items after the first ``n_items`` (undo of ``extend_catalog``)."""
         keep = n_items + 1
-        self.text_emb = self.text_emb[:keep]
-        self.has_id = self.has_id[:keep]
-        self.log_pop = self.log_pop[:keep]
-        emb = self.items.id_emb
-        if emb.num_embeddings > keep:
-            shrunk = nn.Embedding(keep, emb.embedding_dim, padding_idx=0).to(emb.weight.device)
-            with torch.no_grad():
-                shrunk.weight.copy_(emb.weight[:keep])
-            self.items.id_emb = shrunk
-        self.mark_catalog_changed()
+        with self._inference.following(self):
+            self.text_emb = self.text_emb[:keep]
+            self.has_id = self.has_id[:keep]
+            self.log_pop = self.log_pop[:keep]
+            emb = self.items.id_emb
+            if emb.num_embeddings > keep:
+                shrunk = nn.Embedding(keep, emb.embedding_dim, padding_idx=0)
+                shrunk = shrunk.to(emb.weight.device)
+                with torch.no_grad():
+                    shrunk.weight.copy_(emb.weight[:keep])
+                self.items.id_emb = shrunk
+        self.catalog_version += 1
 
     def replace_text(self, idx: torch.Tensor, text_emb: torch.Tensor) -> None:
         """Change the text embedding of existing items (their text was edited)."""
-        self.text_emb[idx] = text_emb.to(self.text_emb.device, torch.float32)
-        self.mark_catalog_changed()
+        with self._inference.following(self, idx):
+            self.text_emb[idx] = text_emb.to(self.text_emb.device, torch.float32)
+        self.catalog_version += 1
 
     def mark_catalog_changed(self) -> None:
         """The catalog's vectors changed outside the methods above (the cold tower was
-        retrained): inference caches keyed on the catalog are rebuilt."""
+        retrained): the inference tables keyed on the catalog are rebuilt."""
+        self._inference.drop_tables()
         self.catalog_version += 1
 
     # ---- the one encode path ------------------------------------------------------------
@@ -164,8 +171,10 @@ class FusedModel(nn.Module):
             mlp: torch.Tensor = cold(F.dropout(text, text_dropout, training=text_dropout > 0))
             return mlp
         bank = torch.nonzero(self.has_id).squeeze(-1)
-        with torch.no_grad():
-            bank_vecs = self.id_part(bank) + self.items.text_part(self.text_emb[bank])
+        built = None if self.training else self._inference.text_part_built(self)
+        with torch.no_grad():  # the bank's text side: the inference table's rows when built
+            bank_text = self.items.text_part(self.text_emb[bank]) if built is None else built[bank]
+            bank_vecs = self.id_part(bank) + bank_text
         self_pos = None
         if leave_out_self:
             pos = torch.full((self.n_items + 1,), -1, dtype=torch.long, device=idx.device)

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Reranker = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (hist, user, cand, retrieval, *catalog_inputs(...)) → scores
+TracedRerank = Callable[..., torch.Tensor]
 
 
 class RerankTable:
@@ -44,6 +46,26 @@ class RerankTable:
             id_part = model.items.id_part(idx, model.has_id)
             parts = torch.stack([id_part, text_part.to(id_part.dtype)], dim=1).contiguous()
         return cls(parts, model.log_pop, model.text_emb, bool(model.has_id[1:].all()))
+
+    def follow(
+        self, model: FusedModel, text_part: torch.Tensor, replaced: torch.Tensor, keep: int
+    ) -> None:
+        """Follow a catalog change row by row (``InferenceCache.following``): the first
+        ``keep`` rows kept, the rows after them (appended items) computed, the text part of
+        the ``replaced`` rows taken from ``text_part`` (the catalog's, already followed)."""
+        with torch.no_grad():
+            parts = self.parts[:keep]
+            n = model.n_items + 1
+            if n > keep:
+                idx = torch.arange(keep, n, device=parts.device)
+                id_part = model.items.id_part(idx, model.has_id).to(parts.dtype)
+                new = torch.stack([id_part, text_part[keep:].to(parts.dtype)], dim=1)
+                parts = torch.cat([parts, new])
+            if len(replaced):
+                parts[replaced, 1] = text_part[replaced].to(parts.dtype)
+        self.parts = parts
+        self.log_pop, self.text = model.log_pop, model.text_emb
+        self.all_trained = bool(model.has_id[1:].all())
 
     def features(
         self,
@@ -85,62 +107,104 @@ def table_rerank(
     cand: torch.Tensor,
     retrieval: torch.Tensor,
 ) -> torch.Tensor:
-    """``FusedModel.rerank`` from the table, without data-dependent branches (traceable):
-    an ID-less candidate keeps its retrieval score plus the median head correction of the
-    candidates with IDs (a no-op where no candidate lacks an ID)."""
-    fused: torch.Tensor = model.head(
-        table.features(hist, user, cand, retrieval, model.cfg.text_history)
-    )
-    if table.all_trained:
+    """``FusedModel.rerank`` from the table (eager)."""
+    cold_rule = not table.all_trained
+    args = (hist, user, cand, retrieval)
+    return head_rerank(model.head, table, model.has_id, model.cfg.text_history, *args, cold_rule)
+
+
+def head_rerank(
+    head: nn.Module,
+    table: RerankTable,
+    has_id: torch.Tensor,
+    text_history: int,
+    hist: torch.Tensor,
+    user: torch.Tensor,
+    cand: torch.Tensor,
+    retrieval: torch.Tensor,
+    cold_rule: bool,
+) -> torch.Tensor:
+    """The head over the table's features, without data-dependent branches (traceable):
+    with ``cold_rule`` an ID-less candidate keeps its retrieval score plus the median head
+    correction of the candidates with IDs (a no-op where no candidate lacks an ID)."""
+    fused: torch.Tensor = head(table.features(hist, user, cand, retrieval, text_history))
+    if not cold_rule:
         return fused
-    cold = ~model.has_id[cand]
+    cold = ~has_id[cand]
     shift = (fused - retrieval).masked_fill(cold, float("nan"))
     typical = torch.nanmedian(shift, dim=1, keepdim=True).values.nan_to_num(0.0)
     return torch.where(cold, retrieval + typical, fused)
 
 
 class _Rerank(nn.Module):
-    """``table_rerank`` as a module's forward, the shape ``torch.jit.trace`` takes."""
+    """``head_rerank`` as a module's forward, the shape ``torch.jit.trace`` takes: the head
+    is the module's state, the catalog's tables are inputs (``CATALOG_INPUTS``), so a
+    catalog change needs no new trace. Always with the cold-item rule (exact either way)."""
 
-    def __init__(self, model: FusedModel, table: RerankTable) -> None:
+    def __init__(self, head: nn.Module, text_history: int) -> None:
         super().__init__()
-        self.model = model
-        self.table = table
+        self.head = head
+        self.text_history = text_history
 
     def forward(
-        self, hist: torch.Tensor, user: torch.Tensor, cand: torch.Tensor, retrieval: torch.Tensor
+        self,
+        hist: torch.Tensor,
+        user: torch.Tensor,
+        cand: torch.Tensor,
+        retrieval: torch.Tensor,
+        parts: torch.Tensor,
+        log_pop: torch.Tensor,
+        text: torch.Tensor,
+        has_id: torch.Tensor,
     ) -> torch.Tensor:
-        return table_rerank(self.model, self.table, hist, user, cand, retrieval)
+        table = RerankTable(parts, log_pop, text, all_trained=False)
+        args = (hist, user, cand, retrieval)
+        return head_rerank(self.head, table, has_id, self.text_history, *args, True)
+
+
+def catalog_inputs(table: RerankTable, has_id: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The traced reranker's catalog inputs, after (hist, user, cand, retrieval)."""
+    return table.parts, table.log_pop, table.text, has_id
 
 
 def _example(model: FusedModel, b: int, length: int, n: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of ``rerank`` over items 1..N-1 (the last one left out: see ``trace_reranker``)."""
     dev = model.text_emb.device
     gen = torch.Generator().manual_seed(seed)
-    hist = torch.randint(1, model.n_items + 1, (b, length), generator=gen)
+    top = max(model.n_items, 2)
+    hist = torch.randint(1, top, (b, length), generator=gen)
     hist[0, : length // 2] = 0  # left padding, as in service batches
-    cand = torch.randint(1, model.n_items + 1, (b, n), generator=gen)
+    cand = torch.randint(1, top, (b, n), generator=gen)
     retrieval = torch.randn(b, n, generator=gen).sort(dim=1, descending=True).values
     with torch.no_grad():
         user = model.user_vectors(hist.to(dev))
     return hist.to(dev), user, cand.to(dev), retrieval.to(dev)
 
 
-def trace_reranker(model: FusedModel, table: RerankTable) -> Reranker:
-    """``table_rerank`` traced, checked against eager ``model.rerank`` on other shapes;
-    ``model.rerank`` itself when tracing fails or differs."""
-    if model.n_items == 0 or not hasattr(torch, "jit"):
-        return model.rerank
+def trace_reranker(model: FusedModel, table: RerankTable) -> TracedRerank | None:
+    """``head_rerank`` traced with the catalog's tables as inputs (``catalog_inputs``),
+    checked against eager ``model.rerank`` on other shapes and on a catalog of another
+    size (one row fewer: a trace that had fixed the catalog's size would fail it); None
+    when tracing fails or differs (then the service reranks eagerly)."""
+    if model.n_items < 2 or not hasattr(torch, "jit"):
+        return None
+    cat = catalog_inputs(table, model.has_id)
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # trace's deprecation and tracer warnings
-            trace: Callable[..., Reranker] = torch.jit.trace
-            traced = trace(_Rerank(model, table), _example(model, 2, 6, 7, 0), check_trace=False)
+            trace: Callable[..., TracedRerank] = torch.jit.trace
+            module = _Rerank(model.head, model.cfg.text_history)
+            traced = trace(module, (*_example(model, 2, 6, 7, 0), *cat), check_trace=False)
             probe = _example(model, 3, 9, 13, 1)
-            same = torch.allclose(traced(*probe), model.rerank(*probe), rtol=1e-4, atol=1e-5)
+            want = model.rerank(*probe)
+            same = all(
+                torch.allclose(traced(*probe, *c), want, rtol=1e-4, atol=1e-5)
+                for c in (cat, tuple(t[:-1] for t in cat))
+            )
     except Exception as exc:  # any failure means: serve eager
         log.warning("fusion head not traced (%s); serving it eagerly", exc)
-        return model.rerank
+        return None
     if not same:
         log.warning("traced fusion head differs from eager; serving it eagerly")
-        return model.rerank
+        return None
     return traced
