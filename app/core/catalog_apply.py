@@ -31,16 +31,16 @@ from model_store.data.attributes import coerce_column
 def _upsert(
     snap: Snapshot, rows: Sequence[ItemRow], *, lock: threading.Lock, device: str
 ) -> Snapshot:
-    bundle, model = snap.bundle, snap.bundle.model
+    bundle = snap.bundle
     records = record_frame(bundle, rows)
     emb = row_vectors(bundle, rows, records, device=device)
     revived = any(snap.row_of.get(r.item_id, -1) in snap.index.removed for r in rows)
     with lock:
+        # the model's serving tables follow the change row by row; the traces take them as
+        # inputs (model_store.model.serving): nothing is re-traced
         applied = catalog.apply_change(
             bundle, snap.index, Change(records, emb), text_index=snap.text_index
         )
-        with torch.no_grad():
-            model.serving_encoder()  # re-traced for the new catalog before it serves
     n_new = len(applied.added)
     item_vecs = np.concatenate(
         [snap.item_vecs, np.zeros((n_new, snap.item_vecs.shape[1]), np.float32)]
@@ -90,11 +90,14 @@ def _set_attributes(snap: Snapshot, rows: Sequence[ItemRow], *, lock: threading.
                 items.at[items.index[snap.row_of[r.item_id]], c] = value
 
 
-def retrace(snap: Snapshot, *, lock: threading.Lock) -> None:
-    """Rebuild the serving trace for the snapshot's catalog (after an upsert), off the
-    write's path; a request arriving first traces it itself."""
+def warm(snap: Snapshot, *, lock: threading.Lock) -> None:
+    """The serving tables rebuilt for the snapshot's catalog where a change could not be
+    followed row by row (an edited text of a trained item), off the write's path; a request
+    arriving first builds them itself. Cheap (cache hits) otherwise: no trace is rebuilt."""
     with lock, torch.no_grad():
-        snap.bundle.model.serving_encoder()
+        model = snap.bundle.model
+        model.serving_encoder()
+        model.serving_reranker()
 
 
 def _delete(snap: Snapshot, ids: Sequence[str], *, lock: threading.Lock) -> Snapshot:

@@ -17,7 +17,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from app.core.catalog_apply import catch_up, retrace
+from app.core.catalog_apply import catch_up, warm
 from app.core.follow import cancel_tasks, listen, pubsub_client
 from app.core.snapshot import Snapshot, SnapshotHolder
 from model_store.bundle.retention import REFRESH_S, clear_serving, report_serving
@@ -47,16 +47,16 @@ class CatalogFollower:
         self.redis: aioredis.Redis | None = pubsub_client(redis_url)
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._tracing: asyncio.Future[None] | None = None
+        self._warming: asyncio.Future[None] | None = None
         holder.catch_up = self._catch_up
 
     def _catch_up(self, snap: Snapshot) -> Snapshot:
-        """At a load (off the request path): apply, and trace for the new catalog."""
+        """At a load (off the request path): apply, and warm the tables for the catalog."""
         h = self.holder
         before = snap.bundle.model.catalog_version
         out = catch_up(snap, self.store, lock=h.model_lock, device=h.device)
         if out.bundle.model.catalog_version != before:
-            retrace(out, lock=h.model_lock)
+            warm(out, lock=h.model_lock)
         return out
 
     def start(self) -> None:
@@ -94,16 +94,16 @@ class CatalogFollower:
             )
             holder.install(new, full_gc=False)
         if new.bundle.model.catalog_version != before:
-            self._retrace(new)
+            self._warm(new)
         return new.catalog_seq
 
-    def _retrace(self, snap: Snapshot) -> None:
-        """The serving trace rebuilt in the background (one at a time is enough)."""
-        if self._tracing is not None and not self._tracing.done():
-            self._tracing.add_done_callback(lambda _: self._retrace(snap))
+    def _warm(self, snap: Snapshot) -> None:
+        """The serving tables rebuilt in the background where needed (one at a time)."""
+        if self._warming is not None and not self._warming.done():
+            self._warming.add_done_callback(lambda _: self._warm(snap))
             return
         lock = self.holder.model_lock
-        self._tracing = asyncio.ensure_future(asyncio.to_thread(retrace, snap, lock=lock))
+        self._warming = asyncio.ensure_future(asyncio.to_thread(warm, snap, lock=lock))
 
     async def notify(self, seq: int) -> None:
         """Tell the subscribed replicas that the head is ``seq`` (best effort: they poll)."""

@@ -2,8 +2,10 @@
 
 ``RerankTable`` holds what the head's features need of each catalog item, so a request's
 features are a dozen batched tensor operations over its candidates, whatever their number;
-``trace_reranker`` traces features + head + the cold-item rule into one TorchScript call.
-Both are built by ``model_store.model.serving.InferenceCache`` once per catalog and weights.
+``trace_reranker`` traces features + head + the cold-item rule into one TorchScript call
+that takes the table as inputs. ``model_store.model.serving.InferenceCache`` builds the
+table once per catalog and weights and follows catalog changes in it row by row; the trace
+is built once per head.
 """
 
 from __future__ import annotations
