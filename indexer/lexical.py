@@ -43,7 +43,11 @@ class LexicalIndex:
             builder.add_text_field(c, stored=False)
         self.schema = builder.build()
         self.index = tantivy.Index(self.schema)
+        # reloaded by ``upsert`` itself: the default (on commit) made that reload wait
+        # ~100 ms after every commit, the p99 of an item upsert
+        self.index.config_reader("Manual", 0)
         self._lock = threading.Lock()
+        self._writer: tantivy.IndexWriter | None = None  # one for the index's life
 
     @classmethod
     def build(cls, items: pd.DataFrame, columns: Sequence[str]) -> LexicalIndex:
@@ -54,7 +58,9 @@ class LexicalIndex:
     def upsert(self, rows: np.ndarray, records: pd.DataFrame) -> None:
         """Index (or re-index) ``records`` (the text columns) under catalog ``rows``."""
         with self._lock:
-            writer = self.index.writer(heap_size=50_000_000, num_threads=1)
+            if self._writer is None:  # merges run in its threads, not on the write's path
+                self._writer = self.index.writer(heap_size=50_000_000, num_threads=1)
+            writer = self._writer
             values = {c: records[c].tolist() for c in self.columns if c in records.columns}
             for n, row in enumerate(np.asarray(rows).tolist()):
                 writer.delete_documents_by_term("row", int(row))
@@ -66,7 +72,6 @@ class LexicalIndex:
                         doc.add_text(c, v)
                 writer.add_document(doc)
             writer.commit()
-            writer.wait_merging_threads()
             self.index.reload()
 
     def _query(self, terms: list[str]) -> tantivy.Query:
