@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 Encoder = Callable[[torch.Tensor], torch.Tensor]
 TracedEncoder = Callable[..., torch.Tensor]  # (hist, *encoder_inputs(model)) → (B, out_dim)
 CATALOG_BUFFERS = ("text_emb", "has_id", "log_pop")
-_NO_TABLE = torch.empty(0)  # the text-table input of fusions that have none (unused)
 
 
 def encoder_inputs(model: FusedModel) -> tuple[torch.Tensor, ...] | None:
@@ -44,7 +43,7 @@ def encoder_inputs(model: FusedModel) -> tuple[torch.Tensor, ...] | None:
     if table is None:
         if model.cfg.fusion == "joint":
             return None
-        table = _NO_TABLE
+        table = model.text_emb.new_empty(0)  # fusions without the table: an unused input
     buffers = (model.text_emb, model.has_id, model.log_pop)
     return (*buffers, model.items.id_emb.weight, table)
 
