@@ -66,6 +66,8 @@ class SearchJob:
     allowed: np.ndarray | None = None  # filter mask over catalog rows; None = every live row
     mode: SearchMode = "dense"
     offset: int = 0  # results skipped (pagination): the page is [offset, offset + k)
+    # the query's embedding: given when cached, else set by ``search_batch`` when encoded
+    embedding: np.ndarray | None = None
 
 
 def _dot(q: np.ndarray, table: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
@@ -76,6 +78,18 @@ def _dot(q: np.ndarray, table: np.ndarray) -> Callable[[np.ndarray], np.ndarray]
         return out
 
     return scores
+
+
+def _query_embeddings(snap: Snapshot, jobs: list[SearchJob]) -> np.ndarray:
+    """(B, T) embeddings of the jobs' queries: the cached ones reused, the rest encoded in
+    one call of the bundle's text model and handed back on their jobs (``embedding``)."""
+    assert snap.text is not None
+    todo = [b for b, job in enumerate(jobs) if job.embedding is None]
+    if todo:
+        new = snap.text.encode([jobs[b].query for b in todo])
+        for b, vec in zip(todo, new, strict=True):
+            jobs[b].embedding = vec
+    return np.stack([job.embedding for job in jobs if job.embedding is not None])
 
 
 def by_snapshot(jobs: list[Any]) -> list[list[int]]:
@@ -209,7 +223,7 @@ class ModelWork:
         for idx in by_snapshot(jobs):
             snap = jobs[idx[0]].snap
             assert snap.text is not None
-            q = snap.text.encode([jobs[i].query for i in idx])  # (B, T), outside the lock
+            q = _query_embeddings(snap, [jobs[i] for i in idx])  # (B, T), outside the lock
             n = min(
                 max(self.candidates, max(jobs[i].k + jobs[i].offset for i in idx)), snap.n_items
             )

@@ -36,9 +36,11 @@ from app.metrics import Metrics
 from app.ranking import allowed_popular, popular
 from app.schemas import ItemsBatchGet, RecommendRequest, SearchRequest, SimilarRequest
 from app.settings import BatchingSettings, RuntimeSettings, SearchSettings
+from app.vector_cache import LocalLRU
 from model_store.data.attributes import check_fields
 from model_store.errors import NotReadyError
 
+QUERY_TTL_S = 24 * 3600.0  # a query's embedding changes only with the bundle (in the key)
 Strategy = Literal["personalized", "cold_start", "search", "search_personalized"]
 
 
@@ -80,6 +82,11 @@ class Reading:
         self.snapshots = snapshots
         self.lookup = lookup
         self.default_mode = search.mode
+        # query text → its embedding (the model version in the key: each bundle has its own
+        # text model); event-loop only, like the user-vector LRU
+        self._queries = (
+            LocalLRU(search.query_cache, QUERY_TTL_S) if search.query_cache > 0 else None
+        )
         self.work = ModelWork(
             lock=snapshots.model_lock,
             candidates=runtime.candidates,
@@ -171,7 +178,13 @@ class Reading:
                 await self.lookup.keep_vector(snap, key, vec)
         mode = request.mode or self.default_mode
         job = SearchJob(snap, request.query, vec, request.k, chosen.allowed, mode, request.offset)
+        key = f"{snap.version}\n{request.query}"
+        cached = self._queries.get(key) if self._queries is not None else None
+        if cached is not None:
+            job.embedding = np.frombuffer(cached, dtype=np.float32)
         items = await self._text.submit(job)
+        if cached is None and self._queries is not None and job.embedding is not None:
+            self._queries.set(key, job.embedding.astype(np.float32).tobytes())
         strategy: Strategy = "search_personalized" if vec is not None else "search"
         self._searches[strategy].inc()
         return Answer(snap.version, strategy, with_fields(snap, items, chosen.names), unknown)

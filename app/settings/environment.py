@@ -55,6 +55,7 @@ ENV_NAMES: dict[str, tuple[str, str]] = {
     "search_user_weight": ("search", "user_weight"),
     "search_mode": ("search", "mode"),
     "search_min_similarity": ("search", "min_similarity"),
+    "search_query_cache": ("search", "query_cache"),
     "follow_poll_s": ("follow", "poll_s"),
     "admin_token": ("security", "admin_token"),
     "api_keys": ("security", "api_keys"),

@@ -146,6 +146,32 @@ def test_reading_filters_once_and_reports_unknown_items(parts: Parts) -> None:
     assert search.strategy == "search" and len(search.items) == 3
 
 
+def test_a_repeated_query_reuses_its_embedding(
+    parts: Parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The language model encodes a query once; the same query again is answered from the
+    query cache with the same items and scores."""
+    text = parts.holder.ready().text
+    assert text is not None
+    encoded: list[str] = []
+    real = text.encode
+
+    def counting(texts: list[str], **kw: object) -> object:
+        encoded.extend(texts)
+        return real(texts, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(text, "encode", counting)
+    request = SearchRequest(query="comedy", k=5, mode="dense")
+    first = asyncio.run(parts.reading.search(request=request))
+    again = asyncio.run(parts.reading.search(request=request))
+    assert encoded == ["comedy"]
+    assert [(i.item_id, i.score) for i in again.items] == [
+        (i.item_id, i.score) for i in first.items
+    ]
+    asyncio.run(parts.reading.search(request=SearchRequest(query="war", k=5, mode="dense")))
+    assert encoded == ["comedy", "war"]
+
+
 def test_catalog_upsert_is_found_by_reading(parts: Parts, store: Path) -> None:
     before = parts.holder.ready().version
     new = ItemIn(item_id="brand-new", title="A brand new item", description="new", category="x")
