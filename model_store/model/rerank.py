@@ -27,6 +27,13 @@ Reranker = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], to
 TracedRerank = Callable[..., torch.Tensor]
 
 
+def rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[idx]`` for an index tensor of any shape, by ``index_select``: the same values,
+    4–6× faster on CPU than advanced indexing for the (B, 200) candidates of a request
+    (a (1, 200) gather of 384-dim rows: 28 vs 102 µs on the 2-core box)."""
+    return table.index_select(0, idx.reshape(-1)).view(*idx.shape, *table.shape[1:])
+
+
 class RerankTable:
     """What the fusion head's features need of each catalog item, gathered with one index
     per request instead of recomputed: ``parts`` (N+1, 2, D) the ID part and the text part
@@ -81,9 +88,9 @@ class RerankTable:
         batched operations whatever the number of candidates → (B, N, 7)."""
         b, n = cand.shape
         d = self.parts.shape[2]
-        dots = self.parts[cand] @ user[:, None, :d, None]  # (B, N, 2, 1): ID and text dots
+        dots = rows(self.parts, cand) @ user[:, None, :d, None]  # (B, N, 2, 1): ID and text
         last = hist[:, -text_history:]
-        sims = self.text[cand] @ self.text[last].transpose(1, 2)  # (B, N, h) text cosines
+        sims = rows(self.text, cand) @ rows(self.text, last).transpose(1, 2)  # (B, N, h) cosines
         valid = (last != 0).unsqueeze(1)
         max_sim = sims.masked_fill(~valid, -1.0).amax(-1, keepdim=True)
         mean_sim = (sims * valid).sum(-1, keepdim=True) / valid.sum(-1, keepdim=True).clamp(min=1)
@@ -94,7 +101,7 @@ class RerankTable:
                 dots.view(b, n, 2),
                 max_sim,
                 mean_sim,
-                self.log_pop[cand].unsqueeze(-1),
+                rows(self.log_pop, cand).unsqueeze(-1),
                 rank.view(1, n, 1).expand(b, n, 1),
             ],
             dim=-1,
@@ -132,7 +139,7 @@ def head_rerank(
     fused: torch.Tensor = head(table.features(hist, user, cand, retrieval, text_history))
     if not cold_rule:
         return fused
-    cold = ~has_id[cand]
+    cold = ~rows(has_id, cand)
     shift = (fused - retrieval).masked_fill(cold, float("nan"))
     typical = torch.nanmedian(shift, dim=1, keepdim=True).values.nan_to_num(0.0)
     return torch.where(cold, retrieval + typical, fused)
