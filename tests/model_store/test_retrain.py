@@ -245,3 +245,26 @@ def test_retrain_keeps_currents_recipe_unless_the_file_changes_it(
     assert retrain_config(store, {"model": {"dim": have.model.dim * 2}}).model.dim == (
         have.model.dim * 2
     )
+
+
+def test_a_warm_started_training_never_ends_below_its_starting_weights(
+    setup: tuple[Path, str, pd.DataFrame], tmp_path: Path
+) -> None:
+    """The starting weights compete with the epochs: epochs that only wreck the model (a
+    learning rate far too high) leave CURRENT's weights as the chosen ones, not the last
+    or first epoch of the damage (every 2-epoch retrain of the MovieLens rehearsal was
+    refused by the gate: its first epoch was kept, below where it started)."""
+    from fusionrec.retrain import retrain_config
+    from model_store.training.pipeline import train
+    from model_store.training.trainer import validation_metrics, validation_set
+
+    store, _, _ = setup
+    current = load_bundle(store)
+    cfg = retrain_config(store, {"train": {"epochs": 2, "lr": 0.5, "cold_epochs": 0}})
+    early = load_dataset(Path(current.manifest.data.source))
+    trained = train(early, cfg, init=WarmStart(current.model, current.item_ids))
+    valid = validation_set(cfg, trained.prep)
+    assert valid is not None
+    start = validation_metrics(current.model, valid, trained.prep.n_items)["ndcg@10"]
+    assert trained.result.best_epoch == 0, trained.result.history
+    assert trained.result.valid_metrics["ndcg@10"] >= start - 1e-6
