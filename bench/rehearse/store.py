@@ -106,8 +106,10 @@ def publish_corrupt(store: Path) -> tuple[str, str]:
 
 
 def retrain_config(work: Path, epochs: int) -> Path:
+    """The retrain job's config file: `fusionrec retrain`'s own recipe (CURRENT's, warm
+    started) with only the epochs capped, to fit the run's schedule."""
     path = work / "retrain-config.json"
-    cfg = {"train": {"epochs": epochs, "rerank": False, "cold_epochs": 0}}
+    cfg = {"train": {"epochs": epochs}}
     path.write_text(json.dumps(cfg))
     return path
 
