@@ -169,6 +169,14 @@ def bundle_users(store: Path, version: str) -> set[str]:
     return set(pd.read_parquet(path, columns=["user_id"])["user_id"].astype(str))
 
 
+def snapshot_at(manifest: dict[str, object]) -> float | None:
+    """When the retrain round that made a bundle read the tombstones and the log (unix
+    seconds; its gate's ``snapshot_at``), None when it records none."""
+    gate = manifest.get("gate")
+    at = gate.get("snapshot_at") if isinstance(gate, dict) else None
+    return float(at) if isinstance(at, int | float) else None
+
+
 def bundle_created(store: Path, version: str) -> float | None:
     try:
         return (store / version / "manifest.json").stat().st_mtime
