@@ -4,10 +4,13 @@
 store's CURRENT catalog (upserted items included), then:
 
 1. **Time-based holdout.** The most recent ``holdout`` fraction of the events (by
-   timestamp) is set aside; each user with events on both sides of the cut contributes
-   one target — their first event after it — with their events before it as history.
-   When none has (every recent shopper is new: a log without its imported history), the
-   newest users' last events are held out instead, their earlier events as history.
+   timestamp) is set aside, but never an event at or before CURRENT's training data cut
+   (``data.last_event_timestamp`` in its manifest: CURRENT has seen those, which would
+   favour it; a bundle without it, made by older code, keeps the plain rule, logged); each
+   user with events on both sides of the cut contributes one target — their first event
+   after it — with their events before it as history. When none has (every recent shopper
+   is new: a log without its imported history), the newest users' last events after
+   CURRENT's cut are held out instead, their earlier events as history.
 2. **Candidate.** A model is trained on the events before the cut (the usual per-user
    validation item inside them decides its epochs), warm-started from CURRENT's weights
    when its architecture is the configured one (new items grow the ID table), else, or
@@ -39,7 +42,7 @@ import pandas as pd
 from model_store.bundle import io as bundle_mod
 from model_store.bundle import store as store_mod
 from model_store.bundle.io import Bundle, load_bundle, read_items
-from model_store.bundle.manifest import GateInfo
+from model_store.bundle.manifest import GateInfo, Manifest
 from model_store.config import Config
 from model_store.data.dataset import Dataset, load_dataset
 from model_store.database import redact
@@ -79,22 +82,29 @@ class Decision:
     start: str = "scratch"  # "warm" (from CURRENT's weights) or "scratch: why"
 
 
-def time_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
-    """(interactions before the cut, the holdout targets after it). When no user has events
-    on both sides of the cut (the newest shoppers are all new), the newest users' last
-    events are held out instead (:func:`last_event_holdout`)."""
-    before, held = _cut_holdout(interactions, fraction)
+def time_holdout(
+    interactions: pd.DataFrame, fraction: float, after: float | None = None
+) -> tuple[pd.DataFrame, Holdout]:
+    """(interactions before the cut, the holdout targets after it); with ``after`` (CURRENT's
+    training data cut) no event at or before it is held out. When no user has events on
+    both sides of the cut (the newest shoppers are all new), the newest users' last events
+    are held out instead (:func:`last_event_holdout`)."""
+    before, held = _cut_holdout(interactions, fraction, after)
     if held.users:
         return before, held
-    return last_event_holdout(interactions, fraction)
+    return last_event_holdout(interactions, fraction, after)
 
 
-def last_event_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
+def last_event_holdout(
+    interactions: pd.DataFrame, fraction: float, after: float | None = None
+) -> tuple[pd.DataFrame, Holdout]:
     """The fallback holdout: each of the users with two or more events whose last event is
-    among the newest ``fraction`` of such users contributes that last event as target and
-    the rest as history; the training set is everything but those targets."""
+    among the newest ``fraction`` of such users (and after ``after``) contributes that last
+    event as target and the rest as history; the training set is everything but those."""
     counts = interactions.groupby("user_id", sort=False)["item_id"].transform("size")
     last = interactions[counts >= 2].drop_duplicates("user_id", keep="last")
+    if after is not None:
+        last = last[last["timestamp"] > after]
     last = last.sort_values("timestamp", kind="stable")
     last = last.iloc[len(last) - max(1, round(len(last) * fraction)) :] if len(last) else last
     before = interactions.drop(index=last.index)
@@ -106,14 +116,18 @@ def last_event_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.
     return before, Holdout(cut, users, [seen[u] for u in users], [str(i) for i in last["item_id"]])
 
 
-def _cut_holdout(interactions: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, Holdout]:
+def _cut_holdout(
+    interactions: pd.DataFrame, fraction: float, after: float | None
+) -> tuple[pd.DataFrame, Holdout]:
     cut = float(np.quantile(interactions["timestamp"].to_numpy(), 1.0 - fraction))
+    if after is not None:  # the first timestamp after ``after``: nothing at it is held out
+        cut = max(cut, float(np.nextafter(after, np.inf)))
     before = interactions[interactions["timestamp"] < cut]
-    after = interactions[interactions["timestamp"] >= cut]
+    held = interactions[interactions["timestamp"] >= cut]
     seen: dict[str, list[str]] = {}
     for u, i in zip(before["user_id"], before["item_id"], strict=True):
         seen.setdefault(u, []).append(i)
-    first_after = after.drop_duplicates("user_id", keep="first")
+    first_after = held.drop_duplicates("user_id", keep="first")
     users, hists, targets = [], [], []
     for u, i in zip(first_after["user_id"], first_after["item_id"], strict=True):
         if u in seen:
@@ -233,15 +247,13 @@ def retrain(
             f"{store} has no CURRENT bundle: train one first (`fusionrec train`); retrain "
             "adds the event log to its catalog"
         )
+    # the data's snapshot: the forgotten users (read first, by the caller) and the log
+    snapshot = min(time.time(), forgotten.read_at if forgotten is not None else np.inf)
     items = read_items(store)
     events = _usable_events(_logged_interactions(events_url, forgotten), items, events_url)
-    before, held = time_holdout(events, holdout)
-    if not held.users:
-        raise DataError(
-            "no user has two or more events to hold one out; collect more events (or import "
-            "the history: `fusionrec events import`)"
-        )
     current = load_bundle(store, expect)
+    after = holdout_start(current.manifest)
+    before, held = _holdout(events, holdout, after)
     init, start = _warm_start(current, cfg, warm)
     with tempfile.TemporaryDirectory(prefix="fusionrec-retrain-") as tmp:
         work = Path(tmp)
@@ -250,6 +262,7 @@ def retrain(
         gate, diff = _gate(
             candidate.bundle, current, held, margin=margin, fraction=holdout, events=len(events)
         )
+        gate = gate.model_copy(update={"current_data_cut": after, "snapshot_at": snapshot})
         version = None
         if gate.decision == "published":
             published = (
@@ -268,6 +281,32 @@ def retrain(
     )
     _record(store, decision)
     return decision
+
+
+def _holdout(
+    events: pd.DataFrame, fraction: float, after: float | None
+) -> tuple[pd.DataFrame, Holdout]:
+    before, held = time_holdout(events, fraction, after)
+    if not held.users:
+        since = "" if after is None else " after CURRENT's training data cut"
+        raise DataError(
+            f"no user has two or more events, one of them{since}, to hold one out; collect "
+            "more events (or import the history: `fusionrec events import`)"
+        )
+    return before, held
+
+
+def holdout_start(current: Manifest) -> float | None:
+    """CURRENT's training data cut, after which the gate's holdout starts; None (the plain
+    newest-fraction rule, noted in the log) for a bundle made before it was recorded."""
+    cut = current.data.last_event_timestamp
+    if cut is None:
+        log.warning(
+            "retrain: CURRENT %s records no training data cut (made by older code): the "
+            "holdout is the newest events and may include some CURRENT was trained on",
+            current.version,
+        )
+    return cut
 
 
 # what the weights' shapes depend on (training may calibrate other model fields)

@@ -1,7 +1,9 @@
 """The admin client: adds, edits, hides, shows and deletes items (its own ``rh-item-*`` and a
 few popular catalog items), sometimes two writes at the same moment on the two replicas,
-and forgets shoppers who finished their session. After each write answered 200 it watches
-the other replica until it shows the change (the propagation time)."""
+and forgets shoppers who finished their session (first of all, at its first tick, a returning
+shopper who has not shopped yet, so that every retrain reads its data after an erasure).
+After each write answered 200 it watches the other replica until it shows the change (the
+propagation time)."""
 
 from __future__ import annotations
 
@@ -116,6 +118,11 @@ class Admin:
     # -- the schedule -------------------------------------------------------------------
     async def tick(self) -> None:
         self.ops += 1
+        if self.ops == 1 and (user := self.shoppers.take_waiting()):
+            # an erasure at the start: every retrain reads its data after one (the check
+            # forgotten_not_in_next_bundle needs a shopper forgotten before a snapshot)
+            await self._forget(user)
+            return
         if self.ops % 10 == 5:
             await self._pair()
             return

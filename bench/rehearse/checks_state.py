@@ -24,6 +24,8 @@ class StateCtx:
     version_time: dict[str, float]  # version -> when it appeared (seconds after the start)
     retrained: set[str] = field(default_factory=set)  # retrained versions that became CURRENT
     lineages: dict[str, str] = field(default_factory=dict)  # version -> initial, retrained
+    # retrained version -> when its round read the tombstones and the log (s after the start)
+    snapshots: dict[str, float] = field(default_factory=dict)
 
     def h(self, user: str) -> str:
         return user_hash(user, self.key)
@@ -76,7 +78,9 @@ def events_import(s: StateCtx) -> Result:
             "FAIL",
             f"`fusionrec events import` of the history: {setup.get('message', 'not run')}",
         )
-    rows = s.ctx.ledger.log_rows[0][1] if s.ctx.ledger.log_rows else 0
+    rows = setup.get("logged")
+    if rows is None:
+        rows = s.ctx.ledger.log_rows[0][1] if s.ctx.ledger.log_rows else 0
     expected = int(setup.get("rows", 0))
     problems = [] if rows >= expected else [f"the log held {rows} rows after importing {expected}"]
     return verdict("events_import", problems, {"rows": rows, "seconds": setup.get("seconds")})

@@ -115,6 +115,6 @@ class Faults:
 
     async def retrain_job(self) -> None:
         every = self.plan.every_s()
-        self.stack.start_retrainer(every, self.retrain_cfg)
+        self.stack.start_retrainer(every, self.retrain_cfg, self.plan.retrain_margin)
         self.ledger.setup["retrain_started_at"] = self.ledger.now()
         self.ledger.setup["retrain_every_s"] = every

@@ -57,7 +57,7 @@ class Monitor:
             version = body.get("model_version") if ready else None
             self.ledger.samples.append(Sample(t, r.name, ready, version, body))
 
-    def _log_rows(self) -> int | None:
+    def log_rows(self) -> int | None:
         try:
             with self.engine.connect() as conn:
                 if not sa.inspect(conn).has_table(EVENTS_TABLE):
@@ -86,7 +86,7 @@ class Monitor:
         self._retrain()
         self._tick += 1
         if self._tick % 2 == 0:
-            rows = await asyncio.to_thread(self._log_rows)
+            rows = await asyncio.to_thread(self.log_rows)
             if rows is not None:
                 self.ledger.log_rows.append((self.ledger.now(), rows))
 

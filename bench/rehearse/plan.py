@@ -49,6 +49,7 @@ class Plan:
     retrain_at: float = 0.30  # fraction of the duration when the retrain job starts
     retrain_every_s: float = 0.0  # 0 = a quarter of the duration, at least 60 s
     retrain_epochs: int = 2
+    retrain_margin: float = 0.005  # the gate's margin (`fusionrec retrain --margin`)
     train_epochs: int = 3  # for a store the rehearsal trains itself
     budgets_ms: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_BUDGETS_MS))
     fault_grace_s: float = 5.0  # after a fault's recovery, still counted as its window
@@ -100,6 +101,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-at", type=float, default=0.30, help="fraction; <0 = no retrain")
     p.add_argument("--retrain-every", type=float, default=0.0, help="seconds (0 = auto)")
     p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument(
+        "--retrain-margin", type=float, default=0.005, help="the gate's NDCG@10 margin "
+        "(`fusionrec retrain --margin`; a short run's few holdout shoppers need a wider one)",
+    )  # fmt: skip
     p.add_argument("--train-epochs", type=int, default=3)
     p.add_argument("--pg-stop", type=float, default=20.0, help="seconds PostgreSQL is down")
     p.add_argument("--budget", default="", help="endpoint=p99 ms,… overriding the defaults")
@@ -129,6 +134,7 @@ def from_args(argv: list[str] | None = None) -> Plan:
         retrain_at=a.retrain_at,
         retrain_every_s=a.retrain_every,
         retrain_epochs=a.retrain_epochs,
+        retrain_margin=a.retrain_margin,
         train_epochs=a.train_epochs,
         budgets_ms=budgets,
         # absolute: nginx and the replicas run from other directories (`make rehearsal`

@@ -98,9 +98,11 @@ def state_ctx(
     # the fault's corrupt bundle is CURRENT for a moment but is nobody's model
     retrained = {v for v in became_current if lineages.get(v) == "retrained" and v not in corrupt}
     times = {v: (store_mod.bundle_created(stack.store, v) or 0) - ledger.wall0 for v in found}
+    read_at = {v: store_mod.snapshot_at(found.get(v, {})) for v in retrained}
     return StateCtx(
         ctx, final, key, items_on_replicas(stack, items, stack.secrets.shopper_key),
         {v: store_mod.bundle_users(stack.store, v) for v in retrained}, times, retrained, lineages,
+        snapshots={v: t - ledger.wall0 for v, t in read_at.items() if t is not None},
     )  # fmt: skip
 
 
@@ -141,6 +143,8 @@ def rehearse(plan: Plan, work: Path, ledger: Ledger) -> list[Result]:
         ledger.setup["ready_s"] = stack.start_service()
         cfg = store_mod.retrain_config(work, plan.retrain_epochs)
         d = build(plan, stack, ledger, replay, text_columns(stack.store), cfg)
+        # the log's rows before the traffic (the admin's first erasure may come at once)
+        ledger.setup["import"]["logged"] = d.monitor.log_rows()
         ledger.restart_clock()
         asyncio.run(run_traffic(plan, d, ledger))
         horizon = ledger.now()

@@ -81,6 +81,11 @@ class Shoppers:
                 return user
         return None
 
+    def take_waiting(self) -> str | None:
+        """A returning shopper who has not shopped yet (and now never will): their imported
+        history is in the log and in the first bundle."""
+        return self.waiting.pop() if self.waiting else None
+
     def any_user(self) -> str | None:
         users = [s.user_id for s in self.active if s.user_id not in self.forgotten]
         return self.rng.choice(users) if users else None

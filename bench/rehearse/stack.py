@@ -188,10 +188,11 @@ class Stack:
         self.nginx.start()
         return ready
 
-    def start_retrainer(self, every_s: float, config: Path) -> None:
+    def start_retrainer(self, every_s: float, config: Path, margin: float = 0.005) -> None:
         cmd = [
             fusionrec_bin(), "retrain", "--store", str(self.store), "--events", self.events_url,
             "--every", f"{every_s:.0f}s", "--config", str(config), "--no-final",
+            "--margin", str(margin),
         ]  # fmt: skip
         env = {**self.env(), "FUSIONREC_THREADS": "1", "COLUMNS": "200"}
         log = open(self.work / "retrain.log", "ab")  # noqa: SIM115

@@ -106,8 +106,10 @@ def publish_corrupt(store: Path) -> tuple[str, str]:
 
 
 def retrain_config(work: Path, epochs: int) -> Path:
+    """The retrain job's config file: `fusionrec retrain`'s own recipe (CURRENT's, warm
+    started) with only the epochs capped, to fit the run's schedule."""
     path = work / "retrain-config.json"
-    cfg = {"train": {"epochs": epochs, "rerank": False, "cold_epochs": 0}}
+    cfg = {"train": {"epochs": epochs}}
     path.write_text(json.dumps(cfg))
     return path
 
@@ -165,6 +167,14 @@ def bundle_users(store: Path, version: str) -> set[str]:
     if not path.exists():
         return set()
     return set(pd.read_parquet(path, columns=["user_id"])["user_id"].astype(str))
+
+
+def snapshot_at(manifest: dict[str, object]) -> float | None:
+    """When the retrain round that made a bundle read the tombstones and the log (unix
+    seconds; its gate's ``snapshot_at``), None when it records none."""
+    gate = manifest.get("gate")
+    at = gate.get("snapshot_at") if isinstance(gate, dict) else None
+    return float(at) if isinstance(at, int | float) else None
 
 
 def bundle_created(store: Path, version: str) -> float | None:

@@ -38,6 +38,9 @@ class DataInfo(_Section):
     n_interactions: int
     text_columns: list[str]
     holdout: bool
+    # the training data cut: the newest interaction timestamp of the data trained on (None
+    # in bundles made before it was recorded); a retrain's gate holds out only later events
+    last_event_timestamp: float | None = None
     # filterable columns besides the text ones, typed by the dataset (model_store.data.attributes)
     attributes: dict[str, Literal["text", "number", "bool"]] = Field(default_factory=dict)
 
@@ -200,6 +203,10 @@ class GateInfo(_Section):
     holdout_fraction: float
     compared_with: str
     events: int
+    # CURRENT's training data cut the holdout started after (None: the plain rule, for a
+    # CURRENT without one) and when the round read the forgotten users and the log
+    current_data_cut: float | None = None
+    snapshot_at: float | None = None
 
 
 class CatalogInfo(_Section):

@@ -8,7 +8,8 @@ reads neither Redis nor the environment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -25,6 +26,8 @@ class Forgotten:
 
     hashes: frozenset[str]
     key: bytes
+    # when the tombstones were read (unix seconds): a user forgotten before it is left out
+    read_at: float = field(default_factory=time.time)
 
     @classmethod
     def read(

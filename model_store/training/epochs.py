@@ -57,7 +57,8 @@ class BestEpoch:
     """Chooses the epoch whose validation score, averaged over ``window`` epochs centred on
     it, is highest (one epoch's figure over ~1,000 users is noisy); an epoch is judged once
     the ``window // 2`` epochs after it are in. ``patience`` judged epochs without a new best
-    stop training (None: never)."""
+    stop training (None: never). A warm start's starting weights come first as epoch 0, a
+    candidate like the others: epochs that only make them worse are not kept."""
 
     window: int
     patience: int | None
@@ -65,13 +66,14 @@ class BestEpoch:
     scores: list[float] = field(default_factory=list)
     best_score: float = -1.0
     best: Candidate | None = None
-    _waiting: collections.deque[Candidate] = field(default_factory=collections.deque)
+    # (position in ``scores``, candidate) of the epochs not judged yet
+    _waiting: collections.deque[tuple[int, Candidate]] = field(default_factory=collections.deque)
     _bad: int = 0
 
     def add(self, candidate: Candidate, score: float) -> bool:
         """Record an epoch; True when training should stop."""
         self.scores.append(score)
-        self._waiting.append(candidate)
+        self._waiting.append((len(self.scores) - 1, candidate))
         if len(self._waiting) <= self.window // 2:
             return False
         if self._judge(self._waiting.popleft()):
@@ -86,9 +88,10 @@ class BestEpoch:
             self._judge(self._waiting.popleft())
         return self.best or Candidate(0, self.initial, EpochRow(0, 0.0, 0.0))
 
-    def _judge(self, c: Candidate) -> bool:
+    def _judge(self, waiting: tuple[int, Candidate]) -> bool:
+        at, c = waiting
         half = self.window // 2
-        near = self.scores[max(0, c.epoch - 1 - half) : c.epoch + half]
+        near = self.scores[max(0, at - half) : at + half + 1]
         smoothed = sum(near) / len(near)
         if smoothed > self.best_score:
             self.best_score, self.best = smoothed, c

@@ -55,7 +55,17 @@ class Loop:
         return math.ceil(self.batch_size / self.ranks.world)
 
     @classmethod
-    def start(cls, cfg: Config, prep: Prepared, model: FusedModel, lora: LoraText | None) -> Loop:
+    def start(
+        cls,
+        cfg: Config,
+        prep: Prepared,
+        model: FusedModel,
+        lora: LoraText | None,
+        *,
+        warm: bool = False,
+    ) -> Loop:
+        """``warm``: ``model`` holds trained weights (a warm start), which the weight average
+        starts from at its full decay."""
         tr = cfg.train
         device = model.text_emb.device
         # the multi-target loss is a full-softmax one; a sampled softmax predicts the next item
@@ -86,7 +96,7 @@ class Loop:
             batch_size,
             None if logq is None else logq.to(device),
             make_optimizer(cfg, model, device, lora),
-            WeightAverage(params, tr.ema_decay) if tr.ema_decay > 0 else None,
+            WeightAverage(params, tr.ema_decay, warm=warm) if tr.ema_decay > 0 else None,
             data,
             torch.Generator().manual_seed(tr.seed),
             np.random.default_rng(tr.seed),

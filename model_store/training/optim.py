@@ -52,17 +52,23 @@ def sampler_log_q(cfg: Config, prep: Prepared, data: Batch, batch_size: int) -> 
 
 
 class WeightAverage:
-    """An exponential moving average of the parameters, updated after every step."""
+    """An exponential moving average of the parameters, updated after every step. From
+    random weights it warms up (early averages do not drag the random initial weights
+    along); from trained ones (``warm``: a warm start) it holds its full decay from the
+    first step, so a fresh optimizer's first, large steps cannot drag the trained weights
+    away."""
 
-    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+    def __init__(
+        self, params: list[torch.nn.Parameter], decay: float, *, warm: bool = False
+    ) -> None:
         self.params = params
         self.decay = decay
+        self.warm = warm
         self.values = [p.detach().clone() for p in params]
         self.steps = 0
 
     def update(self) -> None:
-        # warm-up: early averages do not drag the random initial weights along
-        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        decay = self.decay if self.warm else min(self.decay, (1 + self.steps) / (10 + self.steps))
         self.steps += 1
         with torch.no_grad():
             torch._foreach_lerp_(self.values, list(self.params), 1.0 - decay)

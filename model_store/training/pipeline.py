@@ -82,6 +82,7 @@ def training_manifest(
             n_interactions=len(dataset.interactions),
             text_columns=list(dataset.text_columns),
             holdout=cfg.train.holdout,
+            last_event_timestamp=_last_timestamp(dataset),
             attributes=dict(dataset.attributes),
         ),
         dims=Dims(text=int(model.text_emb.shape[1]), model=cfg.model.dim, vector=model.out_dim),
@@ -105,6 +106,11 @@ def training_manifest(
         rerank=result.rerank,
         cold=result.cold,
     )
+
+
+def _last_timestamp(dataset: Dataset) -> float | None:
+    stamps = dataset.interactions["timestamp"]
+    return float(stamps.max()) if len(stamps) else None
 
 
 @dataclass

@@ -111,9 +111,14 @@ def fit(
         info = RerankInfo(enabled=False, reason="text fusion is zero-shot")
         cold = ColdInfo(enabled=False, reason="text fusion is zero-shot")
         return TrainResult(model, 0, 0, [], metrics, time.perf_counter() - t0, 0.0, info, cold)
-    loop = Loop.start(cfg, prep, model, lora)
+    loop = Loop.start(cfg, prep, model, lora, warm=init is not None)
     history, best = run_epochs(
-        loop, valid, tr.epochs if epochs is None else epochs, on_epoch=on_epoch, t0=t0
+        loop,
+        valid,
+        tr.epochs if epochs is None else epochs,
+        on_epoch=on_epoch,
+        t0=t0,
+        warm=init is not None,
     )
     loop.restore(best.snapshot)
     if not loop.ranks.main:  # rank 0 finishes the model and publishes it
@@ -136,29 +141,35 @@ def fit(
 
 
 def run_epochs(
-    loop: Loop, valid: EvalSet | None, epochs: int, *, on_epoch: OnEpoch | None, t0: float
+    loop: Loop,
+    valid: EvalSet | None,
+    epochs: int,
+    *,
+    on_epoch: OnEpoch | None,
+    t0: float,
+    warm: bool = False,
 ) -> tuple[list[EpochRow], Candidate]:
     """Up to ``epochs`` epochs, each validated (averaged weights) and offered to
-    ``BestEpoch``, until it says stop → (every epoch's row, the chosen epoch)."""
+    ``BestEpoch``, until it says stop → (every epoch's row, the chosen epoch). ``warm``: the
+    model starts from trained weights, which are validated and offered first, as epoch 0
+    (not a row of the history)."""
     tr = loop.cfg.train
     chooser = BestEpoch(
         tr.select_window if valid is not None else 1,
         tr.patience if valid is not None else None,
         loop.snapshot(),
     )
+    if warm and valid is not None:
+        start = EpochRow(0, 0.0, 0.0)
+        score = _validate(loop, valid, start)
+        log.info("starting weights (warm start): valid_ndcg@10 %.4f", score)
+        chooser.add(Candidate(0, loop.snapshot(), start), score)
     history: list[EpochRow] = []
     for epoch in range(1, epochs + 1):
         row = loop.epoch(epoch)
         with loop.evaluated():
-            score = float(epoch)  # no holdout: the last epoch is the one kept
-            if valid is not None:
-                m: dict[str, float] | None = None
-                if loop.ranks.main:  # the weights are the same on every rank: one evaluates
-                    m = validation_metrics(loop.model, valid, loop.prep.n_items)
-                m = dist_mod.broadcast(m)
-                assert m is not None
-                row.valid = m
-                score = m["ndcg@10"]
+            # no holdout: the last epoch is the one kept
+            score = _validate(loop, valid, row) if valid is not None else float(epoch)
             row.seconds = time.perf_counter() - t0
             history.append(row)
             if on_epoch is not None:
@@ -167,6 +178,17 @@ def run_epochs(
         if stop:
             break
     return history, chooser.finish()
+
+
+def _validate(loop: Loop, valid: EvalSet, row: EpochRow) -> float:
+    """The model's validation metrics into ``row`` → its NDCG@10."""
+    m: dict[str, float] | None = None
+    if loop.ranks.main:  # the weights are the same on every rank: one evaluates
+        m = validation_metrics(loop.model, valid, loop.prep.n_items)
+    m = dist_mod.broadcast(m)
+    assert m is not None
+    row.valid = m
+    return m["ndcg@10"]
 
 
 def validation_metrics(model: FusedModel, valid: EvalSet, n_items: int) -> dict[str, float]:

@@ -108,6 +108,65 @@ def test_holdout_falls_back_to_last_events_when_recent_shoppers_are_new() -> Non
     assert len(before) == len(inter) - 2 and held.cut == 1022.0
 
 
+def test_the_holdout_starts_after_currents_training_cut() -> None:
+    """The gate holds out only events CURRENT cannot have trained on: none at or before its
+    training data cut, even where the newest fraction reaches back before it (the MovieLens
+    rehearsal: 47 of 133 targets were events CURRENT had seen, which favours CURRENT)."""
+    rows = [(f"u{u}", f"i{k}", 100.0 + 10 * k + u) for u in range(4) for k in range(10)]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    inter = inter.sort_values("timestamp", kind="stable")
+    _, old_rule = time_holdout(inter, 0.5)
+    assert old_rule.targets == ["i5"] * 4  # reaches back to 150..153
+    before, held = time_holdout(inter, 0.5, after=172.0)  # u2's event at 172: at the cut
+    assert held.users == ["u3", "u0", "u1", "u2"]
+    assert held.targets == ["i7", "i8", "i8", "i8"] and held.cut > 172.0
+    assert len(before) == int((inter["timestamp"] <= 172.0).sum())
+    assert held.histories[2] == [f"i{k}" for k in range(8)]  # u1 up to 171
+    # the fallback (nobody spans the cut) keeps to the same rule
+    rows = [("old", f"i{k}", 100.0 + k) for k in range(5)]
+    rows += [(f"new{u}", f"i{k}", 1000.0 + 10 * u + k) for u in range(4) for k in range(3)]
+    inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    _, held = time_holdout(inter, 0.5, after=1025.0)
+    assert held.users == ["new3"] and held.targets == ["i2"] and held.cut > 1025.0
+
+
+def test_a_bundle_without_a_training_cut_falls_back_with_a_note(
+    setup: tuple[Path, str, pd.DataFrame], caplog: pytest.LogCaptureFixture
+) -> None:
+    from fusionrec.retrain import holdout_start
+
+    store, _, inter = setup
+    manifest = read_manifest(store / store_mod.current_version(store))
+    old = inter.iloc[: int(len(inter) * 0.8)]
+    assert manifest.data.last_event_timestamp == float(old["timestamp"].max())
+    assert holdout_start(manifest) == manifest.data.last_event_timestamp
+    older = manifest.model_copy(
+        update={"data": manifest.data.model_copy(update={"last_event_timestamp": None})}
+    )
+    with caplog.at_level("WARNING", logger="fusionrec.retrain"):
+        assert holdout_start(older) is None
+    assert "records no training data cut" in caplog.text
+
+
+def test_retrain_holds_out_only_events_after_currents_cut(
+    setup: tuple[Path, str, pd.DataFrame],
+) -> None:
+    """CURRENT trained on the oldest 80 %; a 50 % holdout would reach into them. The gate
+    records CURRENT's cut and its own snapshot time; the published bundle its own cut."""
+    import time
+
+    store, url, inter = setup
+    old_cut = float(inter.iloc[: int(len(inter) * 0.8)]["timestamp"].max())
+    t0 = time.time()
+    d = retrain(store, url, Config.from_dict(TINY), holdout=0.5, margin=1.0, final=False)
+    assert d.published and d.gate is not None and d.version is not None
+    assert d.gate.cut_timestamp > old_cut and d.gate.current_data_cut == old_cut
+    assert d.gate.snapshot_at is not None and t0 <= d.gate.snapshot_at <= time.time()
+    manifest = read_manifest(store / d.version)
+    assert manifest.gate == d.gate
+    assert manifest.data.last_event_timestamp == old_cut  # the candidate: events up to it
+
+
 def test_retrain_publishes_an_indexed_bundle_with_the_gate(
     setup: tuple[Path, str, pd.DataFrame],
 ) -> None:
@@ -245,3 +304,26 @@ def test_retrain_keeps_currents_recipe_unless_the_file_changes_it(
     assert retrain_config(store, {"model": {"dim": have.model.dim * 2}}).model.dim == (
         have.model.dim * 2
     )
+
+
+def test_a_warm_started_training_never_ends_below_its_starting_weights(
+    setup: tuple[Path, str, pd.DataFrame], tmp_path: Path
+) -> None:
+    """The starting weights compete with the epochs: epochs that only wreck the model (a
+    learning rate far too high) leave CURRENT's weights as the chosen ones, not the last
+    or first epoch of the damage (every 2-epoch retrain of the MovieLens rehearsal was
+    refused by the gate: its first epoch was kept, below where it started)."""
+    from fusionrec.retrain import retrain_config
+    from model_store.training.pipeline import train
+    from model_store.training.trainer import validation_metrics, validation_set
+
+    store, _, _ = setup
+    current = load_bundle(store)
+    cfg = retrain_config(store, {"train": {"epochs": 2, "lr": 0.5, "cold_epochs": 0}})
+    early = load_dataset(Path(current.manifest.data.source))
+    trained = train(early, cfg, init=WarmStart(current.model, current.item_ids))
+    valid = validation_set(cfg, trained.prep)
+    assert valid is not None
+    start = validation_metrics(current.model, valid, trained.prep.n_items)["ndcg@10"]
+    assert trained.result.best_epoch == 0, trained.result.history
+    assert trained.result.valid_metrics["ndcg@10"] >= start - 1e-6

@@ -245,3 +245,19 @@ def test_items_without_training_interactions_are_left_out_of_the_softmax() -> No
     model.text_emb[trained[0]] = -model.text_emb[trained[0]] * 5
     after = losses()
     assert after[0] != pytest.approx(before[0], abs=1e-4)
+
+
+def test_the_weight_average_of_a_warm_start_moves_at_its_full_decay_from_the_first_step() -> None:
+    """From random weights the average warms up (it follows the first steps closely); from
+    trained ones (a warm start) it starts at its decay, so the first steps of a fresh
+    optimizer cannot drag the trained weights away."""
+    from model_store.training.optim import WeightAverage
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    cold, warm = WeightAverage([p], 0.99), WeightAverage([p], 0.99, warm=True)
+    with torch.no_grad():
+        p.add_(1.0)
+    cold.update()
+    warm.update()
+    assert torch.allclose(warm.values[0], torch.full((3,), 0.01))
+    assert float(cold.values[0][0]) > 0.5
