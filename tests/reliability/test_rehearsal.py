@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SHORT = [
     "--duration", "150", "--rate", "8", "--steps", "3", "--admin-rate", "0.5",
-    "--hostile-rate", "1", "--pg-stop", "15", "--retrain-at", "0.25", "--retrain-every", "50",
+    "--hostile-rate", "1", "--pg-stop", "15", "--retrain-at", "0.15", "--retrain-every", "25",
     "--retrain-epochs", "2", "--retrain-margin", "0.05",
 ]  # fmt: skip
 # the gate's margin: its holdout is only events the first bundle never saw (after its
