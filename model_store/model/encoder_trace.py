@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model_store.model.rerank import agrees_on_catalogs
+
 if TYPE_CHECKING:
     from model_store.model.fused import FusedModel
 
@@ -83,10 +85,7 @@ def trace_user_vectors(model: FusedModel) -> TracedEncoder | None:
             with _detached(model):
                 traced = trace(_UserVectors(model), (example, *inputs), check_trace=False)
             want = model.user_vectors(probe)
-            same = all(
-                torch.allclose(traced(probe, *c), want, rtol=1e-4, atol=1e-5)
-                for c in (inputs, tuple(t[:-1] for t in inputs))
-            )
+            same = agrees_on_catalogs(traced, (probe,), inputs, want)
     except Exception as exc:  # any failure means: serve eager
         log.warning("user encoder not traced (%s); serving it eagerly", exc)
         return None

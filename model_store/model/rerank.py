@@ -190,6 +190,21 @@ def _example(model: FusedModel, b: int, length: int, n: int, seed: int) -> tuple
     return hist.to(dev), user, cand.to(dev), retrieval.to(dev)
 
 
+def agrees_on_catalogs(
+    traced: Callable[..., torch.Tensor],
+    args: tuple[torch.Tensor, ...],
+    catalog: tuple[torch.Tensor, ...],
+    want: torch.Tensor,
+) -> bool:
+    """Whether a trace taking the catalog as inputs gives eager's ``want`` on ``args`` with
+    this catalog and with one a row shorter (a trace that had fixed the catalog's size, or
+    baked a table in as a constant, fails the second)."""
+    return all(
+        torch.allclose(traced(*args, *c), want, rtol=1e-4, atol=1e-5)
+        for c in (catalog, tuple(t[:-1] for t in catalog))
+    )
+
+
 def trace_reranker(model: FusedModel, table: RerankTable) -> TracedRerank | None:
     """``head_rerank`` traced with the catalog's tables as inputs (``catalog_inputs``),
     checked against eager ``model.rerank`` on other shapes and on a catalog of another
@@ -206,10 +221,7 @@ def trace_reranker(model: FusedModel, table: RerankTable) -> TracedRerank | None
             traced = trace(module, (*_example(model, 2, 6, 7, 0), *cat), check_trace=False)
             probe = _example(model, 3, 9, 13, 1)
             want = model.rerank(*probe)
-            same = all(
-                torch.allclose(traced(*probe, *c), want, rtol=1e-4, atol=1e-5)
-                for c in (cat, tuple(t[:-1] for t in cat))
-            )
+            same = agrees_on_catalogs(traced, probe, cat, want)
     except Exception as exc:  # any failure means: serve eager
         log.warning("fusion head not traced (%s); serving it eagerly", exc)
         return None
